@@ -20,7 +20,7 @@ export interface Config {
   roleReason: string;
   /** Where a follower copies from and redirects writes to (no trailing `/`); `null` on a leader. */
   leaderUrl: string | null;
-  /** TCP port to listen on. `MEHDB_PORT`, default 9876. */
+  /** TCP port to listen on. `MEHDB_PORT`, default 9876; 0 picks a free port (logged at start). */
   port: number;
   /** Address to listen on. `MEHDB_LISTEN`, default all interfaces. */
   listen: string | undefined;
@@ -84,7 +84,7 @@ export function clusterLeaderUrl(a: LeaderAddress): string {
 /** Reads the environment and the hostname into a checked configuration; throws {@link ConfigError}. */
 export function loadConfig(env: Record<string, string | undefined>, hostname: string): Config {
   const host = nonEmpty(env.MEHDB_HOST) ?? hostname;
-  const port = integer(env, "MEHDB_PORT", DEFAULTS.port, 1, 65535);
+  const port = integer(env, "MEHDB_PORT", DEFAULTS.port, 0, 65535);
   const local = yesNo(env, "MEHDB_LOCAL");
   const explicitLeader = nonEmpty(env.MEHDB_LEADER_URL);
   const leaderOverride = explicitLeader !== undefined

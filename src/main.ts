@@ -59,7 +59,8 @@ server.on("error", (error: NodeJS.ErrnoException) => {
 });
 server.listen(config.port, config.listen);
 await once(server, "listening");
-log("listening", { port: config.port, address: config.listen ?? "*" });
+const address = server.address();
+log("listening", { port: typeof address === "object" && address ? address.port : config.port, address: config.listen ?? "*" });
 poller?.start();
 
 let stopping = false;
