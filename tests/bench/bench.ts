@@ -1,0 +1,286 @@
+// `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
+// node:http ceiling and the fsync-loop baseline, drives load from a separate
+// process, prints a table and writes the same figures as JSON.
+// Options: see options.ts (`npm run bench -- --help`).
+
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, release, totalmem, type } from "node:os";
+import { join } from "node:path";
+import { freePort, req, sleep, waitReady } from "./http.ts";
+import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload } from "./load.ts";
+import { startFollower, startLeader, type Node } from "./mehdb.ts";
+import { parseOptions, type Options } from "./options.ts";
+import { populate } from "./populate.ts";
+import { killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import { startCountingProxy } from "./proxy.ts";
+import { measureIdle, measureLag } from "./replication.ts";
+import { checkTargets, formatTable, missingFigures, type Results, type Throughput, type Workload } from "./report.ts";
+import { median, ratio } from "./stats.ts";
+
+/** Loops of the fsync baseline: the libuv pool's default size. */
+const FSYNC_LOOPS = 4;
+/** Value size of the pre-populated keys. */
+const PREPOPULATED_VALUE_BYTES = 50;
+/** The GET workload's value (as long as the ceiling's constant answer). */
+const GET_VALUE = "0123456789";
+
+function log(msg: string): void {
+  process.stderr.write(`bench: ${msg}\n`);
+}
+
+function summarize(results: LoadResult[]): Throughput {
+  return {
+    rps: median(results.map((r) => r.rps)),
+    p50Ms: median(results.map((r) => r.p50Ms)),
+    p99Ms: median(results.map((r) => r.p99Ms)),
+    runs: results.map((r) => Math.round(r.rps)),
+    failures: results.reduce((s, r) => s + r.errors + r.badStatus, 0),
+  };
+}
+
+interface FsyncRun {
+  opsPerSec: number;
+  p50Ms: number | null;
+  p99Ms: number | null;
+}
+
+async function fsyncLoop(dir: string, seconds: number, valueBytes: number): Promise<FsyncRun> {
+  const child = startTs(`fsync-${valueBytes}`, "tests/bench/fsync-loop.ts", [dir, String(seconds), String(valueBytes), String(FSYNC_LOOPS)]);
+  const killer = setTimeout(() => void stopProcess(child, 1000), (seconds + 30) * 1000);
+  const code = await child.exited;
+  clearTimeout(killer);
+  const line = child.lines.find((l) => l.startsWith("{"));
+  if (code !== 0 || !line) throw new Error(`fsync loop failed (exit ${code}):\n${tail(child)}`);
+  return JSON.parse(line) as FsyncRun;
+}
+
+function fsInfo(dir: string): string {
+  try {
+    return execFileSync("findmnt", ["-T", dir, "-no", "FSTYPE,SOURCE"], { encoding: "utf8" }).trim().replace(/\s+/, " on ");
+  } catch {
+    return "filesystem unknown";
+  }
+}
+
+function emptyWorkload(label: string, put: boolean): Workload {
+  const t: Throughput = { rps: null, p50Ms: null, p99Ms: null, runs: [], failures: 0 };
+  return put
+    ? { label, mehdb: t, ceiling: t, ratioToCeiling: null, fsync: { opsPerSec: null, p50Ms: null, p99Ms: null, runs: [] }, ratioToFsync: null }
+    : { label, mehdb: t, ceiling: t, ratioToCeiling: null };
+}
+
+/** Runs the whole benchmark into `r` (figures it cannot get stay null, with a line in r.errors). */
+async function run(o: Options, root: string, r: Omit<Results, "targets">): Promise<void> {
+  const phase = async (name: string, fn: () => Promise<void>): Promise<void> => {
+    log(name);
+    try {
+      await fn();
+    } catch (e) {
+      r.errors.push(`${name}: ${(e as Error).message}`);
+      log(`${name} FAILED: ${(e as Error).message}`);
+    } finally {
+      await stopAll();
+    }
+  };
+  const readyTimeout = 120_000;
+
+  // 1. Throughput: GET and PUT against the ceiling and a fresh leader, in alternation,
+  //    with the fsync loop of the same value size in the same repetition.
+  await phase("throughput (ceiling, leader, fsync loop)", async () => {
+    const ceilingPort = await freePort();
+    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)]);
+    await waitReady(ceiling, ceilingPort, readyTimeout);
+    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput");
+    r.startup.emptyReadyMs = await waitReady(leader.child, leader.port, readyTimeout);
+    const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
+    if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
+    const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root };
+    const fsyncSeconds = Math.min(5, o.duration);
+    const cases: [Workload, LoadWorkload][] = [
+      [r.get, { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 }],
+      [r.put50, { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 }],
+      [r.put64k, { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 }],
+    ];
+    for (const [w, load] of cases) {
+      if (o.warmup > 0) {
+        for (const port of [ceilingPort, leader.port]) await runLoad(load, { ...base, port, seconds: o.warmup });
+      }
+      const mine: LoadResult[] = [];
+      const theirs: LoadResult[] = [];
+      const fsync: FsyncRun[] = [];
+      for (let i = 0; i < o.reps; i++) {
+        theirs.push(await runLoad(load, { ...base, port: ceilingPort }));
+        mine.push(await runLoad(load, { ...base, port: leader.port }));
+        if (w.fsync) fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes));
+        log(`  ${load.name} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
+          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
+      }
+      w.mehdb = summarize(mine);
+      w.ceiling = summarize(theirs);
+      w.ratioToCeiling = ratio(w.mehdb.rps, w.ceiling.rps);
+      if (w.fsync) {
+        w.fsync = {
+          opsPerSec: median(fsync.map((f) => f.opsPerSec)),
+          p50Ms: median(fsync.map((f) => f.p50Ms)),
+          p99Ms: median(fsync.map((f) => f.p99Ms)),
+          runs: fsync.map((f) => Math.round(f.opsPerSec)),
+        };
+        w.ratioToFsync = ratio(w.mehdb.rps, w.fsync.opsPerSec);
+      }
+    }
+  });
+
+  // 2. Pre-populated data dirs for start-up, memory and catch-up.
+  const bigDir = join(root, "big");
+  const smallDir = join(root, "small");
+  await phase(`pre-populating ${o.keys} + ${o.smallKeys} keys`, async () => {
+    populate(bigDir, o.keys, PREPOPULATED_VALUE_BYTES);
+    populate(smallDir, o.smallKeys, PREPOPULATED_VALUE_BYTES);
+  });
+
+  // 3. Start-up, catch-up, lag, memory and idle ticks with `keys` stored.
+  await phase(`start-up, catch-up, lag, memory with ${o.keys} keys`, async () => {
+    let leader: Node | null = null;
+    for (let i = 0; i < o.reps; i++) {
+      if (leader) await stopProcess(leader.child);
+      leader = await startLeader(o.entry, bigDir, `leader-${i}`);
+      r.startup.runs.push(Math.round(await waitReady(leader.child, leader.port, readyTimeout, o.keys)));
+    }
+    r.startup.readyMs = median(r.startup.runs);
+    const l = leader!;
+    const leaderUrl = `http://127.0.0.1:${l.port}`;
+    const followerDir = join(root, "follower");
+    const f = await startFollower(o.entry, followerDir, leaderUrl, o.syncIntervalMs, "follower");
+    const catchupMs = await waitReady(f.child, f.port, Math.max(300_000, o.keys * 5), o.keys);
+    r.replication.catchupLarge = { keys: o.keys, seconds: catchupMs / 1000 };
+    const listed = JSON.parse((await req(f.port, "GET", "/keys")).body.toString("utf8")) as unknown[];
+    if (listed.length !== o.keys) throw new Error(`follower lists ${listed.length} keys after catch-up, expected ${o.keys}`);
+    log(`  catch-up of ${o.keys} keys: ${(catchupMs / 1000).toFixed(2)} s`);
+    await sleep(o.syncIntervalMs);
+    r.replication.lag = await measureLag(l, f, o.lagSamples, o.syncIntervalMs);
+    log(`  lag p50 ${r.replication.lag.p50Ms?.toFixed(1)} ms, p99 ${r.replication.lag.p99Ms?.toFixed(1)} ms`);
+    await sleep(o.syncIntervalMs);
+    const lm = memoryMb(l.child.pid);
+    const fm = memoryMb(f.child.pid);
+    Object.assign(r.memory, { leaderRssMb: lm.rssMb, leaderPeakMb: lm.peakMb, followerRssMb: fm.rssMb, followerPeakMb: fm.peakMb });
+
+    // The same follower, restarted behind a counting proxy: restart time, then idle ticks.
+    await stopProcess(f.child);
+    const proxy = await startCountingProxy(l.port);
+    try {
+      const f2 = await startFollower(o.entry, followerDir, `http://127.0.0.1:${proxy.port}`, o.syncIntervalMs, "follower-restarted");
+      r.replication.restartReadySeconds = (await waitReady(f2.child, f2.port, readyTimeout, o.keys)) / 1000;
+      await sleep(2 * o.syncIntervalMs);
+      r.replication.idle = await measureIdle(proxy, o.syncIntervalMs, o.idleTicks);
+      await stopProcess(f2.child);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  // 4. Catch-up of a new follower with the small key set (repeated; it is cheap).
+  await phase(`catch-up with ${o.smallKeys} keys`, async () => {
+    const l = await startLeader(o.entry, smallDir, "leader-small");
+    await waitReady(l.child, l.port, readyTimeout, o.smallKeys);
+    const runs: number[] = [];
+    for (let i = 0; i < o.reps; i++) {
+      const f: Node = await startFollower(o.entry, join(root, `follower-small-${i}`), `http://127.0.0.1:${l.port}`, o.syncIntervalMs, `follower-small-${i}`);
+      runs.push((await waitReady(f.child, f.port, Math.max(120_000, o.smallKeys * 5), o.smallKeys)) / 1000);
+      await stopProcess(f.child);
+    }
+    r.replication.catchupSmall = { keys: o.smallKeys, seconds: median(runs), runs };
+  });
+}
+
+async function main(): Promise<number> {
+  let o: Options;
+  const wrk = haveWrk();
+  try {
+    o = parseOptions(process.argv.slice(2), wrk);
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n`);
+    return 2;
+  }
+  const root = mkdtempSync(join(o.dir, "mehdb-bench-"));
+  let cleaned = false;
+  const cleanup = (): void => {
+    if (cleaned) return;
+    cleaned = true;
+    killAllSync();
+    rmSync(root, { recursive: true, force: true });
+  };
+  process.on("exit", cleanup);
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.on(sig, () => {
+      log(`${sig}: stopping everything`);
+      void stopAll().finally(() => {
+        cleanup();
+        process.exit(130);
+      });
+    });
+  }
+
+  const wrkVersion = o.load === "wrk" ? (/wrk (\S+)/.exec(execFileSync("sh", ["-c", "wrk --version 2>&1 || true"], { encoding: "utf8" }))?.[1] ?? "?") : null;
+  const r: Omit<Results, "targets"> = {
+    meta: {
+      date: new Date().toISOString(),
+      mode: o.mode,
+      node: process.version,
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? "?",
+      memoryGb: Math.round(totalmem() / 2 ** 30),
+      os: `${type()} ${release()}`,
+      loadTool: o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)",
+      connections: o.connections,
+      durationSeconds: o.load === "wrk" ? wrkSeconds(o.duration) : o.duration,
+      warmupSeconds: o.warmup,
+      reps: o.reps,
+      keys: o.keys,
+      smallKeys: o.smallKeys,
+      fsyncLoops: FSYNC_LOOPS,
+      prepopulatedValueBytes: PREPOPULATED_VALUE_BYTES,
+      dataParent: o.dir,
+      dataFs: fsInfo(root),
+      entry: o.entry,
+      command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+    },
+    get: emptyWorkload(`GET ${GET_VALUE.length} B value`, false),
+    put50: emptyWorkload("PUT 50 B, 1000 keys", true),
+    put64k: emptyWorkload("PUT 64 KB, 1000 keys", true),
+    replication: {
+      syncIntervalMs: o.syncIntervalMs,
+      keysStored: o.keys,
+      lag: null,
+      catchupSmall: null,
+      catchupLarge: null,
+      restartReadySeconds: null,
+      idle: null,
+    },
+    memory: { keys: o.keys, leaderRssMb: null, leaderPeakMb: null, followerRssMb: null, followerPeakMb: null },
+    startup: { keys: o.keys, readyMs: null, runs: [], emptyReadyMs: null },
+    errors: [],
+  };
+  const started = performance.now();
+  try {
+    await run(o, root, r);
+  } finally {
+    await stopAll();
+    cleanup();
+  }
+  const results: Results = { ...r, targets: checkTargets(r, o.keys >= 100_000) };
+  results.meta.totalSeconds = Math.round((performance.now() - started) / 100) / 10;
+  writeFileSync(o.out, `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`${formatTable(results)}\n\nresults: ${o.out}\n`);
+  const missing = missingFigures(results);
+  if (missing.length) process.stdout.write(`missing figures: ${missing.join(", ")}\n`);
+  return r.errors.length || missing.length ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,93 @@
+// HTTP helpers for the benchmark's own requests (setup, probes, readiness):
+// a keep-alive client to 127.0.0.1, free-port lookup, readiness polling.
+
+import { Agent, request as httpRequest } from "node:http";
+import { createServer } from "node:net";
+import type { Child } from "./procs.ts";
+import { tail } from "./procs.ts";
+
+const agent = new Agent({ keepAlive: true, maxSockets: 16 });
+
+/** A response read whole. */
+export interface Reply {
+  status: number;
+  body: Buffer;
+}
+
+/** One request to 127.0.0.1:port (keep-alive); rejects after `timeoutMs`. */
+export function req(port: number, method: string, path: string, body?: Buffer | string, timeoutMs = 10_000): Promise<Reply> {
+  return new Promise((res, rej) => {
+    const r = httpRequest({ host: "127.0.0.1", port, method, path, agent, timeout: timeoutMs }, (resp) => {
+      const chunks: Buffer[] = [];
+      resp.on("data", (c: Buffer) => chunks.push(c));
+      resp.on("end", () => res({ status: resp.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      resp.on("error", rej);
+    });
+    r.on("timeout", () => r.destroy(new Error(`${method} ${path}: timeout after ${timeoutMs} ms`)));
+    r.on("error", rej);
+    r.end(body);
+  });
+}
+
+/** A TCP port free on 127.0.0.1 right now. */
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.on("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const addr = s.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((res) => setTimeout(res, ms));
+}
+
+/** The key count in a `/status?level=full` body (the first integer in it), or null. */
+export function keyCount(body: string): number | null {
+  const m = /(\d+)/.exec(body);
+  return m ? Number(m[1]) : null;
+}
+
+/**
+ * Polls `GET path` on the child's port every `everyMs` until `accept(reply)` holds;
+ * resolves with the milliseconds since the child was started. Throws on timeout or exit.
+ */
+export async function waitFor(
+  child: Child,
+  port: number,
+  path: string,
+  accept: (r: Reply) => boolean,
+  timeoutMs: number,
+  everyMs = 10,
+): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  let last = "no answer";
+  while (performance.now() < deadline) {
+    if (!child.isRunning()) throw new Error(`${child.name} exited before ready (${last}):\n${tail(child)}`);
+    try {
+      const r = await req(port, "GET", path, undefined, 2000);
+      if (accept(r)) return performance.now() - child.startedAt;
+      last = `${r.status} ${r.body.toString("utf8").trim().slice(0, 120)}`;
+    } catch (e) {
+      last = (e as Error).message;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`${child.name}: not ready after ${timeoutMs} ms (last: ${last}):\n${tail(child)}`);
+}
+
+/** Waits for `GET /status?level=full` → 200 (and at least `minKeys` keys); ms since start. */
+export function waitReady(child: Child, port: number, timeoutMs: number, minKeys = 0): Promise<number> {
+  return waitFor(
+    child,
+    port,
+    "/status?level=full",
+    (r) => r.status === 200 && (minKeys === 0 || (keyCount(r.body.toString("utf8")) ?? -1) >= minKeys),
+    timeoutMs,
+  );
+}

@@ -1,0 +1,108 @@
+// Command-line options of `npm run bench`, with the quick and full presets.
+
+import { resolve } from "node:path";
+import { tmpdir } from "node:os";
+
+/** Everything a bench run is parameterised by. */
+export interface Options {
+  mode: "quick" | "full";
+  /** Seconds of each load run (wrk rounds to whole seconds). */
+  duration: number;
+  /** Seconds of the untimed warm-up run per workload and server; 0 skips it. */
+  warmup: number;
+  /** Keys stored for the start-up, memory, lag and large catch-up figures. */
+  keys: number;
+  /** Keys of the small catch-up figure. */
+  smallKeys: number;
+  /** Repetitions of each load run, fsync loop and start-up (medians are reported). */
+  reps: number;
+  connections: number;
+  threads: number;
+  load: "wrk" | "node";
+  syncIntervalMs: number;
+  lagSamples: number;
+  idleTicks: number;
+  /** Where the JSON results go. */
+  out: string;
+  /** Parent of the temporary directory holding every data dir (its filesystem is the one measured). */
+  dir: string;
+  /** The server's entry file, relative to the repo root. */
+  entry: string;
+}
+
+export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
+  --quick             under a minute: 2 000 keys, 2 s load runs, 1 repetition, 250 ms sync interval
+  --full              the default: 100 000 keys, 10 s load runs, 3 repetitions, 1 000 ms sync interval
+  --duration SEC      seconds per load run (wrk: whole seconds)
+  --warmup SEC        untimed warm-up run per workload and server (0: none)
+  --keys N            keys stored for start-up, memory, lag and the large catch-up
+  --small-keys N      keys of the small catch-up (default min(10 000, keys / 10))
+  --reps N            repetitions of each timing (medians reported)
+  --connections N     load connections (default 32)
+  --threads N         wrk threads (default 2)
+  --load wrk|node     load generator (default wrk when installed; node forces the Node one)
+  --sync-interval MS  the follower's MEHDB_SYNC_INTERVAL_MS
+  --lag-samples N     replication lag probes
+  --idle-ticks N      sync intervals watched for the idle-tick cost
+  --out FILE          JSON results (default ./bench-results.json)
+  --dir DIR           where the temporary data dirs go (default the OS temp dir)
+  --entry FILE        server entry (default src/main.ts)`;
+
+/** Parses argv (without node and script); throws with a one-line message on a bad option. */
+export function parseOptions(argv: string[], haveWrk: boolean): Options {
+  const flags = new Map<string, string | true>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
+    const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
+    if (name === "quick" || name === "full" || name === "help") {
+      flags.set(name, true);
+    } else {
+      const v = inline ?? argv[++i];
+      if (v === undefined) throw new Error(`--${name} needs a value`);
+      flags.set(name, v);
+    }
+  }
+  if (flags.has("help")) throw new Error(USAGE);
+  const quick = flags.has("quick") && !flags.has("full");
+  const num = (name: string, dflt: number, min: number): number => {
+    const v = flags.get(name);
+    flags.delete(name);
+    if (v === undefined) return dflt;
+    const n = Number(v);
+    if (v === true || !Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number ≥ ${min}`);
+    return n;
+  };
+  const str = (name: string, dflt: string): string => {
+    const v = flags.get(name);
+    flags.delete(name);
+    if (v === true) throw new Error(`--${name} needs a value`);
+    return v ?? dflt;
+  };
+  flags.delete("quick");
+  flags.delete("full");
+  const keys = Math.round(num("keys", quick ? 2000 : 100_000, 10));
+  const load = str("load", haveWrk ? "wrk" : "node");
+  if (load !== "wrk" && load !== "node") throw new Error("--load must be wrk or node");
+  const o: Options = {
+    mode: quick ? "quick" : "full",
+    duration: num("duration", quick ? 2 : 10, 0.2),
+    warmup: num("warmup", quick ? 1 : 2, 0),
+    keys,
+    smallKeys: Math.round(num("small-keys", Math.min(10_000, Math.ceil(keys / 10)), 1)),
+    reps: Math.round(num("reps", quick ? 1 : 3, 1)),
+    connections: Math.round(num("connections", 32, 1)),
+    threads: Math.round(num("threads", 2, 1)),
+    load,
+    syncIntervalMs: Math.round(num("sync-interval", quick ? 250 : 1000, 10)),
+    lagSamples: Math.round(num("lag-samples", quick ? 10 : 40, 1)),
+    idleTicks: Math.round(num("idle-ticks", quick ? 3 : 5, 1)),
+    out: resolve(str("out", "bench-results.json")),
+    dir: resolve(str("dir", tmpdir())),
+    entry: str("entry", "src/main.ts"),
+  };
+  const unknown = [...flags.keys()];
+  if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);
+  if (o.load === "wrk" && !haveWrk) throw new Error("--load wrk: wrk is not installed");
+  return o;
+}

@@ -1,0 +1,163 @@
+// The results of a bench run: their JSON shape, the target checks, the table
+// printed on stdout, and the list of figures every run must produce.
+
+import type { LagResult, IdleResult } from "./replication.ts";
+import { round } from "./stats.ts";
+
+/** Throughput and latency of one workload: medians over the repetitions. */
+export interface Throughput {
+  rps: number | null;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  /** req/s of each repetition. */
+  runs: number[];
+  /** Connection errors plus non-2xx answers, summed over the repetitions. */
+  failures: number;
+}
+
+/** One workload against mehdb, with its ceiling and (PUT) its fsync baseline. */
+export interface Workload {
+  label: string;
+  mehdb: Throughput;
+  ceiling: Throughput;
+  ratioToCeiling: number | null;
+  /** PUT only: the fsync loop with the same value size, and the ratio to it. */
+  fsync?: { opsPerSec: number | null; p50Ms: number | null; p99Ms: number | null; runs: number[] };
+  ratioToFsync?: number | null;
+}
+
+/** One checked target. */
+export interface Target {
+  name: string;
+  value: number | null;
+  target: string;
+  /** null when the run was too small to judge it (quick runs) or the figure is missing. */
+  pass: boolean | null;
+}
+
+/** Everything a run measures; written as JSON. */
+export interface Results {
+  meta: Record<string, unknown>;
+  get: Workload;
+  put50: Workload;
+  put64k: Workload;
+  replication: {
+    syncIntervalMs: number;
+    keysStored: number;
+    lag: LagResult | null;
+    catchupSmall: { keys: number; seconds: number | null; runs: number[] } | null;
+    catchupLarge: { keys: number; seconds: number | null } | null;
+    restartReadySeconds: number | null;
+    idle: IdleResult | null;
+  };
+  memory: {
+    keys: number;
+    leaderRssMb: number | null;
+    leaderPeakMb: number | null;
+    followerRssMb: number | null;
+    followerPeakMb: number | null;
+  };
+  startup: { keys: number; readyMs: number | null; runs: number[]; emptyReadyMs: number | null };
+  targets: Target[];
+  errors: string[];
+}
+
+/** Dotted paths of the figures that must be finite and positive in every run (the smoke test checks them). */
+export const REQUIRED_FIGURES = [
+  "get.mehdb.rps", "get.mehdb.p50Ms", "get.mehdb.p99Ms", "get.ceiling.rps", "get.ratioToCeiling",
+  "put50.mehdb.rps", "put50.mehdb.p50Ms", "put50.mehdb.p99Ms", "put50.ceiling.rps", "put50.ratioToCeiling",
+  "put50.fsync.opsPerSec", "put50.ratioToFsync",
+  "put64k.mehdb.rps", "put64k.mehdb.p50Ms", "put64k.mehdb.p99Ms", "put64k.ceiling.rps", "put64k.ratioToCeiling",
+  "put64k.fsync.opsPerSec", "put64k.ratioToFsync",
+  "replication.lag.p50Ms", "replication.lag.p99Ms",
+  "replication.catchupSmall.seconds", "replication.catchupLarge.seconds", "replication.restartReadySeconds",
+  "replication.idle.requestsPerTick", "replication.idle.bytesPerTick",
+  "memory.leaderRssMb", "memory.followerRssMb",
+  "startup.readyMs", "startup.emptyReadyMs",
+] as const;
+
+/** The value at a dotted path of an object, or undefined. */
+export function figure(obj: unknown, path: string): unknown {
+  let v: unknown = obj;
+  for (const part of path.split(".")) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[part] : undefined;
+  return v;
+}
+
+/** The required figures that are missing, not finite, or not positive. */
+export function missingFigures(r: unknown): string[] {
+  return REQUIRED_FIGURES.filter((p) => {
+    const v = figure(r, p);
+    return typeof v !== "number" || !Number.isFinite(v) || v <= 0;
+  });
+}
+
+/** The targets of DESIGN.md and the benchmark issue, checked on `r`. */
+export function checkTargets(r: Omit<Results, "targets">, fullScale: boolean): Target[] {
+  const at = (v: number | null | undefined, ok: (v: number) => boolean, judge = true): boolean | null =>
+    v == null || !judge ? null : ok(v);
+  const interval = r.replication.syncIntervalMs;
+  const lagP99 = r.replication.lag?.p99Ms ?? null;
+  const large = r.replication.catchupLarge?.seconds ?? null;
+  return [
+    { name: "GET / ceiling", value: r.get.ratioToCeiling, target: "≥ 0.85", pass: at(r.get.ratioToCeiling, (v) => v >= 0.85) },
+    { name: "PUT 50 B / fsync loop", value: r.put50.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put50.ratioToFsync, (v) => v >= 0.7) },
+    { name: "PUT 64 KB / fsync loop", value: r.put64k.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put64k.ratioToFsync, (v) => v >= 0.7) },
+    { name: "replication lag p99 (ms)", value: lagP99, target: `≤ ${interval + 100} (interval + 100)`, pass: at(lagP99, (v) => v <= interval + 100, fullScale) },
+    { name: `catch-up of ${r.replication.catchupLarge?.keys ?? "?"} keys (s)`, value: large, target: "< 10 (100 000 keys)", pass: at(large, (v) => v < 10, fullScale) },
+    { name: "requests per idle tick", value: r.replication.idle?.requestsPerTick ?? null, target: "1", pass: at(r.replication.idle?.requestsPerTick, (v) => v <= 1.05) },
+    { name: "leader RSS (MB)", value: r.memory.leaderRssMb, target: "≤ 150 (100 000 keys)", pass: at(r.memory.leaderRssMb, (v) => v <= 150, fullScale) },
+    { name: "follower RSS (MB)", value: r.memory.followerRssMb, target: "≤ 150 (100 000 keys)", pass: at(r.memory.followerRssMb, (v) => v <= 150, fullScale) },
+    { name: "start-up to ready (ms)", value: r.startup.readyMs, target: "≤ 2000 (100 000 keys)", pass: at(r.startup.readyMs, (v) => v <= 2000, fullScale) },
+  ];
+}
+
+const n = (v: number | null | undefined, digits = 0): string => {
+  const x = round(v, digits);
+  return x === null ? "—" : x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+};
+const pad = (s: string, w: number): string => (s.length >= w ? s : s + " ".repeat(w - s.length));
+const lpad = (s: string, w: number): string => (s.length >= w ? s : " ".repeat(w - s.length) + s);
+
+/** The table printed at the end of a run. */
+export function formatTable(r: Results): string {
+  const m = r.meta;
+  const out: string[] = [];
+  out.push(`mehdb bench — ${m.mode} run, ${m.date}`);
+  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}`);
+  out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s), medians; data dirs under ${m.dataParent} (${m.dataFs})`);
+  out.push("");
+  out.push(`${pad("workload", 28)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
+  for (const w of [r.get, r.put50, r.put64k]) {
+    out.push(
+      `${pad(w.label, 28)}${lpad(n(w.mehdb.rps), 10)}${lpad(n(w.mehdb.p50Ms, 2), 9)}${lpad(n(w.mehdb.p99Ms, 2), 9)}` +
+        `${lpad(n(w.ceiling.rps), 11)}${lpad(n(w.ratioToCeiling, 2), 7)}` +
+        (w.fsync ? `${lpad(n(w.fsync.opsPerSec), 9)}${lpad(n(w.ratioToFsync, 2), 7)}` : ""),
+    );
+  }
+  out.push(`${pad("  ceiling latency p50/p99", 28)}${[r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`).join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
+  out.push(`${pad("  fsync loop p50/p99", 28)}${[r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`).join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
+  const fails = [r.get, r.put50, r.put64k].reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
+  if (fails > 0) out.push(`  WARNING: ${fails} failed requests (errors or non-2xx) during the load runs`);
+  out.push("");
+  const rep = r.replication;
+  out.push(`replication (sync interval ${rep.syncIntervalMs} ms, ${n(rep.keysStored)} keys stored):`);
+  out.push(`  lag PUT ack → readable on follower   p50 ${n(rep.lag?.p50Ms, 1)} ms, p99 ${n(rep.lag?.p99Ms, 1)} ms, max ${n(rep.lag?.maxMs, 1)} ms (${rep.lag?.samples ?? 0} probes${rep.lag?.timeouts ? `, ${rep.lag.timeouts} timed out` : ""})`);
+  out.push(`  catch-up of a new follower           ${n(rep.catchupSmall?.keys)} keys: ${n(rep.catchupSmall?.seconds, 2)} s; ${n(rep.catchupLarge?.keys)} keys: ${n(rep.catchupLarge?.seconds, 2)} s (process start → all keys)`);
+  out.push(`  restart of a synced follower         ready in ${n(rep.restartReadySeconds, 2)} s (full reconcile, nothing to copy)`);
+  out.push(`  idle tick                            ${n(rep.idle?.requestsPerTick, 2)} requests, ${n(rep.idle?.bytesPerTick)} bytes per tick (${rep.idle?.ticks ?? 0} ticks; ${rep.idle?.requestKinds.join(", ") ?? "—"})`);
+  out.push(`memory with ${n(r.memory.keys)} keys              leader RSS ${n(r.memory.leaderRssMb, 1)} MB (peak ${n(r.memory.leaderPeakMb, 1)}), follower RSS ${n(r.memory.followerRssMb, 1)} MB (peak ${n(r.memory.followerPeakMb, 1)})`);
+  out.push(`start-up to ready                    ${n(r.startup.keys)} keys: ${n(r.startup.readyMs)} ms; empty: ${n(r.startup.emptyReadyMs)} ms (spawn → /status?level=full 200)`);
+  out.push(`note: the ${n(r.startup.keys)} and ${n(rep.catchupSmall?.keys)} stored keys (${m.prepopulatedValueBytes} B values) were written directly into the leaders' data dirs before start, not PUT`);
+  out.push("");
+  out.push("targets:");
+  for (const t of r.targets) {
+    const verdict = t.pass === null ? (t.value === null ? "missing" : "n/a at this scale") : t.pass ? "ok" : "MISSED";
+    out.push(`  ${pad(t.name, 36)}${lpad(n(t.value, 2), 10)}  ${pad(t.target, 28)}${verdict}`);
+  }
+  if (r.errors.length) {
+    out.push("");
+    out.push("errors:");
+    for (const e of r.errors) out.push(`  ${e.split("\n").join("\n  ")}`);
+  }
+  return out.join("\n");
+}
