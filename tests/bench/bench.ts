@@ -5,7 +5,7 @@
 
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, release, totalmem, type } from "node:os";
+import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort, req, sleep, waitReady } from "./http.ts";
 import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload } from "./load.ts";
@@ -243,6 +243,7 @@ async function main(): Promise<number> {
       dataParent: o.dir,
       dataFs: fsInfo(root),
       entry: o.entry,
+      loadAvgAtStart: loadavg().map((v) => Math.round(v * 100) / 100),
       command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     },
     get: emptyWorkload(`GET ${GET_VALUE.length} B value`, false),
@@ -269,6 +270,7 @@ async function main(): Promise<number> {
     cleanup();
   }
   const results: Results = { ...r, targets: checkTargets(r, o.keys >= 100_000) };
+  results.meta.loadAvgAtEnd = loadavg().map((v) => Math.round(v * 100) / 100);
   results.meta.totalSeconds = Math.round((performance.now() - started) / 100) / 10;
   writeFileSync(o.out, `${JSON.stringify(results, null, 2)}\n`);
   process.stdout.write(`${formatTable(results)}\n\nresults: ${o.out}\n`);

@@ -123,7 +123,7 @@ export function formatTable(r: Results): string {
   const m = r.meta;
   const out: string[] = [];
   out.push(`mehdb bench — ${m.mode} run, ${m.date}`);
-  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}`);
+  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}; load average ${String(m.loadAvgAtStart)} at start, ${String(m.loadAvgAtEnd)} at end`);
   out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s), medians; data dirs under ${m.dataParent} (${m.dataFs})`);
   out.push("");
   out.push(`${pad("workload", 28)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
