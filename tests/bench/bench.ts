@@ -15,6 +15,7 @@ import { populate } from "./populate.ts";
 import { killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
+import { formatTop, mainProfile } from "./cpuprofile-top.ts";
 import { checkTargets, formatTable, missingFigures, type Results, type Throughput, type Workload } from "./report.ts";
 import { median, ratio } from "./stats.ts";
 
@@ -91,8 +92,10 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     const ceilingPort = await freePort();
     const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)]);
     await waitReady(ceiling, ceilingPort, readyTimeout);
-    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput");
+    const profArgs = o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : [];
+    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput", profArgs);
     r.startup.emptyReadyMs = await waitReady(leader.child, leader.port, readyTimeout);
+    r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
     const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root };
@@ -149,6 +152,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     }
     r.startup.readyMs = median(r.startup.runs);
     const l = leader!;
+    r.memory.leaderRssAtReadyMb = memoryMb(l.child.pid).rssMb;
     const leaderUrl = `http://127.0.0.1:${l.port}`;
     const followerDir = join(root, "follower");
     const f = await startFollower(o.entry, followerDir, leaderUrl, o.syncIntervalMs, "follower");
@@ -258,7 +262,7 @@ async function main(): Promise<number> {
       restartReadySeconds: null,
       idle: null,
     },
-    memory: { keys: o.keys, leaderRssMb: null, leaderPeakMb: null, followerRssMb: null, followerPeakMb: null },
+    memory: { keys: o.keys, emptyLeaderRssMb: null, leaderRssAtReadyMb: null, leaderRssMb: null, leaderPeakMb: null, followerRssMb: null, followerPeakMb: null },
     startup: { keys: o.keys, readyMs: null, runs: [], emptyReadyMs: null },
     errors: [],
   };
@@ -274,6 +278,10 @@ async function main(): Promise<number> {
   results.meta.totalSeconds = Math.round((performance.now() - started) / 100) / 10;
   writeFileSync(o.out, `${JSON.stringify(results, null, 2)}\n`);
   process.stdout.write(`${formatTable(results)}\n\nresults: ${o.out}\n`);
+  if (o.cpuProf) {
+    const prof = mainProfile(o.cpuProf);
+    if (prof) process.stdout.write(`\nthroughput leader's CPU profile (all three workloads):\n${formatTop(prof, 20)}\n`);
+  }
   const missing = missingFigures(results);
   if (missing.length) process.stdout.write(`missing figures: ${missing.join(", ")}\n`);
   return r.errors.length || missing.length ? 1 : 0;

@@ -2,7 +2,9 @@
 // by file, top N, so that a bench run's hot spots can be read in a terminal.
 // Usage: node --import tsx tests/bench/cpuprofile-top.ts FILE.cpuprofile [N]
 
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 
 interface ProfileNode {
   id: number;
@@ -37,14 +39,30 @@ export function selfTimes(p: Profile): { byFunction: [string, number][]; byFile:
   return { byFunction: sort(fn), byFile: sort(file), totalMs: total };
 }
 
-process.stdout.on("error", () => process.exit(0));
-const [path, nArg] = process.argv.slice(2);
-if (path) {
-  const top = Number(nArg ?? 25);
-  const s = selfTimes(JSON.parse(readFileSync(path, "utf8")) as Profile);
+/** The main thread's profile in `dir` (the largest .cpuprofile), or null. */
+export function mainProfile(dir: string): string | null {
+  const files = readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).map((f) => join(dir, f));
+  files.sort((a, b) => statSync(b).size - statSync(a).size);
+  return files[0] ?? null;
+}
+
+/** The top `n` lines of a profile's self times, as text. */
+export function formatTop(file: string, n: number): string {
+  const s = selfTimes(JSON.parse(readFileSync(file, "utf8")) as Profile);
   const pct = (ms: number): string => `${((100 * ms) / s.totalMs).toFixed(1).padStart(5)}%`;
-  console.log(`total ${s.totalMs.toFixed(0)} ms sampled\n\nby file:`);
-  for (const [k, v] of s.byFile.slice(0, top)) console.log(`  ${pct(v)}  ${k}`);
-  console.log("\nby function:");
-  for (const [k, v] of s.byFunction.slice(0, top)) console.log(`  ${pct(v)}  ${k}`);
+  const lines = [`${file}: ${s.totalMs.toFixed(0)} ms sampled`, "by file:"];
+  for (const [k, v] of s.byFile.slice(0, n)) lines.push(`  ${pct(v)}  ${k}`);
+  lines.push("by function:");
+  for (const [k, v] of s.byFunction.slice(0, n)) lines.push(`  ${pct(v)}  ${k}`);
+  return lines.join("\n");
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  process.stdout.on("error", () => process.exit(0));
+  const [path, nArg] = process.argv.slice(2);
+  if (!path) {
+    console.error("usage: cpuprofile-top.ts FILE.cpuprofile [N]");
+    process.exit(2);
+  }
+  console.log(formatTop(path, Number(nArg ?? 25)));
 }

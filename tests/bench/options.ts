@@ -28,6 +28,8 @@ export interface Options {
   dir: string;
   /** The server's entry file, relative to the repo root. */
   entry: string;
+  /** When set, the throughput leader runs with --cpu-prof and writes its profile here. */
+  cpuProf: string | null;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
@@ -46,7 +48,8 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --idle-ticks N      sync intervals watched for the idle-tick cost
   --out FILE          JSON results (default ./bench-results.json)
   --dir DIR           where the temporary data dirs go (default the OS temp dir)
-  --entry FILE        server entry (default src/main.ts)`;
+  --entry FILE        server entry (default src/main.ts)
+  --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots`;
 
 /** Parses argv (without node and script); throws with a one-line message on a bad option. */
 export function parseOptions(argv: string[], haveWrk: boolean): Options {
@@ -100,6 +103,7 @@ export function parseOptions(argv: string[], haveWrk: boolean): Options {
     out: resolve(str("out", "bench-results.json")),
     dir: resolve(str("dir", tmpdir())),
     entry: str("entry", "src/main.ts"),
+    cpuProf: flags.has("cpu-prof") ? resolve(str("cpu-prof", "")) : null,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

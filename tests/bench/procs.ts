@@ -54,9 +54,9 @@ export function startProcess(name: string, cmd: string, args: string[], env: Rec
   return child;
 }
 
-/** Starts a TypeScript file of this repo under tsx (one process: `node --import tsx FILE`). */
-export function startTs(name: string, file: string, args: string[] = [], env: Record<string, string> = {}): Child {
-  return startProcess(name, process.execPath, ["--import", "tsx", file, ...args], env);
+/** Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`). */
+export function startTs(name: string, file: string, args: string[] = [], env: Record<string, string> = {}, nodeArgs: string[] = []): Child {
+  return startProcess(name, process.execPath, [...nodeArgs, "--import", "tsx", file, ...args], env);
 }
 
 /** Sends SIGTERM to the child's pid, then SIGKILL after `graceMs`; resolves when it has exited. */

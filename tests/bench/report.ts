@@ -52,6 +52,11 @@ export interface Results {
   };
   memory: {
     keys: number;
+    /** The throughput leader right after start, holding nothing: the runtime's own share. */
+    emptyLeaderRssMb: number | null;
+    /** The leader right after start with `keys` on disk (index only, nothing read yet). */
+    leaderRssAtReadyMb: number | null;
+    /** Leader and follower after catch-up and the lag probes (values read and cached). */
     leaderRssMb: number | null;
     leaderPeakMb: number | null;
     followerRssMb: number | null;
@@ -72,7 +77,7 @@ export const REQUIRED_FIGURES = [
   "replication.lag.p50Ms", "replication.lag.p99Ms",
   "replication.catchupSmall.seconds", "replication.catchupLarge.seconds", "replication.restartReadySeconds",
   "replication.idle.requestsPerTick", "replication.idle.bytesPerTick",
-  "memory.leaderRssMb", "memory.followerRssMb",
+  "memory.leaderRssMb", "memory.followerRssMb", "memory.emptyLeaderRssMb", "memory.leaderRssAtReadyMb",
   "startup.readyMs", "startup.emptyReadyMs",
 ] as const;
 
@@ -145,7 +150,8 @@ export function formatTable(r: Results): string {
   out.push(`  catch-up of a new follower           ${n(rep.catchupSmall?.keys)} keys: ${n(rep.catchupSmall?.seconds, 2)} s; ${n(rep.catchupLarge?.keys)} keys: ${n(rep.catchupLarge?.seconds, 2)} s (process start → all keys)`);
   out.push(`  restart of a synced follower         ready in ${n(rep.restartReadySeconds, 2)} s (full reconcile, nothing to copy)`);
   out.push(`  idle tick                            ${n(rep.idle?.requestsPerTick, 2)} requests, ${n(rep.idle?.bytesPerTick)} bytes per tick (${rep.idle?.ticks ?? 0} ticks; ${rep.idle?.requestKinds.join(", ") ?? "—"})`);
-  out.push(`memory with ${n(r.memory.keys)} keys              leader RSS ${n(r.memory.leaderRssMb, 1)} MB (peak ${n(r.memory.leaderPeakMb, 1)}), follower RSS ${n(r.memory.followerRssMb, 1)} MB (peak ${n(r.memory.followerPeakMb, 1)})`);
+  out.push(`memory with ${n(r.memory.keys)} keys              leader RSS ${n(r.memory.leaderRssMb, 1)} MB (peak ${n(r.memory.leaderPeakMb, 1)}), follower RSS ${n(r.memory.followerRssMb, 1)} MB (peak ${n(r.memory.followerPeakMb, 1)}) after catch-up and lag probes`);
+  out.push(`                                     leader RSS ${n(r.memory.leaderRssAtReadyMb, 1)} MB right after start with ${n(r.memory.keys)} keys; empty leader ${n(r.memory.emptyLeaderRssMb, 1)} MB (node + tsx share)`);
   out.push(`start-up to ready                    ${n(r.startup.keys)} keys: ${n(r.startup.readyMs)} ms; empty: ${n(r.startup.emptyReadyMs)} ms (spawn → /status?level=full 200)`);
   out.push(`note: the ${n(r.startup.keys)} and ${n(rep.catchupSmall?.keys)} stored keys (${m.prepopulatedValueBytes} B values) were written directly into the leaders' data dirs before start, not PUT`);
   out.push("");
