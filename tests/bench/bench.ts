@@ -259,6 +259,7 @@ async function main(): Promise<number> {
       lag: null,
       catchupSmall: null,
       catchupLarge: null,
+      catchupFsyncBoundSeconds: null,
       restartReadySeconds: null,
       idle: null,
     },
@@ -273,6 +274,8 @@ async function main(): Promise<number> {
     await stopAll();
     cleanup();
   }
+  const fsyncRate = r.put50.fsync?.opsPerSec ?? null;
+  r.replication.catchupFsyncBoundSeconds = fsyncRate ? o.keys / fsyncRate : null;
   const results: Results = { ...r, targets: checkTargets(r, o.keys >= 100_000) };
   results.meta.loadAvgAtEnd = loadavg().map((v) => Math.round(v * 100) / 100);
   results.meta.totalSeconds = Math.round((performance.now() - started) / 100) / 10;

@@ -54,8 +54,10 @@ export function keyCount(body: string): number | null {
 }
 
 /**
- * Polls `GET path` on the child's port every `everyMs` until `accept(reply)` holds;
- * resolves with the milliseconds since the child was started. Throws on timeout or exit.
+ * Polls `GET path` on the child's port until `accept(reply)` holds; resolves with the
+ * milliseconds since the child was started. Throws on timeout or exit. Polls every
+ * 10 ms at first, then every 1 % of the time elapsed (at most 100 ms), so that long
+ * waits (a catch-up) are not slowed by the probes (a readiness probe writes a file).
  */
 export async function waitFor(
   child: Child,
@@ -63,7 +65,6 @@ export async function waitFor(
   path: string,
   accept: (r: Reply) => boolean,
   timeoutMs: number,
-  everyMs = 10,
 ): Promise<number> {
   const deadline = performance.now() + timeoutMs;
   let last = "no answer";
@@ -76,7 +77,7 @@ export async function waitFor(
     } catch (e) {
       last = (e as Error).message;
     }
-    await sleep(everyMs);
+    await sleep(Math.min(100, Math.max(10, (performance.now() - child.startedAt) / 100)));
   }
   throw new Error(`${child.name}: not ready after ${timeoutMs} ms (last: ${last}):\n${tail(child)}`);
 }

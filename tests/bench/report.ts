@@ -47,6 +47,8 @@ export interface Results {
     lag: LagResult | null;
     catchupSmall: { keys: number; seconds: number | null; runs: number[] } | null;
     catchupLarge: { keys: number; seconds: number | null } | null;
+    /** The least a catch-up can take with one fsynced file per key: keys / the 50 B fsync-loop rate. */
+    catchupFsyncBoundSeconds: number | null;
     restartReadySeconds: number | null;
     idle: IdleResult | null;
   };
@@ -148,6 +150,7 @@ export function formatTable(r: Results): string {
   out.push(`replication (sync interval ${rep.syncIntervalMs} ms, ${n(rep.keysStored)} keys stored):`);
   out.push(`  lag PUT ack → readable on follower   p50 ${n(rep.lag?.p50Ms, 1)} ms, p99 ${n(rep.lag?.p99Ms, 1)} ms, max ${n(rep.lag?.maxMs, 1)} ms (${rep.lag?.samples ?? 0} probes${rep.lag?.timeouts ? `, ${rep.lag.timeouts} timed out` : ""})`);
   out.push(`  catch-up of a new follower           ${n(rep.catchupSmall?.keys)} keys: ${n(rep.catchupSmall?.seconds, 2)} s; ${n(rep.catchupLarge?.keys)} keys: ${n(rep.catchupLarge?.seconds, 2)} s (process start → all keys)`);
+  out.push(`  fsync bound for ${n(rep.catchupLarge?.keys)} keys        ${n(rep.catchupFsyncBoundSeconds, 2)} s (keys / the 50 B fsync-loop rate: one fsynced file per key)`);
   out.push(`  restart of a synced follower         ready in ${n(rep.restartReadySeconds, 2)} s (full reconcile, nothing to copy)`);
   out.push(`  idle tick                            ${n(rep.idle?.requestsPerTick, 2)} requests, ${n(rep.idle?.bytesPerTick)} bytes per tick (${rep.idle?.ticks ?? 0} ticks; ${rep.idle?.requestKinds.join(", ") ?? "—"})`);
   out.push(`memory with ${n(r.memory.keys)} keys              leader RSS ${n(r.memory.leaderRssMb, 1)} MB (peak ${n(r.memory.leaderPeakMb, 1)}), follower RSS ${n(r.memory.followerRssMb, 1)} MB (peak ${n(r.memory.followerPeakMb, 1)}) after catch-up and lag probes`);
