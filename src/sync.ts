@@ -110,7 +110,9 @@ export class Poller implements ReplicaState {
 
   #succeeded(): void {
     const { log, leaderUrl } = this.#options;
-    if (!this.#synced) log("synced", { leader: leaderUrl, keys: this.#options.store.count });
+    if (!this.#synced) {
+      log("synced", { leader: leaderUrl, keys: this.#options.store.count, copied: this.#counts.copied, deleted: this.#counts.deleted });
+    }
     if (this.#outageSince !== null) {
       log("leader-reachable", { leader: leaderUrl, down_seconds: ((performance.now() - this.#outageSince) / 1000).toFixed(1) });
       this.#outageSince = null;
