@@ -148,8 +148,19 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics.count("get", OK);
   }
 
+  function valueHeaders(entry: Entry): Record<string, string | number> {
+    return { "Content-Type": "application/octet-stream", "Content-Length": entry.size, ETag: store.etag(entry) };
+  }
+
+  function notModified(req: IncomingMessage, entry: Entry): boolean {
+    const match = req.headers["if-none-match"];
+    if (match === undefined) return false;
+    const etag = store.etag(entry);
+    return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
+  }
+
   function sendNotModified(res: ServerResponse, entry: Entry): void {
-    res.writeHead(NOT_MODIFIED, { ETag: entry.etag });
+    res.writeHead(NOT_MODIFIED, { ETag: store.etag(entry) });
     res.end();
     metrics.count("get", NOT_MODIFIED);
   }
@@ -300,15 +311,6 @@ export function createMehdbServer(options: ServerOptions): Server {
   return server;
 }
 
-function valueHeaders(entry: Entry): Record<string, string | number> {
-  return { "Content-Type": "application/octet-stream", "Content-Length": entry.size, ETag: entry.etag };
-}
-
-function notModified(req: IncomingMessage, entry: Entry): boolean {
-  const match = req.headers["if-none-match"];
-  if (match === undefined) return false;
-  return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === entry.etag);
-}
 
 function bodyExpected(req: IncomingMessage): boolean {
   const length = req.headers["content-length"];

@@ -14,8 +14,8 @@
  * epoch is new every time the store opens.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, type ReadStream } from "node:fs";
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from "node:fs/promises";
+import { createReadStream, readdirSync, statSync, type ReadStream } from "node:fs";
+import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
 import { isValidKey } from "./keys.ts";
@@ -28,8 +28,6 @@ export interface Entry {
   readonly mtimeMs: number;
   /** The change number that wrote it (unique within one epoch). */
   readonly seq: number;
-  /** Strong entity tag, unique for this value within and across epochs. */
-  readonly etag: string;
 }
 
 /** A value read from the store: its bytes when small, else a stream of the file. */
@@ -117,22 +115,17 @@ export class Store {
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
     await mkdir(dir, { recursive: true });
     const store = new Store(dir, await open(dir, "r"), options);
-    const names = await readdir(dir);
+    // The scan is synchronous: nothing else runs before the store is open, and
+    // 100 000 stat calls take a tenth of the time they take through the thread pool.
+    const names = readdirSync(dir);
     const leftovers = names.filter((name) => name.startsWith(TMP_PREFIX));
-    const keys = names.filter(isValidKey);
     await forEachLimited(leftovers, 32, (name) => unlink(join(dir, name)).catch(ignoreMissing));
-    const entries = new Array<Entry | undefined>(keys.length);
-    await forEachLimited(keys.map((_, i) => i), 64, async (i) => {
-      const stats = await stat(join(dir, keys[i])).catch(ignoreMissing);
-      if (stats?.isFile()) entries[i] = store.#entry(stats.size, Math.round(stats.mtimeMs));
-    });
-    keys.forEach((key, i) => {
-      const entry = entries[i];
-      if (entry) store.#set(key, entry);
-    });
+    for (const key of names) {
+      if (!isValidKey(key)) continue;
+      const stats = statSync(join(dir, key), { throwIfNoEntry: false });
+      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs)), false);
+    }
     store.#floor = store.#seq;
-    store.#logKeys = [];
-    store.#logSeq = [];
     if (leftovers.length > 0) await store.#dirSync.sync();
     return store;
   }
@@ -145,6 +138,11 @@ export class Store {
   /** Total bytes of all values. */
   get bytes(): number {
     return this.#bytes;
+  }
+
+  /** The strong entity tag of an entry: unique for its value, within and across epochs. */
+  etag(entry: Entry): string {
+    return `"${this.epoch}-${entry.seq.toString(36)}"`;
   }
 
   /** The entry of `key`, or `undefined` when absent. */
@@ -313,17 +311,17 @@ export class Store {
 
   #entry(size: number, mtimeMs: number): Entry {
     const seq = ++this.#seq;
-    return { size, mtimeMs, seq, etag: `"${this.epoch}-${seq.toString(36)}"` };
+    return { size, mtimeMs, seq };
   }
 
-  #set(key: string, entry: Entry): void {
+  #set(key: string, entry: Entry, logged = true): void {
     const old = this.#index.get(key);
     if (old) this.#bytes -= old.size;
     else this.#sorted = null;
     this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
-    this.#log(key, entry.seq);
+    if (logged) this.#log(key, entry.seq);
   }
 
   #remove(key: string): void {
