@@ -12,7 +12,7 @@
 import { describe, it, before, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
@@ -192,6 +192,38 @@ async function waitValue(pod: Pod, key: string, value: string, timeoutMs = 15_00
     timeoutMs,
   );
 }
+
+// What can be checked without podman: the Containerfile's shape.
+describe('Containerfile', () => {
+  const text = readFileSync(path.join(root, 'Containerfile'), 'utf8');
+  const lines = text
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+  const instr = (l: string): string => l.split(/\s+/)[0]!.toUpperCase();
+
+  it('takes its base from ARG NODE_IMAGE (a public Node 24 image by default)', () => {
+    assert.match(lines[0]!, /^ARG NODE_IMAGE=\S*node:24\S*$/);
+    assert.deepEqual(lines.filter((l) => instr(l) === 'FROM'), ['FROM ${NODE_IMAGE}']);
+  });
+
+  it('copies only package.json and src/, installs nothing, needs no shell', () => {
+    const copies = lines.filter((l) => ['COPY', 'ADD'].includes(instr(l)));
+    assert.deepEqual(copies, ['COPY package.json ./', 'COPY src/ ./src/']);
+    for (const l of lines.filter((l) => instr(l) === 'RUN')) {
+      assert.match(l, /^RUN \["node",/, `exec-form RUN with node only (the local base has no shell): ${l}`);
+    }
+    assert.ok(!lines.some((l) => /npm (ci|install)/.test(l)), 'no npm install');
+  });
+
+  it('runs `node src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876', () => {
+    assert.ok(lines.includes('USER 1000:1000'));
+    assert.ok(lines.some((l) => /^ENV\s.*\bMEHDB_DATADIR=\/data\b/.test(l)));
+    assert.ok(lines.includes('EXPOSE 9876'));
+    assert.equal(lines.at(-1), 'CMD ["node", "src/main.ts"]');
+  });
+});
 
 const skipReason = podmanMissing();
 if (skipReason) {
