@@ -13,6 +13,7 @@
  */
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import { pipeline } from "node:stream";
 import type { Role } from "./config.ts";
 import { KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -133,11 +134,11 @@ export function createMehdbServer(options: ServerOptions): Server {
         res.end();
         return;
       }
-      value.stream.on("error", (error) => {
-        log("error", { op: "get", key, error: error.message });
-        res.destroy();
+      // pipeline closes the file when the client goes away early.
+      pipeline(value.stream, res, (error) => {
+        const code = (error as NodeJS.ErrnoException | undefined)?.code;
+        if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") log("error", { op: "get", key, error: code ?? error.message });
       });
-      value.stream.pipe(res);
     });
   }
 
