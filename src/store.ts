@@ -68,6 +68,19 @@ export interface PutOptions {
   mtimeMs?: number;
 }
 
+/** A value written to its temporary file but not yet committed; see {@link Store.stage}. */
+export interface Staged {
+  readonly key: string;
+  readonly tmp: string;
+  readonly handle: FileHandle;
+  size: number;
+  mtimeMs: number | undefined;
+  /** The bytes, kept while small enough for the cache. */
+  cached: Uint8Array[];
+  closed?: boolean;
+  renamed?: boolean;
+}
+
 /** The value was larger than allowed; nothing was stored. */
 export class ValueTooLargeError extends Error {
   override name = "ValueTooLargeError";
@@ -198,42 +211,80 @@ export class Store {
    * value stays and no temporary file is left.
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
+    const [entry] = await this.commit([await this.stage(key, body, options)]);
+    return entry;
+  }
+
+  /**
+   * The first half of a write: streams `body` into a temporary file, not yet
+   * fsynced nor visible. {@link Store.commit} finishes it; {@link Store.discard}
+   * drops it. Staging many values and committing them together lets one
+   * journal commit carry all of them (a follower's catch-up does that).
+   */
+  async stage(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const handle = await open(tmp, "wx", 0o644);
-    let closed = false;
+    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: [] };
     try {
-      const chunks: Uint8Array[] = [];
-      let size = 0;
       for await (const chunk of body) {
-        size += chunk.length;
-        if (size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
-        if (size <= this.#cache.maxValueBytes) chunks.push(chunk);
+        staged.size += chunk.length;
+        if (staged.size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
+        if (staged.size <= this.#cache.maxValueBytes) staged.cached.push(chunk);
         await writeAll(handle, chunk);
       }
-      let mtimeMs: number;
-      if (options.mtimeMs !== undefined) {
-        mtimeMs = Math.round(options.mtimeMs);
-        await handle.utimes(mtimeMs / 1000, mtimeMs / 1000);
-        await handle.sync();
-      } else {
-        await handle.sync();
-        mtimeMs = Math.round((await handle.stat()).mtimeMs);
-      }
-      closed = true;
-      await handle.close();
-      const entry = await this.#locked(key, async () => {
-        await rename(tmp, join(this.dir, key));
-        const entry = this.#entry(size, mtimeMs);
-        this.#set(key, entry);
-        if (size <= this.#cache.maxValueBytes) this.#cache.set(key, entry, Buffer.concat(chunks, size));
-        return entry;
-      });
-      await this.#dirSync.sync();
-      return entry;
+      return staged;
     } catch (error) {
-      if (!closed) await handle.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
+      await this.discard([staged]);
       throw error;
+    }
+  }
+
+  /**
+   * The second half of a write: fsyncs every staged file, renames each over its
+   * key's file (in order, per key) and fsyncs the directory once; resolves with
+   * the new entries once all of it is on disk. On an error, what was not yet
+   * renamed is discarded.
+   */
+  async commit(staged: readonly Staged[]): Promise<Entry[]> {
+    try {
+      await forEachLimited(staged, 4, async (s) => {
+        if (s.mtimeMs !== undefined) {
+          s.mtimeMs = Math.round(s.mtimeMs);
+          await s.handle.utimes(s.mtimeMs / 1000, s.mtimeMs / 1000);
+          await s.handle.sync();
+        } else {
+          await s.handle.sync();
+          s.mtimeMs = Math.round((await s.handle.stat()).mtimeMs);
+        }
+        await s.handle.close();
+        s.closed = true;
+      });
+      const entries: Entry[] = [];
+      for (const s of staged) {
+        entries.push(await this.#locked(s.key, async () => {
+          await rename(s.tmp, join(this.dir, s.key));
+          s.renamed = true;
+          const entry = this.#entry(s.size, s.mtimeMs!);
+          this.#set(s.key, entry);
+          if (s.size <= this.#cache.maxValueBytes) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
+          return entry;
+        }));
+      }
+      await this.#dirSync.sync();
+      return entries;
+    } catch (error) {
+      await this.discard(staged);
+      throw error;
+    }
+  }
+
+  /** Drops staged values that were not committed: closes and removes their temporary files. */
+  async discard(staged: readonly Staged[]): Promise<void> {
+    for (const s of staged) {
+      if (s.renamed) continue;
+      if (!s.closed) await s.handle.close().catch(() => {});
+      s.closed = true;
+      await unlink(s.tmp).catch(() => {});
     }
   }
 

@@ -215,3 +215,31 @@ test("probeWritable: null when the directory takes files", async () => {
   assert.deepEqual(await readdir(dir), []);
   await store.close();
 });
+
+test("stage then commit: nothing is visible until the commit, then all values are", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  const staged = [
+    await store.stage("one", chunks("1"), { maxBytes: 10, mtimeMs: 1_700_000_000_000 }),
+    await store.stage("two", chunks("22"), { maxBytes: 10 }),
+  ];
+  assert.deepEqual(store.list(), []);
+  assert.equal((await readdir(dir)).filter((n) => !n.startsWith(".tmp-")).length, 0);
+  const entries = await store.commit(staged);
+  assert.deepEqual(entries.map((e) => e.size), [1, 2]);
+  assert.deepEqual(store.list(), ["one", "two"]);
+  assert.equal(store.stat("one")?.mtimeMs, 1_700_000_000_000);
+  assert.deepEqual((await readdir(dir)).sort(), ["one", "two"]);
+  await store.close();
+});
+
+test("discard drops staged values and their temporary files; the old value stays", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  await store.put("k", chunks("old"), { maxBytes: 10 });
+  const staged = await store.stage("k", chunks("new"), { maxBytes: 10 });
+  await store.discard([staged]);
+  assert.equal((await read(store, "k"))?.toString(), "old");
+  assert.deepEqual(await readdir(dir), ["k"]);
+  await store.close();
+});
