@@ -208,12 +208,17 @@ test("idle cost: with 10 000 keys synced, each idle tick is one request to the l
   const syncBytes = proxy.bytes();
   t.diagnostic(`catch-up of 10 000 keys: ${proxy.exchanges().length} requests, ${syncBytes.up} bytes up, ${syncBytes.down} bytes down`);
 
-  // Measure between quiet moments (no exchange in flight), so that the proxy's window and the ticks counted agree.
+  // Sample the follower's counters at quiet moments (no exchange in flight), so that the proxy's window and
+  // the ticks counted agree; a tick that started while the counters were read shows up at the proxy
+  // right after, and then the sample is taken again.
   const quiet = async (after: number) => {
-    await waitFor(() => proxy.exchanges().length > after && performance.now() - proxy.lastActivity() > 30, "a quiet moment between ticks");
-    const seen = proxy.exchanges().length;
-    const sample = await metrics(follower.url);
-    return { seen, sample };
+    for (;;) {
+      await waitFor(() => proxy.exchanges().length > after && performance.now() - proxy.lastActivity() > 30, "a quiet moment between ticks");
+      const seen = proxy.exchanges().length;
+      const sample = await metrics(follower.url);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      if (proxy.exchanges().length === seen) return { seen, sample };
+    }
   };
   const start = await quiet(proxy.exchanges().length);
   const end = await quiet(start.seen + 10);
