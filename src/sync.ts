@@ -17,7 +17,7 @@ import { isValidKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
-import type { Changes, Store } from "./store.ts";
+import type { Changes, Staged, Store } from "./store.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -35,8 +35,22 @@ export interface PollerOptions {
   timeoutMs?: number;
 }
 
+/** Values copied per commit (each holds an open file until then). */
+const BATCH_SIZE = 128;
+/** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
+const GROUP_VALUE_BYTES = 64 * 1024;
+/** Limits of one group: keys, listed bytes, characters of the key list. */
+const GROUP_KEYS = 256;
+const GROUP_BYTES = 2 * 1024 * 1024;
+const GROUP_KEY_CHARS = 8000;
+/** Groups fetched and committed at once. */
+const GROUP_CONCURRENCY = 4;
+/** Largest `GET /values` answer read (values may have grown since they were listed). */
+const MAX_GROUP_ANSWER_BYTES = 64 * 1024 * 1024;
 /** Largest listing read from the leader, in bytes. */
 const MAX_LISTING_BYTES = 512 * 1024 * 1024;
+/** Distinct bad names logged before the poller stops logging new ones (they are still counted). */
+const MAX_LOGGED_SKIPS = 1000;
 
 /** Copies a leader's keys on a timer; create one per follower, then {@link Poller.start}. */
 export class Poller implements ReplicaState {
@@ -51,6 +65,8 @@ export class Poller implements ReplicaState {
   #lastError: string | null = null;
   #outageSince: number | null = null;
   #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, errors: 0 };
+  /** Bad names already logged (each is logged once). */
+  #skippedNames = new Set<string>();
 
   constructor(options: PollerOptions) {
     this.#options = { concurrency: 8, timeoutMs: 10_000, ...options };
@@ -106,7 +122,9 @@ export class Poller implements ReplicaState {
 
   #succeeded(): void {
     const { log, leaderUrl } = this.#options;
-    if (!this.#synced) log("synced", { leader: leaderUrl, keys: this.#options.store.count });
+    if (!this.#synced) {
+      log("synced", { leader: leaderUrl, keys: this.#options.store.count, copied: this.#counts.copied, deleted: this.#counts.deleted });
+    }
     if (this.#outageSince !== null) {
       log("leader-reachable", { leader: leaderUrl, down_seconds: ((performance.now() - this.#outageSince) / 1000).toFixed(1) });
       this.#outageSince = null;
@@ -136,21 +154,24 @@ export class Poller implements ReplicaState {
     if (Array.isArray(listing)) return this.#syncPlain(listing);
     const changes = checkChanges(listing);
     const { store } = this.#options;
-    const fetch: [string, number][] = [];
+    const fetch: Listed[] = [];
     if (changes.full) {
       const listed = new Set<string>();
       for (const [key, size, mtimeMs] of changes.keys) {
         if (!this.#acceptable(key)) continue;
         listed.add(key);
         const local = store.stat(key);
-        if (!local || local.size !== size || local.mtimeMs !== Math.round(mtimeMs)) fetch.push([key, mtimeMs]);
+        if (!local || local.size !== size || local.mtimeMs !== Math.round(mtimeMs)) fetch.push([key, size, mtimeMs]);
       }
       for (const key of store.list()) if (!listed.has(key)) await this.#delete(key);
     } else {
       for (const key of changes.deleted) if (this.#acceptable(key)) await this.#delete(key);
-      for (const [key, , mtimeMs] of changes.keys) if (this.#acceptable(key)) fetch.push([key, mtimeMs]);
+      for (const listed of changes.keys) if (this.#acceptable(listed[0])) fetch.push(listed);
     }
-    await forEachLimited(fetch, this.#options.concurrency, ([key, mtimeMs]) => this.#copy(key, mtimeMs));
+    const small = fetch.filter(([, size]) => size <= GROUP_VALUE_BYTES);
+    const large = fetch.filter(([, size]) => size > GROUP_VALUE_BYTES);
+    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
+    for (let i = 0; i < large.length; i += BATCH_SIZE) await this.#copyBatch(large.slice(i, i + BATCH_SIZE));
     this.#cursor = changes.cursor;
   }
 
@@ -163,7 +184,10 @@ export class Poller implements ReplicaState {
     await forEachLimited([...listed], this.#options.concurrency, async (key) => {
       const res = await this.#get(`/get/${key}`);
       if (res.statusCode === 404) return void res.resume();
-      if (res.statusCode !== 200) throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+      if (res.statusCode !== 200) {
+        res.resume();
+        throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+      }
       const bytes = await readAll(res, this.#options.maxValueBytes);
       const local = await store.get(key);
       if (local?.body?.equals(bytes)) return;
@@ -173,27 +197,72 @@ export class Poller implements ReplicaState {
     });
   }
 
-  /** Copies one key; a key gone meanwhile is left for the next tick's listing. */
-  async #copy(key: string, mtimeMs: number): Promise<void> {
-    const res = await this.#get(`/get/${key}`);
-    if (res.statusCode === 404) return void res.resume();
+  /**
+   * Copies a batch of keys: fetches them (a few at a time) into temporary files,
+   * then commits them together, so one journal commit carries the whole batch.
+   * A key gone meanwhile is left for the next tick's listing.
+   */
+  async #copyBatch(batch: Listed[]): Promise<void> {
+    const { store, maxValueBytes, concurrency } = this.#options;
+    const staged: Staged[] = [];
+    try {
+      await forEachLimited(batch, concurrency, async ([key, , mtimeMs]) => {
+        const res = await this.#get(`/get/${key}`);
+        if (res.statusCode === 404) return void res.resume();
+        if (res.statusCode !== 200) {
+          res.resume();
+          throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+        }
+        staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs }));
+      });
+    } catch (error) {
+      await store.discard(staged);
+      throw error;
+    }
+    await store.commit(staged);
+    this.#counts.copied += staged.length;
+  }
+
+  /**
+   * Copies a group of small keys with one `GET /values` and commits them
+   * together. Each copy takes the size and mtime the answer gives, which
+   * describe the bytes fetched. A leader that does not serve `/values` gets
+   * one request per key instead.
+   */
+  async #copyGroup(group: Listed[]): Promise<void> {
+    const { store, maxValueBytes, concurrency } = this.#options;
+    const res = await this.#get(`/values?keys=${group.map(([key]) => key).join(",")}`);
     if (res.statusCode !== 200) {
       res.resume();
-      throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+      return this.#copyBatch(group);
     }
-    await this.#options.store.put(key, exactly(res), { maxBytes: this.#options.maxValueBytes, mtimeMs });
-    this.#counts.copied++;
+    const values = parseValues(await readAll(res, MAX_GROUP_ANSWER_BYTES));
+    const staged: Staged[] = [];
+    try {
+      await forEachLimited(group, concurrency, async ([key]) => {
+        const value = values.get(key);
+        if (value) staged.push(await store.stage(key, [value.body], { maxBytes: maxValueBytes, mtimeMs: value.mtimeMs }));
+      });
+    } catch (error) {
+      await store.discard(staged);
+      throw error;
+    }
+    await store.commit(staged);
+    this.#counts.copied += staged.length;
   }
 
   async #delete(key: string): Promise<void> {
     if (await this.#options.store.delete(key)) this.#counts.deleted++;
   }
 
-  /** A listed name must pass the key rules, like any input. */
+  /** A listed name must pass the key rules, like any input. Each bad name is logged once, not on every tick. */
   #acceptable(key: string): boolean {
     if (isValidKey(key)) return true;
     this.#counts.skipped++;
-    this.#options.log("skip-key", { reason: "the leader listed a name that breaks the key rules", name: JSON.stringify(key).slice(0, 220) });
+    if (this.#skippedNames.has(key) || this.#skippedNames.size > MAX_LOGGED_SKIPS) return false;
+    this.#skippedNames.add(key);
+    const more = this.#skippedNames.size > MAX_LOGGED_SKIPS ? "; further bad names are only counted in mehdb_sync_keys_skipped_total" : "";
+    this.#options.log("skip-key", { reason: `the leader listed a name that breaks the key rules${more}`, name: JSON.stringify(key).slice(0, 220) });
     return false;
   }
 
@@ -238,6 +307,51 @@ export class Poller implements ReplicaState {
       sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
       sample("mehdb_sync_seconds_since_success", "gauge", "Seconds since the last complete sync (-1 before the first).", age === null ? -1 : Number(age.toFixed(3)));
   }
+}
+
+/** A key as the change feed lists it. */
+type Listed = [key: string, size: number, mtimeMs: number];
+
+/** Splits small listed keys into groups for `GET /values`, within the group limits. */
+function groups(listed: Listed[]): Listed[][] {
+  const out: Listed[][] = [];
+  let group: Listed[] = [];
+  let bytes = 0;
+  let chars = 0;
+  for (const item of listed) {
+    if (group.length > 0 && (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)) {
+      out.push(group);
+      group = [];
+      bytes = 0;
+      chars = 0;
+    }
+    group.push(item);
+    bytes += item[1];
+    chars += item[0].length + 1;
+  }
+  if (group.length > 0) out.push(group);
+  return out;
+}
+
+/** Reads a `GET /values` answer: key → bytes and mtime; absent keys are left out. */
+export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs: number }> {
+  const values = new Map<string, { body: Buffer; mtimeMs: number }>();
+  let at = 0;
+  while (at < answer.length) {
+    const end = answer.indexOf(10, at);
+    if (end < 0) throw new Error("leader's /values answer ends inside a header line");
+    const [key, size, mtime] = answer.toString("latin1", at, end).split(" ");
+    at = end + 1;
+    if (size === "-") continue;
+    const length = Number(size);
+    const mtimeMs = Number(mtime);
+    if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
+      throw new Error("leader's /values answer is malformed or cut short");
+    }
+    values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
+    at += length;
+  }
+  return values;
 }
 
 /** Checks the shape of a change-feed answer. */
