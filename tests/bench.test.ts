@@ -8,8 +8,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { freePort, waitReady } from "./bench/http.ts";
+import { runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
-import { REPO_ROOT } from "./bench/procs.ts";
+import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
 
 test("npm run bench --quick on tiny settings produces every figure", { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-test-"));
@@ -38,6 +40,28 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
     // The bench removed its temporary data dirs.
     assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith("mehdb-bench-")), []);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the Node load generator (used when wrk is missing) drives GET and PUT against the ceiling", { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mehdb-loadgen-test-"));
+  try {
+    const port = await freePort();
+    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(port)]);
+    await waitReady(ceiling, port, 30_000);
+    const options = { tool: "node" as const, port, connections: 4, threads: 1, seconds: 0.5, tmpDir: dir };
+    for (const w of [
+      { name: "get", method: "GET" as const, path: "/get/x", keys: 1, valueBytes: 0 },
+      { name: "put", method: "PUT" as const, path: "/set/x-", keys: 10, valueBytes: 70_000 },
+    ]) {
+      const r = await runLoad(w, options);
+      assert.ok(r.requests > 0 && r.rps > 0, `${w.name}: no requests completed`);
+      assert.equal(r.errors + r.badStatus, 0, `${w.name}: failed requests`);
+      assert.ok(r.p50Ms !== null && r.p99Ms !== null && r.p50Ms <= r.p99Ms, `${w.name}: latency percentiles`);
+    }
+  } finally {
+    await stopAll();
     rmSync(dir, { recursive: true, force: true });
   }
 });

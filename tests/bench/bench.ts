@@ -113,15 +113,21 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       const theirs: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
       for (let i = 0; i < o.reps; i++) {
-        theirs.push(await runLoad(load, { ...base, port: ceilingPort }));
-        mine.push(await runLoad(load, { ...base, port: leader.port }));
-        if (w.fsync) fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes));
+        // Odd repetitions run in the reverse order, so that a drift of the machine
+        // (other work, page cache, disk) weighs on both sides of each ratio alike.
+        const steps = [
+          async () => void theirs.push(await runLoad(load, { ...base, port: ceilingPort })),
+          async () => void mine.push(await runLoad(load, { ...base, port: leader.port })),
+          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes))),
+        ];
+        for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
         log(`  ${load.name} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
           (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
       }
       w.mehdb = summarize(mine);
       w.ceiling = summarize(theirs);
-      w.ratioToCeiling = ratio(w.mehdb.rps, w.ceiling.rps);
+      // Ratios are medians of the ratios within each repetition (paired, run back to back).
+      w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]!.rps)));
       if (w.fsync) {
         w.fsync = {
           opsPerSec: median(fsync.map((f) => f.opsPerSec)),
@@ -129,7 +135,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
           p99Ms: median(fsync.map((f) => f.p99Ms)),
           runs: fsync.map((f) => Math.round(f.opsPerSec)),
         };
-        w.ratioToFsync = ratio(w.mehdb.rps, w.fsync.opsPerSec);
+        w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]!.opsPerSec)));
       }
     }
   });

@@ -34,7 +34,7 @@ export interface Options {
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --quick             under a minute: 2 000 keys, 2 s load runs, 1 repetition, 250 ms sync interval
-  --full              the default: 100 000 keys, 10 s load runs, 3 repetitions, 1 000 ms sync interval
+  --full              the default: 100 000 keys, 8 s load runs, 5 repetitions, 1 000 ms sync interval
   --duration SEC      seconds per load run (wrk: whole seconds)
   --warmup SEC        untimed warm-up run per workload and server (0: none)
   --keys N            keys stored for start-up, memory, lag and the large catch-up
@@ -89,11 +89,11 @@ export function parseOptions(argv: string[], haveWrk: boolean): Options {
   if (load !== "wrk" && load !== "node") throw new Error("--load must be wrk or node");
   const o: Options = {
     mode: quick ? "quick" : "full",
-    duration: num("duration", quick ? 2 : 10, 0.2),
+    duration: num("duration", quick ? 2 : 8, 0.2),
     warmup: num("warmup", quick ? 1 : 2, 0),
     keys,
     smallKeys: Math.round(num("small-keys", Math.min(10_000, Math.ceil(keys / 10)), 1)),
-    reps: Math.round(num("reps", quick ? 1 : 3, 1)),
+    reps: Math.round(num("reps", quick ? 1 : 5, 1)),
     connections: Math.round(num("connections", 32, 1)),
     threads: Math.round(num("threads", 2, 1)),
     load,

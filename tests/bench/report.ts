@@ -20,6 +20,7 @@ export interface Workload {
   label: string;
   mehdb: Throughput;
   ceiling: Throughput;
+  /** Median over the repetitions of mehdb's rate / the ceiling's rate in the same repetition. */
   ratioToCeiling: number | null;
   /** PUT only: the fsync loop with the same value size, and the ratio to it. */
   fsync?: { opsPerSec: number | null; p50Ms: number | null; p99Ms: number | null; runs: number[] };
@@ -131,7 +132,7 @@ export function formatTable(r: Results): string {
   const out: string[] = [];
   out.push(`mehdb bench — ${m.mode} run, ${m.date}`);
   out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}; load average ${String(m.loadAvgAtStart)} at start, ${String(m.loadAvgAtEnd)} at end`);
-  out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s), medians; data dirs under ${m.dataParent} (${m.dataFs})`);
+  out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s); rates are medians, ratios medians of the per-repetition ratios; data dirs under ${m.dataParent} (${m.dataFs})`);
   out.push("");
   out.push(`${pad("workload", 28)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
   for (const w of [r.get, r.put50, r.put64k]) {
@@ -161,7 +162,8 @@ export function formatTable(r: Results): string {
   out.push("targets:");
   for (const t of r.targets) {
     const verdict = t.pass === null ? (t.value === null ? "missing" : "n/a at this scale") : t.pass ? "ok" : "MISSED";
-    out.push(`  ${pad(t.name, 36)}${lpad(n(t.value, 2), 10)}  ${pad(t.target, 28)}${verdict}`);
+    const digits = t.value !== null && Math.abs(t.value) < 10 ? 3 : 0;
+    out.push(`  ${pad(t.name, 36)}${lpad(n(t.value, digits), 10)}  ${pad(t.target, 28)}${verdict}`);
   }
   if (r.errors.length) {
     out.push("");
