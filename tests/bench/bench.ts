@@ -12,7 +12,7 @@ import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type W
 import { startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
 import { populate } from "./populate.ts";
-import { killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import { haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
@@ -25,6 +25,12 @@ const FSYNC_LOOPS = 4;
 const PREPOPULATED_VALUE_BYTES = 50;
 /** The GET workload's value (as long as the ceiling's constant answer). */
 const GET_VALUE = "0123456789";
+
+/** The CPUs of the load generator when pinned: all but CPU 0 (taskset list). */
+function loadCpuList(): string {
+  const n = cpus().length;
+  return n === 2 ? "1" : `1-${n - 1}`;
+}
 
 function log(msg: string): void {
   process.stderr.write(`bench: ${msg}\n`);
@@ -46,8 +52,8 @@ interface FsyncRun {
   p99Ms: number | null;
 }
 
-async function fsyncLoop(dir: string, seconds: number, valueBytes: number): Promise<FsyncRun> {
-  const child = startTs(`fsync-${valueBytes}`, "tests/bench/fsync-loop.ts", [dir, String(seconds), String(valueBytes), String(FSYNC_LOOPS)]);
+async function fsyncLoop(dir: string, seconds: number, valueBytes: number, cpus: string | null): Promise<FsyncRun> {
+  const child = startTs(`fsync-${valueBytes}`, "tests/bench/fsync-loop.ts", [dir, String(seconds), String(valueBytes), String(FSYNC_LOOPS)], {}, [], cpus);
   const killer = setTimeout(() => void stopProcess(child, 1000), (seconds + 30) * 1000);
   const code = await child.exited;
   clearTimeout(killer);
@@ -90,15 +96,19 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
   //    with the fsync loop of the same value size in the same repetition.
   await phase("throughput (ceiling, leader, fsync loop)", async () => {
     const ceilingPort = await freePort();
-    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)]);
+    // Pinned: the server under test (and the fsync loop) on CPU 0, the load generator on the others.
+    const serverCpus = o.pin ? "0" : null;
+    const loadCpus = o.pin ? loadCpuList() : null;
+    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)], {}, [], serverCpus);
     await waitReady(ceiling, ceilingPort, readyTimeout);
     const profArgs = o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : [];
-    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput", profArgs);
+    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput", profArgs, serverCpus);
     r.startup.emptyReadyMs = await waitReady(leader.child, leader.port, readyTimeout);
     r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
-    const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root };
+    const threads = o.pin ? Math.min(o.threads, cpus().length - 1) : o.threads;
+    const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads, seconds: o.duration, tmpDir: root, cpus: loadCpus };
     const fsyncSeconds = Math.min(5, o.duration);
     const cases: [Workload, LoadWorkload][] = [
       [r.get, { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 }],
@@ -118,7 +128,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
         const steps = [
           async () => void theirs.push(await runLoad(load, { ...base, port: ceilingPort })),
           async () => void mine.push(await runLoad(load, { ...base, port: leader.port })),
-          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes))),
+          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, serverCpus))),
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
         log(`  ${load.name} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
@@ -207,7 +217,7 @@ async function main(): Promise<number> {
   let o: Options;
   const wrk = haveWrk();
   try {
-    o = parseOptions(process.argv.slice(2), wrk);
+    o = parseOptions(process.argv.slice(2), wrk, cpus().length >= 2 && haveTaskset());
   } catch (e) {
     process.stderr.write(`${(e as Error).message}\n`);
     return 2;
@@ -241,7 +251,9 @@ async function main(): Promise<number> {
       cpuModel: cpus()[0]?.model ?? "?",
       memoryGb: Math.round(totalmem() / 2 ** 30),
       os: `${type()} ${release()}`,
-      loadTool: o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)",
+      loadTool: (o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.pin ? Math.min(o.threads, cpus().length - 1) : o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)") +
+        (o.pin ? `, pinned: servers and fsync loop on CPU 0, load on CPU ${loadCpuList()}` : ", not pinned"),
+      pinned: o.pin,
       connections: o.connections,
       durationSeconds: o.load === "wrk" ? wrkSeconds(o.duration) : o.duration,
       warmupSeconds: o.warmup,

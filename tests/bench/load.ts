@@ -28,6 +28,8 @@ export interface LoadOptions {
   seconds: number;
   /** A temp directory for wrk's Lua scripts. */
   tmpDir: string;
+  /** CPUs the load generator is pinned to (taskset list), or null. */
+  cpus?: string | null;
 }
 
 /** Throughput and latency of one run. */
@@ -97,7 +99,7 @@ async function runWrk(w: Workload, o: LoadOptions): Promise<LoadResult> {
   const threads = Math.min(o.threads, o.connections);
   const child = startProcess(`wrk-${w.name}`, "wrk", [
     `-t${threads}`, `-c${o.connections}`, `-d${secs}s`, "--timeout", "5s", "-s", script, url,
-  ]);
+  ], {}, o.cpus ?? null);
   const killer = setTimeout(() => void stopProcess(child, 1000), (secs + 15) * 1000);
   const code = await child.exited;
   clearTimeout(killer);
@@ -127,7 +129,7 @@ async function runNode(w: Workload, o: LoadOptions): Promise<LoadResult> {
     keys: w.keys,
     valueBytes: w.valueBytes,
   };
-  const child = startTs(`loadgen-${w.name}`, "tests/bench/loadgen-node.ts", [JSON.stringify(args)]);
+  const child = startTs(`loadgen-${w.name}`, "tests/bench/loadgen-node.ts", [JSON.stringify(args)], {}, [], o.cpus ?? null);
   const killer = setTimeout(() => void stopProcess(child, 1000), (o.seconds + 20) * 1000);
   const code = await child.exited;
   clearTimeout(killer);

@@ -30,6 +30,8 @@ export interface Options {
   entry: string;
   /** When set, the throughput leader runs with --cpu-prof and writes its profile here. */
   cpuProf: string | null;
+  /** Pin the servers of the throughput runs to CPU 0 and the load generator to the others (taskset). */
+  pin: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
@@ -49,16 +51,18 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --out FILE          JSON results (default ./bench-results.json)
   --dir DIR           where the temporary data dirs go (default the OS temp dir)
   --entry FILE        server entry (default src/main.ts)
+  --no-pin            do not pin (default with 2+ CPUs and taskset: the server under test and the
+                      fsync loop on CPU 0, the load generator on the other CPUs, one wrk thread each)
   --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots`;
 
 /** Parses argv (without node and script); throws with a one-line message on a bad option. */
-export function parseOptions(argv: string[], haveWrk: boolean): Options {
+export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): Options {
   const flags = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
-    if (name === "quick" || name === "full" || name === "help") {
+    if (name === "quick" || name === "full" || name === "help" || name === "no-pin") {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -82,8 +86,10 @@ export function parseOptions(argv: string[], haveWrk: boolean): Options {
     if (v === true) throw new Error(`--${name} needs a value`);
     return v ?? dflt;
   };
+  const pin = canPin && !flags.has("no-pin");
   flags.delete("quick");
   flags.delete("full");
+  flags.delete("no-pin");
   const keys = Math.round(num("keys", quick ? 2000 : 100_000, 10));
   const load = str("load", haveWrk ? "wrk" : "node");
   if (load !== "wrk" && load !== "node") throw new Error("--load must be wrk or node");
@@ -104,6 +110,7 @@ export function parseOptions(argv: string[], haveWrk: boolean): Options {
     dir: resolve(str("dir", tmpdir())),
     entry: str("entry", "src/main.ts"),
     cpuProf: flags.has("cpu-prof") ? resolve(str("cpu-prof", "")) : null,
+    pin,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

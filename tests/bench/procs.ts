@@ -1,7 +1,7 @@
 // Child processes of the benchmark: start them, watch their output, stop them by
 // pid (also on error and Ctrl-C), and read their resident memory.
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, resolve } from "node:path";
@@ -22,10 +22,12 @@ export interface Child {
 
 const children = new Set<Child>();
 
-/** Starts `cmd args` with extra `env`; output is kept (last 200 lines) for diagnostics. */
-export function startProcess(name: string, cmd: string, args: string[], env: Record<string, string> = {}): Child {
+/** Starts `cmd args` with extra `env`, pinned to `cpus` (taskset list, e.g. "0" or "1-3") when given; output is kept (last 200 lines). */
+export function startProcess(name: string, cmd: string, args: string[], env: Record<string, string> = {}, cpus: string | null = null): Child {
   const startedAt = performance.now();
-  const proc = spawn(cmd, args, {
+  // taskset execs the command, so the pid stays the command's own.
+  const [file, argv] = cpus === null ? [cmd, args] : ["taskset", ["-c", cpus, cmd, ...args]];
+  const proc = spawn(file, argv, {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -54,9 +56,26 @@ export function startProcess(name: string, cmd: string, args: string[], env: Rec
   return child;
 }
 
-/** Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`). */
-export function startTs(name: string, file: string, args: string[] = [], env: Record<string, string> = {}, nodeArgs: string[] = []): Child {
-  return startProcess(name, process.execPath, [...nodeArgs, "--import", "tsx", file, ...args], env);
+/** Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`), pinned to `cpus` when given. */
+export function startTs(
+  name: string,
+  file: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+  nodeArgs: string[] = [],
+  cpus: string | null = null,
+): Child {
+  return startProcess(name, process.execPath, [...nodeArgs, "--import", "tsx", file, ...args], env, cpus);
+}
+
+/** Is taskset (util-linux) available to pin processes to CPUs? */
+export function haveTaskset(): boolean {
+  try {
+    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Sends SIGTERM to the child's pid, then SIGKILL after `graceMs`; resolves when it has exited. */
