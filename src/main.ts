@@ -41,7 +41,7 @@ try {
 log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
 
 const poller = config.role === "follower" && config.leaderUrl !== null
-  ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, maxValueBytes: config.maxValueBytes, log })
+  ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log })
   : undefined;
 
 const server = createMehdbServer({
