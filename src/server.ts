@@ -257,6 +257,9 @@ export function createMehdbServer(options: ServerOptions): Server {
   }
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
+    // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
+    // client would otherwise keep sending on it and hold the shutdown until it is forced.
+    if (!server.listening) res.shouldKeepAlive = false;
     const done = handle(req, res, expectsContinue);
     if (done) {
       done.catch((error: unknown) => {
