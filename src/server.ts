@@ -276,6 +276,11 @@ export function createMehdbServer(options: ServerOptions): Server {
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
     connectionsCheckingInterval: 1_000,
   });
+  // A client may half-close its side once its request is sent (`nc -N`, some proxies); HTTP/1.1 says that
+  // does not end its interest in the answer. By default node:http then aborts the request and ends the
+  // socket, so a PUT still fsyncing lost its answer (and may or may not have been stored). With this
+  // (undocumented but long-standing) switch Node answers the requests it has, then closes.
+  (server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
