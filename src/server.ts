@@ -80,6 +80,9 @@ export function createMehdbServer(options: ServerOptions): Server {
     const path = q < 0 ? url : url.slice(0, q);
     const query = q < 0 ? "" : url.slice(q + 1);
     const method = req.method ?? "GET";
+    if (req.headers.host === undefined && req.httpVersion === "1.1") {
+      return refuse(req, res, "other", BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
+    }
 
     if (path.startsWith("/get/")) {
       if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");
@@ -275,6 +278,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     requestTimeout: options.requestTimeoutMs ?? 120_000,
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
     connectionsCheckingInterval: 1_000,
+    requireHostHeader: false, // checked in handle(), to answer with a one-line body
   });
   // A client may half-close its side once its request is sent (`nc -N`, some proxies); HTTP/1.1 says that
   // does not end its interest in the answer. By default node:http then aborts the request and ends the
