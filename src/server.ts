@@ -13,6 +13,7 @@
  */
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import type { Role } from "./config.ts";
 import { KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -65,6 +66,9 @@ const HEADERS_TOO_LARGE = 431;
 const INTERNAL_SERVER_ERROR = 500;
 const SERVICE_UNAVAILABLE = 503;
 const INSUFFICIENT_STORAGE = 507;
+
+/** Every method some path takes (the `Allow` of a method no path takes). */
+const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 
 /** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
 const DRAIN_LIMIT = 1024 * 1024;
@@ -302,13 +306,25 @@ export function createMehdbServer(options: ServerOptions): Server {
       : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
       ? [REQUEST_TIMEOUT, "request timed out"]
       : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
+    rawAnswer(socket, status, text);
+  });
+  // CONNECT goes to its own event; without a listener node:http drops the connection without a word.
+  server.on("connect", (req: IncomingMessage, socket: Duplex) => {
+    socket.on("error", () => {});
+    rawAnswer(socket, METHOD_NOT_ALLOWED, `method ${req.method} not allowed: mehdb is not a proxy; use ${ALL_METHODS}`, `Allow: ${ALL_METHODS}\r\n`);
+  });
+
+  /**
+   * Answers on a socket node:http has given up on, in one line, and closes it.
+   */
+  function rawAnswer(socket: Duplex, status: number, text: string, headers = ""): void {
     metrics.count("other", status);
     const body = `${text}\n`;
     socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n${headers}` +
         `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
-  });
+  }
   return server;
 }
 
