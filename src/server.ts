@@ -277,10 +277,11 @@ export function createMehdbServer(options: ServerOptions): Server {
     }
   }
 
+  const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 5_000;
   const server = createServer({
     headersTimeout: options.headersTimeoutMs ?? 10_000,
     requestTimeout: options.requestTimeoutMs ?? 120_000,
-    keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
+    keepAliveTimeout: keepAliveTimeoutMs,
     connectionsCheckingInterval: 1_000,
     requireHostHeader: false, // checked in handle(), to answer with a one-line body
   });
@@ -315,7 +316,8 @@ export function createMehdbServer(options: ServerOptions): Server {
   });
 
   /**
-   * Answers on a socket node:http has given up on, in one line, and closes it.
+   * Answers on a socket node:http has given up on, in one line, and closes it. No timeout of node:http
+   * covers such a socket any more: one whose client never closes its side is destroyed after a while.
    */
   function rawAnswer(socket: Duplex, status: number, text: string, headers = ""): void {
     metrics.count("other", status);
@@ -324,6 +326,9 @@ export function createMehdbServer(options: ServerOptions): Server {
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n${headers}` +
         `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
+    const linger = setTimeout(() => socket.destroy(), keepAliveTimeoutMs);
+    linger.unref();
+    socket.once("close", () => clearTimeout(linger));
   }
   return server;
 }
