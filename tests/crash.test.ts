@@ -91,12 +91,25 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
           }
         }
       };
-      const writers = Array.from({ length: WRITERS }, (_, w) => writer(w));
+      // While the writes go on, the listing never shows a temporary file (or anything but our keys).
+      const lister = async () => {
+        while (!killed) {
+          try {
+            const listed = JSON.parse((await http(`${leader.url}/keys`)).body.toString()) as string[];
+            const odd = listed.filter((name) => !KEYS.includes(name));
+            if (odd.length > 0) unexpected.push(`GET /keys listed ${odd.join(", ")}`);
+          } catch {
+            // killed meanwhile
+          }
+          await sleep(25);
+        }
+      };
+      const writers = [...Array.from({ length: WRITERS }, (_, w) => writer(w)), lister()];
       await sleep(randomInt(300, 1500));
       killed = true;
       assert.equal(await leader.stop("SIGKILL"), "SIGKILL");
       await Promise.all(writers);
-      assert.deepEqual(unexpected, [], `round ${round}: refused writes`);
+      assert.deepEqual(unexpected, [], `round ${round}: refused writes or odd names`);
 
       // Straight from the files, before anything repairs them: every key file is whole.
       const files = await readDirFiles(dataDir);
