@@ -7,9 +7,10 @@
  *       MEHDB_DATADIR=./data/mehdb-1 npm start    # a follower of it
  */
 import { once } from "node:events";
+import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
-import { createLogger } from "./log.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { createMehdbServer } from "./server.ts";
 import { Store } from "./store.ts";
 import { Poller } from "./sync.ts";
@@ -17,70 +18,78 @@ import { Poller } from "./sync.ts";
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;
 
-const log = createLogger();
+async function main(log: Logger): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env, hostname());
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
+    process.exit(2);
+  }
 
-let config: Config;
-try {
-  config = loadConfig(process.env, hostname());
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
-  process.exit(2);
-}
+  // What is running so far; a stop signal may come at any point of the start-up.
+  const parts: { store?: Store; server?: Server; poller?: Poller } = {};
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log("stop", { signal });
+    const force = setTimeout(() => {
+      log("stop-forced", { reason: `requests still open after ${SHUTDOWN_GRACE_MS} ms` });
+      parts.server?.closeAllConnections();
+    }, SHUTDOWN_GRACE_MS);
+    force.unref();
+    await parts.poller?.stop();
+    const server = parts.server;
+    if (server?.listening) {
+      const closed = new Promise((resolve) => server.close(resolve));
+      server.closeIdleConnections();
+      await closed;
+    }
+    await parts.store?.close();
+    log("stopped", { signal });
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
 
-log("start", { pid: process.pid, node: process.version, host: config.host, datadir: config.dataDir });
-log("role", { role: config.role, leader: config.leaderUrl ?? undefined, reason: config.roleReason });
+  log("start", { pid: process.pid, node: process.version, host: config.host, datadir: config.dataDir });
+  log("role", { role: config.role, leader: config.leaderUrl ?? undefined, reason: config.roleReason });
 
-let store: Store;
-try {
-  store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });
-} catch (error) {
-  process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
-  process.exit(1);
-}
-log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
-
-const poller = config.role === "follower" && config.leaderUrl !== null
-  ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log })
-  : undefined;
-
-const server = createMehdbServer({
-  store,
-  role: config.role,
-  leaderUrl: config.leaderUrl,
-  maxValueBytes: config.maxValueBytes,
-  log,
-  replica: poller,
-});
-
-server.on("error", (error: NodeJS.ErrnoException) => {
-  process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);
-  process.exit(1);
-});
-server.listen(config.port, config.listen);
-await once(server, "listening");
-const address = server.address();
-log("listening", { port: typeof address === "object" && address ? address.port : config.port, address: config.listen ?? "*" });
-poller?.start();
-
-let stopping = false;
-async function stop(signal: string): Promise<void> {
+  try {
+    parts.store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });
+  } catch (error) {
+    process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
+  const store = parts.store;
+  log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
   if (stopping) return;
-  stopping = true;
-  log("stop", { signal });
-  const force = setTimeout(() => {
-    log("stop-forced", { reason: `requests still open after ${SHUTDOWN_GRACE_MS} ms` });
-    server.closeAllConnections();
-  }, SHUTDOWN_GRACE_MS);
-  force.unref();
-  await poller?.stop();
-  const closed = new Promise((resolve) => server.close(resolve));
-  server.closeIdleConnections();
-  await closed;
-  await store.close();
-  clearTimeout(force);
-  log("stopped", { signal });
-  process.exit(0);
+
+  const poller = config.role === "follower" && config.leaderUrl !== null
+    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log })
+    : undefined;
+  const server = createMehdbServer({
+    store,
+    role: config.role,
+    leaderUrl: config.leaderUrl,
+    maxValueBytes: config.maxValueBytes,
+    log,
+    replica: poller,
+  });
+  server.on("error", (error: NodeJS.ErrnoException) => {
+    process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);
+    process.exit(1);
+  });
+  server.listen(config.port, config.listen);
+  await once(server, "listening");
+  parts.server = server;
+  const address = server.address();
+  log("listening", { port: typeof address === "object" && address ? address.port : config.port, address: config.listen ?? "*" });
+  if (stopping) return;
+  parts.poller = poller;
+  poller?.start();
 }
-process.on("SIGTERM", () => void stop("SIGTERM"));
-process.on("SIGINT", () => void stop("SIGINT"));
+
+await main(createLogger());

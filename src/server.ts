@@ -13,7 +13,7 @@
  */
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import type { Duplex } from "node:stream";
+import { pipeline, type Duplex } from "node:stream";
 import type { Role } from "./config.ts";
 import { KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -140,11 +140,11 @@ export function createMehdbServer(options: ServerOptions): Server {
         res.end();
         return;
       }
-      value.stream.on("error", (error) => {
-        log("error", { op: "get", key, error: error.message });
-        res.destroy();
+      // pipeline closes the file when the client goes away early.
+      pipeline(value.stream, res, (error) => {
+        const code = (error as NodeJS.ErrnoException | undefined)?.code;
+        if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") log("error", { op: "get", key, error: code ?? error.message });
       });
-      value.stream.pipe(res);
     });
   }
 
@@ -155,8 +155,19 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics.count("get", OK);
   }
 
+  function valueHeaders(entry: Entry): Record<string, string | number> {
+    return { "Content-Type": "application/octet-stream", "Content-Length": entry.size, ETag: store.etag(entry) };
+  }
+
+  function notModified(req: IncomingMessage, entry: Entry): boolean {
+    const match = req.headers["if-none-match"];
+    if (match === undefined) return false;
+    const etag = store.etag(entry);
+    return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
+  }
+
   function sendNotModified(res: ServerResponse, entry: Entry): void {
-    res.writeHead(NOT_MODIFIED, { ETag: entry.etag });
+    res.writeHead(NOT_MODIFIED, { ETag: store.etag(entry) });
     res.end();
     metrics.count("get", NOT_MODIFIED);
   }
@@ -333,15 +344,6 @@ export function createMehdbServer(options: ServerOptions): Server {
   return server;
 }
 
-function valueHeaders(entry: Entry): Record<string, string | number> {
-  return { "Content-Type": "application/octet-stream", "Content-Length": entry.size, ETag: entry.etag };
-}
-
-function notModified(req: IncomingMessage, entry: Entry): boolean {
-  const match = req.headers["if-none-match"];
-  if (match === undefined) return false;
-  return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === entry.etag);
-}
 
 function bodyExpected(req: IncomingMessage): boolean {
   const length = req.headers["content-length"];

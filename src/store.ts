@@ -14,8 +14,8 @@
  * epoch is new every time the store opens.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, type ReadStream } from "node:fs";
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from "node:fs/promises";
+import { createReadStream, readdirSync, statSync, type ReadStream } from "node:fs";
+import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
 import { isValidKey } from "./keys.ts";
@@ -28,8 +28,6 @@ export interface Entry {
   readonly mtimeMs: number;
   /** The change number that wrote it (unique within one epoch). */
   readonly seq: number;
-  /** Strong entity tag, unique for this value within and across epochs. */
-  readonly etag: string;
 }
 
 /** A value read from the store: its bytes when small, else a stream of the file. */
@@ -68,6 +66,19 @@ export interface PutOptions {
   maxBytes: number;
   /** Modification time to give the file (a follower keeps its leader's). Default: now. */
   mtimeMs?: number;
+}
+
+/** A value written to its temporary file but not yet committed; see {@link Store.stage}. */
+export interface Staged {
+  readonly key: string;
+  readonly tmp: string;
+  readonly handle: FileHandle;
+  size: number;
+  mtimeMs: number | undefined;
+  /** The bytes, kept while small enough for the cache. */
+  cached: Uint8Array[];
+  closed?: boolean;
+  renamed?: boolean;
 }
 
 /** The value was larger than allowed; nothing was stored. */
@@ -117,22 +128,17 @@ export class Store {
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
     await mkdir(dir, { recursive: true });
     const store = new Store(dir, await open(dir, "r"), options);
-    const names = await readdir(dir);
+    // The scan is synchronous: nothing else runs before the store is open, and
+    // 100 000 stat calls take a tenth of the time they take through the thread pool.
+    const names = readdirSync(dir);
     const leftovers = names.filter((name) => name.startsWith(TMP_PREFIX));
-    const keys = names.filter(isValidKey);
     await forEachLimited(leftovers, 32, (name) => unlink(join(dir, name)).catch(ignoreMissing));
-    const entries = new Array<Entry | undefined>(keys.length);
-    await forEachLimited(keys.map((_, i) => i), 64, async (i) => {
-      const stats = await stat(join(dir, keys[i])).catch(ignoreMissing);
-      if (stats?.isFile()) entries[i] = store.#entry(stats.size, Math.round(stats.mtimeMs));
-    });
-    keys.forEach((key, i) => {
-      const entry = entries[i];
-      if (entry) store.#set(key, entry);
-    });
+    for (const key of names) {
+      if (!isValidKey(key)) continue;
+      const stats = statSync(join(dir, key), { throwIfNoEntry: false });
+      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs)), false);
+    }
     store.#floor = store.#seq;
-    store.#logKeys = [];
-    store.#logSeq = [];
     if (leftovers.length > 0) await store.#dirSync.sync();
     return store;
   }
@@ -145,6 +151,11 @@ export class Store {
   /** Total bytes of all values. */
   get bytes(): number {
     return this.#bytes;
+  }
+
+  /** The strong entity tag of an entry: unique for its value, within and across epochs. */
+  etag(entry: Entry): string {
+    return `"${this.epoch}-${entry.seq.toString(36)}"`;
   }
 
   /** The entry of `key`, or `undefined` when absent. */
@@ -200,42 +211,80 @@ export class Store {
    * value stays and no temporary file is left.
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
+    const [entry] = await this.commit([await this.stage(key, body, options)]);
+    return entry;
+  }
+
+  /**
+   * The first half of a write: streams `body` into a temporary file, not yet
+   * fsynced nor visible. {@link Store.commit} finishes it; {@link Store.discard}
+   * drops it. Staging many values and committing them together lets one
+   * journal commit carry all of them (a follower's catch-up does that).
+   */
+  async stage(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const handle = await open(tmp, "wx", 0o644);
-    let closed = false;
+    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: [] };
     try {
-      const chunks: Uint8Array[] = [];
-      let size = 0;
       for await (const chunk of body) {
-        size += chunk.length;
-        if (size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
-        if (size <= this.#cache.maxValueBytes) chunks.push(chunk);
+        staged.size += chunk.length;
+        if (staged.size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
+        if (staged.size <= this.#cache.maxValueBytes) staged.cached.push(chunk);
         await writeAll(handle, chunk);
       }
-      let mtimeMs: number;
-      if (options.mtimeMs !== undefined) {
-        mtimeMs = Math.round(options.mtimeMs);
-        await handle.utimes(mtimeMs / 1000, mtimeMs / 1000);
-        await handle.sync();
-      } else {
-        await handle.sync();
-        mtimeMs = Math.round((await handle.stat()).mtimeMs);
-      }
-      closed = true;
-      await handle.close();
-      const entry = await this.#locked(key, async () => {
-        await rename(tmp, join(this.dir, key));
-        const entry = this.#entry(size, mtimeMs);
-        this.#set(key, entry);
-        if (size <= this.#cache.maxValueBytes) this.#cache.set(key, entry, Buffer.concat(chunks, size));
-        return entry;
-      });
-      await this.#dirSync.sync();
-      return entry;
+      return staged;
     } catch (error) {
-      if (!closed) await handle.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
+      await this.discard([staged]);
       throw error;
+    }
+  }
+
+  /**
+   * The second half of a write: fsyncs every staged file, renames each over its
+   * key's file (in order, per key) and fsyncs the directory once; resolves with
+   * the new entries once all of it is on disk. On an error, what was not yet
+   * renamed is discarded.
+   */
+  async commit(staged: readonly Staged[]): Promise<Entry[]> {
+    try {
+      await forEachLimited(staged, 4, async (s) => {
+        if (s.mtimeMs !== undefined) {
+          s.mtimeMs = Math.round(s.mtimeMs);
+          await s.handle.utimes(s.mtimeMs / 1000, s.mtimeMs / 1000);
+          await s.handle.sync();
+        } else {
+          await s.handle.sync();
+          s.mtimeMs = Math.round((await s.handle.stat()).mtimeMs);
+        }
+        await s.handle.close();
+        s.closed = true;
+      });
+      const entries: Entry[] = [];
+      for (const s of staged) {
+        entries.push(await this.#locked(s.key, async () => {
+          await rename(s.tmp, join(this.dir, s.key));
+          s.renamed = true;
+          const entry = this.#entry(s.size, s.mtimeMs!);
+          this.#set(s.key, entry);
+          if (s.size <= this.#cache.maxValueBytes) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
+          return entry;
+        }));
+      }
+      await this.#dirSync.sync();
+      return entries;
+    } catch (error) {
+      await this.discard(staged);
+      throw error;
+    }
+  }
+
+  /** Drops staged values that were not committed: closes and removes their temporary files. */
+  async discard(staged: readonly Staged[]): Promise<void> {
+    for (const s of staged) {
+      if (s.renamed) continue;
+      if (!s.closed) await s.handle.close().catch(() => {});
+      s.closed = true;
+      await unlink(s.tmp).catch(() => {});
     }
   }
 
@@ -313,17 +362,17 @@ export class Store {
 
   #entry(size: number, mtimeMs: number): Entry {
     const seq = ++this.#seq;
-    return { size, mtimeMs, seq, etag: `"${this.epoch}-${seq.toString(36)}"` };
+    return { size, mtimeMs, seq };
   }
 
-  #set(key: string, entry: Entry): void {
+  #set(key: string, entry: Entry, logged = true): void {
     const old = this.#index.get(key);
     if (old) this.#bytes -= old.size;
     else this.#sorted = null;
     this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
-    this.#log(key, entry.seq);
+    if (logged) this.#log(key, entry.seq);
   }
 
   #remove(key: string): void {

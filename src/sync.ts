@@ -17,7 +17,7 @@ import { isValidKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
-import type { Changes, Store } from "./store.ts";
+import type { Changes, Staged, Store } from "./store.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -35,6 +35,8 @@ export interface PollerOptions {
   timeoutMs?: number;
 }
 
+/** Values copied per commit (each holds an open file until then). */
+const BATCH_SIZE = 128;
 /** Largest listing read from the leader, in bytes. */
 const MAX_LISTING_BYTES = 512 * 1024 * 1024;
 
@@ -150,7 +152,7 @@ export class Poller implements ReplicaState {
       for (const key of changes.deleted) if (this.#acceptable(key)) await this.#delete(key);
       for (const [key, , mtimeMs] of changes.keys) if (this.#acceptable(key)) fetch.push([key, mtimeMs]);
     }
-    await forEachLimited(fetch, this.#options.concurrency, ([key, mtimeMs]) => this.#copy(key, mtimeMs));
+    for (let i = 0; i < fetch.length; i += BATCH_SIZE) await this.#copyBatch(fetch.slice(i, i + BATCH_SIZE));
     this.#cursor = changes.cursor;
   }
 
@@ -173,16 +175,30 @@ export class Poller implements ReplicaState {
     });
   }
 
-  /** Copies one key; a key gone meanwhile is left for the next tick's listing. */
-  async #copy(key: string, mtimeMs: number): Promise<void> {
-    const res = await this.#get(`/get/${key}`);
-    if (res.statusCode === 404) return void res.resume();
-    if (res.statusCode !== 200) {
-      res.resume();
-      throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+  /**
+   * Copies a batch of keys: fetches them (a few at a time) into temporary files,
+   * then commits them together, so one journal commit carries the whole batch.
+   * A key gone meanwhile is left for the next tick's listing.
+   */
+  async #copyBatch(batch: [key: string, mtimeMs: number][]): Promise<void> {
+    const { store, maxValueBytes, concurrency } = this.#options;
+    const staged: Staged[] = [];
+    try {
+      await forEachLimited(batch, concurrency, async ([key, mtimeMs]) => {
+        const res = await this.#get(`/get/${key}`);
+        if (res.statusCode === 404) return void res.resume();
+        if (res.statusCode !== 200) {
+          res.resume();
+          throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+        }
+        staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs }));
+      });
+    } catch (error) {
+      await store.discard(staged);
+      throw error;
     }
-    await this.#options.store.put(key, exactly(res), { maxBytes: this.#options.maxValueBytes, mtimeMs });
-    this.#counts.copied++;
+    await store.commit(staged);
+    this.#counts.copied += staged.length;
   }
 
   async #delete(key: string): Promise<void> {

@@ -17,7 +17,7 @@ import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { isValidKey } from "../src/keys.ts";
 import { ROOT, fetchText, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
-import { RawConnection, pool, rawExchange, type RawResponse } from "./helpers/raw.ts";
+import { RawConnection, pool, rawExchange, type RawResponse } from "./helpers/wire.ts";
 import { closeHttpAgent, http, randomInt, sleep } from "./helpers/reliability.ts";
 
 after(async () => {

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
 import { startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
-import { rawExchange } from "./helpers/raw.ts";
+import { rawExchange } from "./helpers/wire.ts";
 import {
   checkedValue,
   closeHttpAgent,
