@@ -49,10 +49,34 @@ export function freePort(): Promise<number> {
 
 const agent = new Agent({ keepAlive: true, maxSockets: 16 });
 
-/** A small HTTP client over a shared keep-alive agent: status and body, or throws on network errors. */
-export function http(
+/** Requests {@link http} sent again because a pooled connection was closed under them (see there). */
+export const staleRetries = { count: 0 };
+
+/**
+ * A small HTTP client over a shared keep-alive agent: status and body, or throws on network errors.
+ *
+ * A request sent on a pooled connection at the moment the server closes it as idle (its keep-alive
+ * timeout) fails with ECONNRESET before the server saw it; Node documents this race under
+ * `request.reusedSocket`, and the cure is the client's: send it again, once, on a new connection.
+ * That is done here (and counted in {@link staleRetries}); a failure on a fresh connection is thrown.
+ */
+export async function http(
   url: string,
   options: { method?: string; body?: Buffer | string; headers?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<{ status: number; body: Buffer; headers: Record<string, string | string[] | undefined> }> {
+  try {
+    return await httpOnce(url, options);
+  } catch (error) {
+    const { code, reused } = error as NodeJS.ErrnoException & { reused?: boolean };
+    if (!reused || (code !== "ECONNRESET" && code !== "EPIPE")) throw error;
+    staleRetries.count++;
+    return await httpOnce(url, options);
+  }
+}
+
+function httpOnce(
+  url: string,
+  options: { method?: string; body?: Buffer | string; headers?: Record<string, string>; timeoutMs?: number },
 ): Promise<{ status: number; body: Buffer; headers: Record<string, string | string[] | undefined> }> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method: options.method ?? "GET", agent, headers: options.headers, timeout: options.timeoutMs ?? 10_000 }, (res) => {
@@ -62,7 +86,10 @@ export function http(
       res.on("error", reject);
     });
     req.on("timeout", () => req.destroy(new Error(`no answer from ${url} in time`)));
-    req.on("error", reject);
+    req.on("error", (error) => {
+      const reused = req.reusedSocket;
+      reject(Object.assign(error, { reused, message: `${options.method ?? "GET"} ${url}: ${error.message}${reused ? " (on a reused connection)" : ""}` }));
+    });
     req.end(options.body);
   });
 }

@@ -13,7 +13,7 @@
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMehdb, stopAll, type Mehdb } from "../helpers/mehdb.ts";
-import { checkedValue, closeHttpAgent, difference, http, randomInt, rssKiB, sleep, snapshot, verifyValue } from "../helpers/reliability.ts";
+import { checkedValue, closeHttpAgent, difference, http, randomInt, rssKiB, sleep, snapshot, staleRetries, verifyValue } from "../helpers/reliability.ts";
 
 /** Options of {@link runSoak}. */
 export interface SoakOptions {
@@ -44,6 +44,8 @@ export interface SoakResult {
   errors: number;
   /** The first few errors, one line each. */
   firstErrors: string[];
+  /** Requests sent again because the server closed an idle pooled connection as they left (not errors). */
+  staleRetries: number;
   /** Whether both followers ended with exactly the leader's keys and bytes. */
   converged: boolean;
   /** Keys and bytes on the leader at the end. */
@@ -88,6 +90,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     if (firstErrors.length < 20) firstErrors.push(what.replace(/\s+/g, " ").slice(0, 300));
   };
 
+  const retriesBefore = staleRetries.count;
   const started = performance.now();
   const deadline = started + options.seconds * 1000;
   const worker = async (w: number) => {
@@ -177,13 +180,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
 
   const bytes = [...leaderSnapshot.values()].reduce((sum, v) => sum + v.length, 0);
   const seconds = (performance.now() - started) / 1000;
-  print(`requests ${requests} (${Object.entries(byOp).map(([op, n]) => `${op} ${n}`).join(", ")}), ${(requests / options.seconds).toFixed(0)}/s, errors ${errors}`);
+  const retried = staleRetries.count - retriesBefore;
+  print(`requests ${requests} (${Object.entries(byOp).map(([op, n]) => `${op} ${n}`).join(", ")}), ${(requests / options.seconds).toFixed(0)}/s, ` +
+    `errors ${errors}, sent again after a keep-alive close race ${retried}`);
   print(`followers ${converged ? "exact" : "NOT exact"}: ${leaderSnapshot.size} keys, ${bytes} bytes`);
   print(`RSS growth after warm-up: ${servers.map((_, i) => `${NAMES[i]} ${(rssGrowthKiB[i] / 1024).toFixed(1)} MiB (${rssFlat[i] ? "flat" : "GROWING"})`).join(", ")}`);
   for (const error of firstErrors) print(`error: ${error}`);
 
   await Promise.all(servers.map((s) => s.stop()));
-  return { seconds, requests, byOp, errors, firstErrors, converged, keys: leaderSnapshot.size, bytes, samples, rssGrowthKiB, rssFlat };
+  return { seconds, requests, byOp, errors, firstErrors, staleRetries: retried, converged, keys: leaderSnapshot.size, bytes, samples, rssGrowthKiB, rssFlat };
 }
 
 /** `--seconds N` from the command line (default 60). */
