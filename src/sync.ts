@@ -39,6 +39,8 @@ export interface PollerOptions {
 const BATCH_SIZE = 128;
 /** Largest listing read from the leader, in bytes. */
 const MAX_LISTING_BYTES = 512 * 1024 * 1024;
+/** Distinct bad names logged before the poller stops logging new ones (they are still counted). */
+const MAX_LOGGED_SKIPS = 1000;
 
 /** Copies a leader's keys on a timer; create one per follower, then {@link Poller.start}. */
 export class Poller implements ReplicaState {
@@ -53,6 +55,8 @@ export class Poller implements ReplicaState {
   #lastError: string | null = null;
   #outageSince: number | null = null;
   #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, errors: 0 };
+  /** Bad names already logged (each is logged once). */
+  #skippedNames = new Set<string>();
 
   constructor(options: PollerOptions) {
     this.#options = { concurrency: 8, timeoutMs: 10_000, ...options };
@@ -108,7 +112,9 @@ export class Poller implements ReplicaState {
 
   #succeeded(): void {
     const { log, leaderUrl } = this.#options;
-    if (!this.#synced) log("synced", { leader: leaderUrl, keys: this.#options.store.count });
+    if (!this.#synced) {
+      log("synced", { leader: leaderUrl, keys: this.#options.store.count, copied: this.#counts.copied, deleted: this.#counts.deleted });
+    }
     if (this.#outageSince !== null) {
       log("leader-reachable", { leader: leaderUrl, down_seconds: ((performance.now() - this.#outageSince) / 1000).toFixed(1) });
       this.#outageSince = null;
@@ -165,7 +171,10 @@ export class Poller implements ReplicaState {
     await forEachLimited([...listed], this.#options.concurrency, async (key) => {
       const res = await this.#get(`/get/${key}`);
       if (res.statusCode === 404) return void res.resume();
-      if (res.statusCode !== 200) throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+      if (res.statusCode !== 200) {
+        res.resume();
+        throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+      }
       const bytes = await readAll(res, this.#options.maxValueBytes);
       const local = await store.get(key);
       if (local?.body?.equals(bytes)) return;
@@ -205,11 +214,14 @@ export class Poller implements ReplicaState {
     if (await this.#options.store.delete(key)) this.#counts.deleted++;
   }
 
-  /** A listed name must pass the key rules, like any input. */
+  /** A listed name must pass the key rules, like any input. Each bad name is logged once, not on every tick. */
   #acceptable(key: string): boolean {
     if (isValidKey(key)) return true;
     this.#counts.skipped++;
-    this.#options.log("skip-key", { reason: "the leader listed a name that breaks the key rules", name: JSON.stringify(key).slice(0, 220) });
+    if (this.#skippedNames.has(key) || this.#skippedNames.size > MAX_LOGGED_SKIPS) return false;
+    this.#skippedNames.add(key);
+    const more = this.#skippedNames.size > MAX_LOGGED_SKIPS ? "; further bad names are only counted in mehdb_sync_keys_skipped_total" : "";
+    this.#options.log("skip-key", { reason: `the leader listed a name that breaks the key rules${more}`, name: JSON.stringify(key).slice(0, 220) });
     return false;
   }
 
