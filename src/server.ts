@@ -4,6 +4,7 @@
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
  *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed)
+ *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
  *
@@ -15,7 +16,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import type { Socket } from "node:net";
 import { pipeline, type Duplex } from "node:stream";
 import type { Role } from "./config.ts";
-import { KEY_RULE, keyFromPath } from "./keys.ts";
+import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { Metrics, sample } from "./metrics.ts";
 import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
@@ -70,6 +71,9 @@ const INSUFFICIENT_STORAGE = 507;
 /** Every method some path takes (the `Allow` of a method no path takes). */
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 
+/** Most keys asked for in one `GET /values`. */
+const MAX_VALUES_KEYS = 1000;
+
 /** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
 const DRAIN_LIMIT = 1024 * 1024;
 
@@ -107,7 +111,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       if (method === "DELETE") return deleteValue(req, res, key);
       return putValue(req, res, key, expectsContinue);
     }
-    const route = path === "/keys" ? "keys" : path === "/status" ? "status" : path === "/metrics" ? "metrics" : null;
+    const route = path === "/keys" ? "keys" : path === "/values" ? "values" : path === "/status" ? "status" : path === "/metrics" ? "metrics" : null;
     if (route === null) return refuse(req, res, "other", NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
     if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, route, "GET, HEAD");
     const params = new URLSearchParams(query);
@@ -116,6 +120,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
       return send(res, "keys", OK, body, "application/json");
     }
+    if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
     if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
     if (params.get("level") !== "full") return send(res, "status", OK, `${role}\n`);
     const reason = await notReadyReason();
@@ -170,6 +175,41 @@ export function createMehdbServer(options: ServerOptions): Server {
     res.writeHead(NOT_MODIFIED, { ETag: store.etag(entry) });
     res.end();
     metrics.count("get", NOT_MODIFIED);
+  }
+
+  /**
+   * `GET /values?keys=a,b,c`: several values in one answer, for a follower's
+   * catch-up. For each key in order, a line `KEY SIZE MTIME_MS` and then SIZE
+   * bytes, or a line `KEY -` when it is absent.
+   */
+  async function sendValues(req: IncomingMessage, res: ServerResponse, list: string): Promise<void> {
+    const keys = list.split(",");
+    if (keys.length > MAX_VALUES_KEYS || !keys.every(isValidKey)) {
+      return refuse(req, res, "values", BAD_REQUEST, `keys must be 1-${MAX_VALUES_KEYS} keys separated by commas; ${KEY_RULE}`);
+    }
+    res.writeHead(OK, { "Content-Type": "application/vnd.mehdb.values" });
+    metrics.count("values", OK);
+    if (req.method === "HEAD") return void res.end();
+    const write = async (bytes: string | Buffer) => {
+      if (!res.write(bytes)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
+    };
+    try {
+      for (const key of keys) {
+        if (res.destroyed) return;
+        const value = await store.get(key);
+        if (value === null) {
+          await write(`${key} -\n`);
+          continue;
+        }
+        await write(`${key} ${value.entry.size} ${value.entry.mtimeMs}\n`);
+        if (value.body) await write(value.body);
+        else for await (const chunk of value.stream) await write(chunk as Buffer);
+      }
+      res.end();
+    } catch (error) {
+      log("error", { op: "values", error: (error as NodeJS.ErrnoException).code ?? String(error) });
+      res.destroy();
+    }
   }
 
   async function putValue(req: IncomingMessage, res: ServerResponse, key: string, expectsContinue: boolean): Promise<void> {

@@ -37,6 +37,16 @@ export interface PollerOptions {
 
 /** Values copied per commit (each holds an open file until then). */
 const BATCH_SIZE = 128;
+/** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
+const GROUP_VALUE_BYTES = 64 * 1024;
+/** Limits of one group: keys, listed bytes, characters of the key list. */
+const GROUP_KEYS = 256;
+const GROUP_BYTES = 2 * 1024 * 1024;
+const GROUP_KEY_CHARS = 8000;
+/** Groups fetched and committed at once. */
+const GROUP_CONCURRENCY = 4;
+/** Largest `GET /values` answer read (values may have grown since they were listed). */
+const MAX_GROUP_ANSWER_BYTES = 64 * 1024 * 1024;
 /** Largest listing read from the leader, in bytes. */
 const MAX_LISTING_BYTES = 512 * 1024 * 1024;
 /** Distinct bad names logged before the poller stops logging new ones (they are still counted). */
@@ -144,21 +154,24 @@ export class Poller implements ReplicaState {
     if (Array.isArray(listing)) return this.#syncPlain(listing);
     const changes = checkChanges(listing);
     const { store } = this.#options;
-    const fetch: [string, number][] = [];
+    const fetch: Listed[] = [];
     if (changes.full) {
       const listed = new Set<string>();
       for (const [key, size, mtimeMs] of changes.keys) {
         if (!this.#acceptable(key)) continue;
         listed.add(key);
         const local = store.stat(key);
-        if (!local || local.size !== size || local.mtimeMs !== Math.round(mtimeMs)) fetch.push([key, mtimeMs]);
+        if (!local || local.size !== size || local.mtimeMs !== Math.round(mtimeMs)) fetch.push([key, size, mtimeMs]);
       }
       for (const key of store.list()) if (!listed.has(key)) await this.#delete(key);
     } else {
       for (const key of changes.deleted) if (this.#acceptable(key)) await this.#delete(key);
-      for (const [key, , mtimeMs] of changes.keys) if (this.#acceptable(key)) fetch.push([key, mtimeMs]);
+      for (const listed of changes.keys) if (this.#acceptable(listed[0])) fetch.push(listed);
     }
-    for (let i = 0; i < fetch.length; i += BATCH_SIZE) await this.#copyBatch(fetch.slice(i, i + BATCH_SIZE));
+    const small = fetch.filter(([, size]) => size <= GROUP_VALUE_BYTES);
+    const large = fetch.filter(([, size]) => size > GROUP_VALUE_BYTES);
+    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
+    for (let i = 0; i < large.length; i += BATCH_SIZE) await this.#copyBatch(large.slice(i, i + BATCH_SIZE));
     this.#cursor = changes.cursor;
   }
 
@@ -189,11 +202,11 @@ export class Poller implements ReplicaState {
    * then commits them together, so one journal commit carries the whole batch.
    * A key gone meanwhile is left for the next tick's listing.
    */
-  async #copyBatch(batch: [key: string, mtimeMs: number][]): Promise<void> {
+  async #copyBatch(batch: Listed[]): Promise<void> {
     const { store, maxValueBytes, concurrency } = this.#options;
     const staged: Staged[] = [];
     try {
-      await forEachLimited(batch, concurrency, async ([key, mtimeMs]) => {
+      await forEachLimited(batch, concurrency, async ([key, , mtimeMs]) => {
         const res = await this.#get(`/get/${key}`);
         if (res.statusCode === 404) return void res.resume();
         if (res.statusCode !== 200) {
@@ -201,6 +214,34 @@ export class Poller implements ReplicaState {
           throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
         }
         staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs }));
+      });
+    } catch (error) {
+      await store.discard(staged);
+      throw error;
+    }
+    await store.commit(staged);
+    this.#counts.copied += staged.length;
+  }
+
+  /**
+   * Copies a group of small keys with one `GET /values` and commits them
+   * together. Each copy takes the size and mtime the answer gives, which
+   * describe the bytes fetched. A leader that does not serve `/values` gets
+   * one request per key instead.
+   */
+  async #copyGroup(group: Listed[]): Promise<void> {
+    const { store, maxValueBytes, concurrency } = this.#options;
+    const res = await this.#get(`/values?keys=${group.map(([key]) => key).join(",")}`);
+    if (res.statusCode !== 200) {
+      res.resume();
+      return this.#copyBatch(group);
+    }
+    const values = parseValues(await readAll(res, MAX_GROUP_ANSWER_BYTES));
+    const staged: Staged[] = [];
+    try {
+      await forEachLimited(group, concurrency, async ([key]) => {
+        const value = values.get(key);
+        if (value) staged.push(await store.stage(key, [value.body], { maxBytes: maxValueBytes, mtimeMs: value.mtimeMs }));
       });
     } catch (error) {
       await store.discard(staged);
@@ -266,6 +307,51 @@ export class Poller implements ReplicaState {
       sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
       sample("mehdb_sync_seconds_since_success", "gauge", "Seconds since the last complete sync (-1 before the first).", age === null ? -1 : Number(age.toFixed(3)));
   }
+}
+
+/** A key as the change feed lists it. */
+type Listed = [key: string, size: number, mtimeMs: number];
+
+/** Splits small listed keys into groups for `GET /values`, within the group limits. */
+function groups(listed: Listed[]): Listed[][] {
+  const out: Listed[][] = [];
+  let group: Listed[] = [];
+  let bytes = 0;
+  let chars = 0;
+  for (const item of listed) {
+    if (group.length > 0 && (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)) {
+      out.push(group);
+      group = [];
+      bytes = 0;
+      chars = 0;
+    }
+    group.push(item);
+    bytes += item[1];
+    chars += item[0].length + 1;
+  }
+  if (group.length > 0) out.push(group);
+  return out;
+}
+
+/** Reads a `GET /values` answer: key → bytes and mtime; absent keys are left out. */
+export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs: number }> {
+  const values = new Map<string, { body: Buffer; mtimeMs: number }>();
+  let at = 0;
+  while (at < answer.length) {
+    const end = answer.indexOf(10, at);
+    if (end < 0) throw new Error("leader's /values answer ends inside a header line");
+    const [key, size, mtime] = answer.toString("latin1", at, end).split(" ");
+    at = end + 1;
+    if (size === "-") continue;
+    const length = Number(size);
+    const mtimeMs = Number(mtime);
+    if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
+      throw new Error("leader's /values answer is malformed or cut short");
+    }
+    values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
+    at += length;
+  }
+  return values;
 }
 
 /** Checks the shape of a change-feed answer. */

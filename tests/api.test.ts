@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { fetchText, mehdbCommand, ROOT, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
+import { parseValues } from "../src/sync.ts";
 
 const run = promisify(execFile);
 const hasCurl = spawnSync("curl", ["--version"]).status === 0;
@@ -93,6 +94,24 @@ describe("leader", () => {
     assert.deepEqual(keys, [...keys].sort());
     for (const key of ["zeta", "Alpha", "mid.dle", "_u"]) assert.ok(keys.includes(key), key);
     assert.ok(!keys.some((k) => k.startsWith(".")));
+  });
+
+  test("/values?keys=a,b,c: several values in one answer, absent keys marked; bad lists 400", async () => {
+    const value = Buffer.from([0, 10, 13, 32, 255]);
+    await put(leader.url, "v1", value);
+    await put(leader.url, "v2", "two");
+    const res = await fetchText(`${leader.url}/values?keys=v1,missing,v2`);
+    assert.equal(res.status, 200);
+    const lines = res.body.toString("latin1");
+    assert.match(lines, /^v1 5 \d+\n\0\n\r \xffmissing -\nv2 3 \d+\ntwo$/);
+    const parsed = parseValues(res.body);
+    assert.deepEqual([...parsed.keys()], ["v1", "v2"]);
+    assert.ok(parsed.get("v1")!.body.equals(value));
+    for (const bad of ["", "a,,b", "..%2fx", "a,.tmp-1", Array.from({ length: 1001 }, (_, i) => `k${i}`).join(",")]) {
+      const refused = await fetchText(`${leader.url}/values?keys=${bad}`);
+      assert.equal(refused.status, 400, bad.slice(0, 20));
+      assertOneLine(refused.text);
+    }
   });
 
   test("/status says leader; /status?level=full gives the key count", async () => {

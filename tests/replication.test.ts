@@ -289,7 +289,7 @@ async function checkHostile(follower: Mehdb, parent: string, expected: Data, pat
   assert.deepEqual((await readdir(parent)).sort(), ["data", "sentinel"], "nothing written or removed next to the data directory");
   assert.equal(await readFile(join(parent, "sentinel"), "utf8"), "keep me");
   assert.deepEqual((await readdir(follower.dataDir)).sort(), [...expected.keys()].sort());
-  for (const path of paths) assert.match(path, /^\/(keys\?since=[^/]*|get\/[a-z0-9]+)$/, `requested ${path}`);
+  for (const path of paths) assert.match(path, /^\/(keys\?since=[^/]*|get\/[a-z0-9]+|values\?keys=[a-z0-9,]+)$/, `requested ${path}`);
   // Logged once per name, not on every tick that sees it again.
   const ticks = (await metric(follower.url, "mehdb_sync_ticks_total"))!;
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total"))! >= ticks + 3, "three more ticks");
