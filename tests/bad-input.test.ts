@@ -47,7 +47,7 @@ function pick<T>(items: readonly T[]): T {
 }
 
 const METHODS = ["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "get", "FOO", "M-SEARCH", "PURGE", "LINK"];
-const PATHS = ["/get/k1", "/set/k1", "/keys", "/status", "/status?level=full", "/metrics", "/", "/nope", "/get/", "/set/", "/keys/", "//get/k1", "/GET/k1", "/keys?since=zz-1", "/keys?since=%ff"];
+const PATHS = ["/get/k1", "/set/k1", "/keys", "/status", "/status?level=full", "/metrics", "/", "/nope", "/get/", "/set/", "/keys/", "//get/k1", "/GET/k1", "/keys?since=zz-1", "/keys?since=%ff", "/values", "/values?keys=ok-1,ok-2", "/values?keys="];
 
 /** `../` and friends in every encoding a path can carry. */
 const DOT_DOT = ["..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%252e%252e", "%c0%ae%c0%ae", "%e0%80%ae%e0%80%ae", "%uff0e%uff0e", "%ef%bc%8e%ef%bc%8e", "..%00", "%2e%2e%00"];
@@ -89,6 +89,15 @@ const GENERATORS: (() => Case)[] = [
     const path = pick(["/get/", "/set/", "/", "/keys/", "/get/x/", "/set/x/"]) + traversalPath();
     const bytes = method === "PUT" ? put(path, `traversal ${MARK}`) : request(method, path);
     return { kind: "traversal", method, bytes };
+  },
+  // the grouped read of a follower's catch-up, with bad, traversing, too many or duplicate keys
+  () => {
+    const keys = pick([
+      traversalPath(), `ok-1,${traversalPath()}`, "", ",", "ok-1,,ok-2", pick(ODD_KEYS), `ok-1,${pick(ODD_KEYS)}`,
+      Array.from({ length: 1001 }, (_, i) => `k${i}`).join(","), "ok-1,ok-1,ok-1", "ok-1%2c..%2f..", "ok-1&keys=../x",
+    ]);
+    const method = pick(["GET", "HEAD", "PUT", "DELETE"]);
+    return { kind: "values", method, bytes: request(method, `/values?keys=${keys}`) };
   },
   // absolute-form and odd request targets
   () => {
