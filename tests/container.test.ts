@@ -339,6 +339,7 @@ if (skipReason) {
 
     step('reading from the follower (curl mehdb-1.mehdb:9876/get/test) returns the data', async () => {
       await waitValue(pods.get(1)!, 'test', 'test data\n');
+      await waitValue(pods.get(1)!, 'big', 'mehdb '.repeat(2 * 2 ** 20 / 6 + 1).slice(0, 2 * 2 ** 20));
       const keys = JSON.parse((await http(`${pods.get(1)!.url}/keys`)).body);
       assert.ok(keys.includes('test') && keys.includes('big'), `follower keys ${JSON.stringify(keys)}`);
     });
