@@ -28,6 +28,8 @@ export interface Config {
   dataDir: string;
   /** How often a follower polls its leader. `MEHDB_SYNC_INTERVAL_MS`, default 1000. */
   syncIntervalMs: number;
+  /** Time a follower allows each request to its leader before giving up on it. `MEHDB_SYNC_TIMEOUT_MS`, default 10 000. */
+  syncTimeoutMs: number;
   /** Largest value accepted, in bytes. `MEHDB_MAX_VALUE_BYTES`, default 16 MiB. */
   maxValueBytes: number;
   /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 32 MiB (0 turns it off). */
@@ -46,6 +48,7 @@ export const DEFAULTS = {
   namespace: "default",
   clusterDomain: "cluster.local",
   syncIntervalMs: 1000,
+  syncTimeoutMs: 10_000,
   maxValueBytes: 16 * 1024 * 1024,
   cacheBytes: 32 * 1024 * 1024,
   /** Where `MEHDB_LOCAL=yes` looks for the leader, as in the original. */
@@ -126,6 +129,7 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
     listen: nonEmpty(env.MEHDB_LISTEN),
     dataDir: nonEmpty(env.MEHDB_DATADIR) ?? DEFAULTS.dataDir,
     syncIntervalMs: integer(env, "MEHDB_SYNC_INTERVAL_MS", DEFAULTS.syncIntervalMs, 10, 3_600_000),
+    syncTimeoutMs: integer(env, "MEHDB_SYNC_TIMEOUT_MS", DEFAULTS.syncTimeoutMs, 100, 3_600_000),
     maxValueBytes: integer(env, "MEHDB_MAX_VALUE_BYTES", DEFAULTS.maxValueBytes, 1, 2 ** 40),
     cacheBytes: integer(env, "MEHDB_CACHE_BYTES", DEFAULTS.cacheBytes, 0, 2 ** 40),
   };

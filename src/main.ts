@@ -68,7 +68,7 @@ async function main(log: Logger): Promise<void> {
   if (stopping) return;
 
   const poller = config.role === "follower" && config.leaderUrl !== null
-    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, maxValueBytes: config.maxValueBytes, log })
+    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log })
     : undefined;
   const server = createMehdbServer({
     store,

@@ -14,7 +14,7 @@
  */
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { pipeline } from "node:stream";
+import { pipeline, type Duplex } from "node:stream";
 import type { Role } from "./config.ts";
 import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -68,8 +68,12 @@ const INTERNAL_SERVER_ERROR = 500;
 const SERVICE_UNAVAILABLE = 503;
 const INSUFFICIENT_STORAGE = 507;
 
+/** Every method some path takes (the `Allow` of a method no path takes). */
+const ALL_METHODS = "GET, HEAD, PUT, DELETE";
+
 /** Most keys asked for in one `GET /values`. */
 const MAX_VALUES_KEYS = 1000;
+
 /** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
 const DRAIN_LIMIT = 1024 * 1024;
 
@@ -84,6 +88,9 @@ export function createMehdbServer(options: ServerOptions): Server {
     const path = q < 0 ? url : url.slice(0, q);
     const query = q < 0 ? "" : url.slice(q + 1);
     const method = req.method ?? "GET";
+    if (req.headers.host === undefined && req.httpVersion === "1.1") {
+      return refuse(req, res, "other", BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
+    }
 
     if (path.startsWith("/get/")) {
       if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");
@@ -308,6 +315,9 @@ export function createMehdbServer(options: ServerOptions): Server {
   }
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
+    // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
+    // client would otherwise keep sending on it and hold the shutdown until it is forced.
+    if (!server.listening) res.shouldKeepAlive = false;
     const done = handle(req, res, expectsContinue);
     if (done) {
       done.catch((error: unknown) => {
@@ -318,12 +328,19 @@ export function createMehdbServer(options: ServerOptions): Server {
     }
   }
 
+  const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 5_000;
   const server = createServer({
     headersTimeout: options.headersTimeoutMs ?? 10_000,
     requestTimeout: options.requestTimeoutMs ?? 120_000,
-    keepAliveTimeout: options.keepAliveTimeoutMs ?? 5_000,
+    keepAliveTimeout: keepAliveTimeoutMs,
     connectionsCheckingInterval: 1_000,
+    requireHostHeader: false, // checked in handle(), to answer with a one-line body
   });
+  // A client may half-close its side once its request is sent (`nc -N`, some proxies); HTTP/1.1 says that
+  // does not end its interest in the answer. By default node:http then aborts the request and ends the
+  // socket, so a PUT still fsyncing lost its answer (and may or may not have been stored). With this
+  // (undocumented but long-standing) switch Node answers the requests it has, then closes.
+  (server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
@@ -341,13 +358,29 @@ export function createMehdbServer(options: ServerOptions): Server {
       : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
       ? [REQUEST_TIMEOUT, "request timed out"]
       : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
+    rawAnswer(socket, status, text);
+  });
+  // CONNECT goes to its own event; without a listener node:http drops the connection without a word.
+  server.on("connect", (req: IncomingMessage, socket: Duplex) => {
+    socket.on("error", () => {});
+    rawAnswer(socket, METHOD_NOT_ALLOWED, `method ${req.method} not allowed: mehdb is not a proxy; use ${ALL_METHODS}`, `Allow: ${ALL_METHODS}\r\n`);
+  });
+
+  /**
+   * Answers on a socket node:http has given up on, in one line, and closes it. No timeout of node:http
+   * covers such a socket any more: one whose client never closes its side is destroyed after a while.
+   */
+  function rawAnswer(socket: Duplex, status: number, text: string, headers = ""): void {
     metrics.count("other", status);
     const body = `${text}\n`;
     socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n${headers}` +
         `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
-  });
+    const linger = setTimeout(() => socket.destroy(), keepAliveTimeoutMs);
+    linger.unref();
+    socket.once("close", () => clearTimeout(linger));
+  }
   return server;
 }
 

@@ -8,7 +8,7 @@
 // Skipped, with the reason printed, where podman (or runc, curl) is missing.
 // Every container, volume and image tag it makes carries this run's id and is
 // removed in `after`, also when a step fails. The Node base image and the npm
-// tarball it is made from are a cache kept between runs (tests/podman.ts).
+// tarball it is made from are a cache kept between runs (tests/helpers/podman.ts).
 import { describe, it, before, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -26,7 +26,7 @@ import {
   podmanMissing,
   run,
   waitFor,
-} from './podman.ts';
+} from './helpers/podman.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -339,6 +339,7 @@ if (skipReason) {
 
     step('reading from the follower (curl mehdb-1.mehdb:9876/get/test) returns the data', async () => {
       await waitValue(pods.get(1)!, 'test', 'test data\n');
+      await waitValue(pods.get(1)!, 'big', 'mehdb '.repeat(2 * 2 ** 20 / 6 + 1).slice(0, 2 * 2 ** 20));
       const keys = JSON.parse((await http(`${pods.get(1)!.url}/keys`)).body);
       assert.ok(keys.includes('test') && keys.includes('big'), `follower keys ${JSON.stringify(keys)}`);
     });

@@ -1,0 +1,266 @@
+/**
+ * Faults a pod really meets, on real processes over loopback: a leader that
+ * stops answering (SIGSTOP), a leader restarted again and again while a
+ * follower copies from it, a full disk during a PUT, and a data directory that
+ * turns read-only.
+ */
+import assert from "node:assert/strict";
+import { mkdir, readdir } from "node:fs/promises";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
+import { startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { rawExchange } from "./helpers/wire.ts";
+import {
+  checkedValue,
+  closeHttpAgent,
+  difference,
+  freePort,
+  http,
+  mountTmpfs,
+  randomInt,
+  run,
+  sleep,
+  snapshot,
+  unmount,
+  verifyValue,
+} from "./helpers/reliability.ts";
+
+const mounts: string[] = [];
+const onTmpfs: Mehdb[] = [];
+
+after(async () => {
+  // Processes using a tmpfs must go before it can be unmounted, and it before its parent is removed.
+  await Promise.all(onTmpfs.map((m) => m.stop("SIGKILL")));
+  for (const dir of mounts) await unmount(dir);
+  await stopAll();
+  closeHttpAgent();
+});
+
+/** The body is exactly one line, ending in `\n`. */
+function assertOneLine(body: Buffer | string, what: string): void {
+  const text = body.toString();
+  assert.ok(text.length > 1 && text.endsWith("\n") && text.indexOf("\n") === text.length - 1, `${what}: not one line: ${JSON.stringify(text)}`);
+}
+
+async function metric(url: string, name: string): Promise<number> {
+  const text = (await http(`${url}/metrics`)).body.toString();
+  const match = new RegExp(`^${name} (\\S+)$`, "m").exec(text);
+  return match ? Number(match[1]) : NaN;
+}
+
+describe("MEHDB_SYNC_TIMEOUT_MS", () => {
+  test("defaults to 10 s, takes whole milliseconds from 100, refuses anything else", () => {
+    assert.equal(loadConfig({}, "mehdb-1").syncTimeoutMs, DEFAULTS.syncTimeoutMs);
+    assert.equal(DEFAULTS.syncTimeoutMs, 10_000);
+    assert.equal(loadConfig({ MEHDB_SYNC_TIMEOUT_MS: "1500" }, "mehdb-1").syncTimeoutMs, 1500);
+    assert.equal(loadConfig({ MEHDB_SYNC_TIMEOUT_MS: " 100 " }, "mehdb-0").syncTimeoutMs, 100);
+    for (const bad of ["abc", "99", "1.5", "-1", "10s", "3600001"]) {
+      assert.throws(() => loadConfig({ MEHDB_SYNC_TIMEOUT_MS: bad }, "mehdb-1"), (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        assert.match(error.message, /^MEHDB_SYNC_TIMEOUT_MS must be a whole number from 100 to 3600000/);
+        assert.ok(!error.message.includes("\n"));
+        return true;
+      });
+    }
+  });
+});
+
+describe("a leader that stops answering (SIGSTOP)", () => {
+  test("the follower's requests time out, it keeps serving, and it recovers on SIGCONT", async () => {
+    const leader = await startMehdb({ host: "mehdb-0" });
+    const values = new Map<string, Buffer>();
+    for (let i = 0; i < 20; i++) {
+      const value = checkedValue(`stop-${i}`, randomInt(100, 4000));
+      values.set(`stop-${i}`, value);
+      assert.equal((await http(`${leader.url}/set/stop-${i}`, { method: "PUT", body: value })).status, 200);
+    }
+    const follower = await startMehdb({
+      host: "mehdb-1",
+      leaderUrl: leader.url,
+      env: { MEHDB_SYNC_INTERVAL_MS: "100", MEHDB_SYNC_TIMEOUT_MS: "400" },
+      waitReady: true,
+    });
+    await waitFor(async () => (await snapshot(follower.url)).size === 20, "the follower's first copy");
+
+    const errorsBefore = await metric(follower.url, "mehdb_sync_errors_total");
+    leader.child.kill("SIGSTOP");
+    try {
+      // Ticks keep ending in errors (each request gives up after 400 ms) instead of hanging on the first one.
+      await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 3, "three timed-out ticks", 15_000);
+      const status = await http(`${follower.url}/status?level=full`);
+      assert.equal(status.status, 200, "a follower that synced once stays ready while its leader is away");
+      assert.match(status.body.toString(), /20 keys.*(within 400 ms|timed out)/);
+      assertOneLine(status.body, "status");
+
+      // It keeps serving what it has, and still redirects writes.
+      for (const [key, value] of values) {
+        const res = await http(`${follower.url}/get/${key}`);
+        assert.equal(res.status, 200);
+        assert.ok(res.body.equals(value), key);
+      }
+      const redirect = await http(`${follower.url}/set/stop-new`, { method: "PUT", body: "x" });
+      assert.equal(redirect.status, 307);
+      assert.equal(redirect.headers.location, `${leader.url}/set/stop-new`);
+      assert.equal(follower.output().match(/event=leader-unreachable/g)?.length, 1, "the outage is logged once, not every tick");
+    } finally {
+      leader.child.kill("SIGCONT");
+    }
+
+    const fresh = checkedValue("stop-new", 3000);
+    assert.equal((await http(`${leader.url}/set/stop-new`, { method: "PUT", body: fresh })).status, 200);
+    await waitFor(async () => {
+      const res = await http(`${follower.url}/get/stop-new`);
+      return res.status === 200 && res.body.equals(fresh);
+    }, "the follower to copy a write made after SIGCONT");
+    await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).body.toString().includes("("), "the error to clear");
+    assert.match(follower.output(), /event=leader-reachable/);
+    assert.equal(difference(await snapshot(leader.url), await snapshot(follower.url)), null);
+    await leader.stop();
+    await follower.stop();
+  });
+});
+
+describe("a leader restarted many times while a follower copies from it", () => {
+  test("the follower ends with exactly the leader's keys and bytes", async () => {
+    const port = await freePort();
+    const dataDir = await tempDir();
+    let leader = await startMehdb({ host: "mehdb-0", port, dataDir });
+    const follower = await startMehdb({
+      host: "mehdb-1",
+      leaderUrl: leader.url,
+      env: { MEHDB_SYNC_INTERVAL_MS: "50", MEHDB_SYNC_TIMEOUT_MS: "2000" },
+    });
+    let writes = 0;
+    let running = true;
+    const writer = async (w: number) => {
+      let n = 0;
+      while (running) {
+        const key = `restart-${randomInt(0, 59)}`;
+        try {
+          if (Math.random() < 0.15) await http(`${leader.url}/set/${key}`, { method: "DELETE", timeoutMs: 3000 });
+          else await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`${w}.${n++}`, randomInt(1, 64 * 1024)), timeoutMs: 3000 });
+          writes++;
+        } catch {
+          await sleep(20); // the leader is down: try again shortly
+        }
+      }
+    };
+    const writers = Array.from({ length: 4 }, (_, w) => writer(w));
+    const restarts = 8;
+    try {
+      for (let round = 0; round < restarts; round++) {
+        await sleep(randomInt(200, 700));
+        const signal = round % 2 === 0 ? "SIGKILL" : "SIGTERM";
+        const code = await leader.stop(signal);
+        if (signal === "SIGTERM") {
+          // Under keep-alive load, SIGTERM still ends cleanly: in-flight requests finish, none is cut off by force.
+          assert.equal(code, 0, leader.output());
+          assert.doesNotMatch(leader.output(), /event=stop-forced/);
+        }
+        await sleep(randomInt(0, 300));
+        leader = await startMehdb({ host: "mehdb-0", port, dataDir });
+      }
+    } finally {
+      running = false;
+      await Promise.all(writers);
+    }
+    assert.ok(writes > restarts * 5, `only ${writes} writes went through`);
+    let last: string | null = "not compared yet";
+    await waitFor(async () => {
+      last = difference(await snapshot(leader.url), await snapshot(follower.url));
+      return last === null;
+    }, "the follower to converge", 20_000).catch((error: Error) => {
+      throw new Error(`${error.message}: ${last}`);
+    });
+    for (const [key, value] of await snapshot(follower.url)) {
+      const check = verifyValue(value);
+      assert.ok(check.ok, `${key}: ${check.ok ? "" : check.reason}`);
+    }
+    assert.equal((await http(`${follower.url}/status?level=full`)).status, 200);
+    await follower.stop();
+    await leader.stop();
+  });
+});
+
+/** A PUT over a raw socket that keeps sending while it reads, as curl does: the first response, or the error. */
+async function rawPut(port: number, key: string, body: Buffer, chunked: boolean) {
+  const head = `PUT /set/${key} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+    (chunked ? "Transfer-Encoding: chunked\r\n\r\n" : `Content-Length: ${body.length}\r\n\r\n`);
+  const parts: (Buffer | string)[] = [head];
+  for (let at = 0; at < body.length; at += 64 * 1024) {
+    const piece = body.subarray(at, at + 64 * 1024);
+    parts.push(chunked ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]) : piece);
+  }
+  if (chunked) parts.push("0\r\n\r\n");
+  return rawExchange(port, parts, { methods: ["PUT"], timeoutMs: 15_000, halfClose: false });
+}
+
+describe("a full disk during a PUT", () => {
+  test("answers 507 in one line, keeps the old value, leaves no temp file, and keeps serving", async (t) => {
+    const disk = join(await tempDir(), "disk");
+    await mkdir(disk);
+    const failed = await mountTmpfs(disk, "2m");
+    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
+    mounts.push(disk);
+    const dataDir = join(disk, "data");
+    const leader = await startMehdb({ host: "mehdb-0", dataDir });
+    onTmpfs.push(leader);
+
+    const old = checkedValue("old", 100_000);
+    assert.equal((await http(`${leader.url}/set/victim`, { method: "PUT", body: old })).status, 200);
+    assert.equal((await http(`${leader.url}/set/filler`, { method: "PUT", body: Buffer.alloc(1024 * 1024, 1) })).status, 200);
+
+    // 3 MiB fails mid-body; 9 MiB leaves more unread than the server drains; with and without Content-Length.
+    for (const [size, chunked] of [[3, false], [3, true], [9, false], [9, true]] as const) {
+      const what = `${size} MiB ${chunked ? "chunked" : "with Content-Length"}`;
+      const exchange = await rawPut(leader.port, "victim", checkedValue(`new-${size}`, size * 1024 * 1024), chunked);
+      const response = exchange.responses[0];
+      assert.ok(response, `${what}: no response (${exchange.error ?? "closed"}, timed out: ${exchange.timedOut})`);
+      assert.equal(response.status, 507, `${what}: ${response.body}`);
+      assertOneLine(response.body, what);
+      assert.match(response.body.toString(), /full/);
+
+      const now = await http(`${leader.url}/get/victim`);
+      assert.equal(now.status, 200);
+      assert.ok(now.body.equals(old), `${what}: the old value changed`);
+      const files = await readdir(dataDir);
+      assert.deepEqual(files.filter((name) => name.startsWith(".")), [], `${what}: temp files left`);
+      assert.deepEqual(files.sort(), ["filler", "victim"]);
+      assert.equal((await http(`${leader.url}/status?level=full`)).status, 200);
+    }
+    // Space is back once the failed write is gone: small writes succeed again.
+    assert.equal((await http(`${leader.url}/set/after`, { method: "PUT", body: "small" })).status, 200);
+    assert.equal((await http(`${leader.url}/get/after`)).body.toString(), "small");
+    assert.deepEqual(JSON.parse((await http(`${leader.url}/keys`)).body.toString()), ["after", "filler", "victim"]);
+  });
+});
+
+describe("a data directory that turns read-only", () => {
+  test("/status?level=full answers 503 with the reason, reads go on, and it is ready again once writable", async (t) => {
+    const disk = join(await tempDir(), "disk");
+    await mkdir(disk);
+    const failed = await mountTmpfs(disk, "4m");
+    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
+    mounts.push(disk);
+    const leader = await startMehdb({ host: "mehdb-0", dataDir: join(disk, "data"), waitReady: true });
+    onTmpfs.push(leader);
+    assert.equal((await http(`${leader.url}/set/kept`, { method: "PUT", body: "kept" })).status, 200);
+
+    await run("mount", ["-o", "remount,ro", disk]);
+    const status = await http(`${leader.url}/status?level=full`);
+    assert.equal(status.status, 503);
+    assertOneLine(status.body, "status");
+    assert.match(status.body.toString(), /not ready: data directory .* is not writable: EROFS/);
+    assert.equal((await http(`${leader.url}/status`)).status, 200, "liveness stays up: a restart would not help");
+    assert.equal((await http(`${leader.url}/get/kept`)).body.toString(), "kept");
+    const put = await http(`${leader.url}/set/kept`, { method: "PUT", body: "changed" });
+    assert.notEqual(put.status, 200);
+    assertOneLine(put.body, "refused PUT");
+    assert.equal((await http(`${leader.url}/get/kept`)).body.toString(), "kept");
+
+    await run("mount", ["-o", "remount,rw", disk]);
+    assert.equal((await http(`${leader.url}/status?level=full`)).status, 200);
+    assert.equal((await http(`${leader.url}/set/kept`, { method: "PUT", body: "changed" })).status, 200);
+  });
+});
