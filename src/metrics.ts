@@ -5,25 +5,30 @@
 
 /** Counts requests; one per server. */
 export class Metrics {
-  #requests = new Map<string, number>();
+  /** route → status → count; no string is built per request. */
+  #requests = new Map<string, Map<number, number>>();
 
   /** Counts one answered request. */
   count(route: string, status: number): void {
-    const name = `route="${route}",status="${status}"`;
-    this.#requests.set(name, (this.#requests.get(name) ?? 0) + 1);
+    let byStatus = this.#requests.get(route);
+    if (!byStatus) this.#requests.set(route, (byStatus = new Map()));
+    byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
   }
 
   /** Requests answered so far on `route` with `status`. */
   requests(route: string, status: number): number {
-    return this.#requests.get(`route="${route}",status="${status}"`) ?? 0;
+    return this.#requests.get(route)?.get(status) ?? 0;
   }
 
   /** The request counters as Prometheus text. */
   render(): string {
     let text = "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +
       "# TYPE mehdb_http_requests_total counter\n";
-    for (const [labels, value] of [...this.#requests].sort()) {
-      text += `mehdb_http_requests_total{${labels}} ${value}\n`;
+    for (const route of [...this.#requests.keys()].sort()) {
+      const byStatus = this.#requests.get(route)!;
+      for (const status of [...byStatus.keys()].sort()) {
+        text += `mehdb_http_requests_total{route="${route}",status="${status}"} ${byStatus.get(status)}\n`;
+      }
     }
     return text;
   }

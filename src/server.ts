@@ -82,7 +82,7 @@ export function createMehdbServer(options: ServerOptions): Server {
   const { store, role, leaderUrl, maxValueBytes, log, replica } = options;
   const metrics = options.metrics ?? new Metrics();
 
-  async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+  function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     const path = q < 0 ? url : url.slice(0, q);
@@ -123,6 +123,10 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
     if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
     if (params.get("level") !== "full") return send(res, "status", OK, `${role}\n`);
+    return sendReadiness(res);
+  }
+
+  async function sendReadiness(res: ServerResponse): Promise<void> {
     const reason = await notReadyReason();
     if (reason !== null) return send(res, "status", SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
     return send(res, "status", OK, `${store.count} keys${replicaDetail()}\n`);
@@ -160,8 +164,15 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics.count("get", OK);
   }
 
-  function valueHeaders(entry: Entry): Record<string, string | number> {
-    return { "Content-Type": "application/octet-stream", "Content-Length": entry.size, ETag: store.etag(entry) };
+  /** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */
+  const headersOf = new WeakMap<Entry, string[]>();
+  function valueHeaders(entry: Entry): string[] {
+    let headers = headersOf.get(entry);
+    if (!headers) {
+      headers = ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
+      headersOf.set(entry, headers);
+    }
+    return headers;
   }
 
   function notModified(req: IncomingMessage, entry: Entry): boolean {
@@ -272,6 +283,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
       sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
       sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
+      sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
       (replica ? replica.metrics() : "");
   }
 

@@ -66,6 +66,8 @@ export interface PutOptions {
   maxBytes: number;
   /** Modification time to give the file (a follower keeps its leader's). Default: now. */
   mtimeMs?: number;
+  /** Keep a small value (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
+  cache?: boolean;
 }
 
 /** A value written to its temporary file but not yet committed; see {@link Store.stage}. */
@@ -75,8 +77,8 @@ export interface Staged {
   readonly handle: FileHandle;
   size: number;
   mtimeMs: number | undefined;
-  /** The bytes, kept while small enough for the cache. */
-  cached: Uint8Array[];
+  /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
+  cached: Uint8Array[] | null;
   closed?: boolean;
   renamed?: boolean;
 }
@@ -86,6 +88,12 @@ export class ValueTooLargeError extends Error {
   override name = "ValueTooLargeError";
 }
 
+/** Values up to this size go to the cache when written; larger ones (up to the cache's limit) when first read. */
+const CACHE_ON_WRITE_BYTES = 4 * 1024;
+/** Bytes of a value gathered before they are written (with one `writev`). */
+const WRITE_BATCH_BYTES = 256 * 1024;
+/** What the cache counts for each value on top of its bytes (the objects that hold it). */
+const CACHE_ENTRY_OVERHEAD = 256;
 /** Values larger than this are streamed from the file instead of read whole. */
 const STREAM_THRESHOLD = 1024 * 1024;
 /** Prefix of temporary files; no key starts with `.`. */
@@ -224,14 +232,25 @@ export class Store {
   async stage(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const handle = await open(tmp, "wx", 0o644);
-    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: [] };
+    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: options.cache === false ? null : [] };
     try {
+      // Chunks are written in batches of up to WRITE_BATCH_BYTES: one system call for most values.
+      let pending: Uint8Array[] = [];
+      let pendingBytes = 0;
       for await (const chunk of body) {
         staged.size += chunk.length;
         if (staged.size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
-        if (staged.size <= this.#cache.maxValueBytes) staged.cached.push(chunk);
-        await writeAll(handle, chunk);
+        if (staged.cached && staged.size <= CACHE_ON_WRITE_BYTES) staged.cached.push(chunk);
+        else staged.cached = null;
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= WRITE_BATCH_BYTES) {
+          await writeAll(handle, pending);
+          pending = [];
+          pendingBytes = 0;
+        }
       }
+      if (pendingBytes > 0) await writeAll(handle, pending);
       return staged;
     } catch (error) {
       await this.discard([staged]);
@@ -266,7 +285,7 @@ export class Store {
           s.renamed = true;
           const entry = this.#entry(s.size, s.mtimeMs!);
           this.#set(s.key, entry);
-          if (s.size <= this.#cache.maxValueBytes) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
+          if (s.cached) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
           return entry;
         }));
       }
@@ -486,11 +505,11 @@ class ValueCache {
     if (body.length > this.maxValueBytes) return;
     this.delete(key);
     this.#values.set(key, { entry, body });
-    this.#bytes += body.length;
+    this.#bytes += body.length + CACHE_ENTRY_OVERHEAD;
     for (const [oldest, value] of this.#values) {
       if (this.#bytes <= this.#maxBytes) break;
       this.#values.delete(oldest);
-      this.#bytes -= value.body.length;
+      this.#bytes -= value.body.length + CACHE_ENTRY_OVERHEAD;
     }
   }
 
@@ -498,16 +517,19 @@ class ValueCache {
     const hit = this.#values.get(key);
     if (!hit) return;
     this.#values.delete(key);
-    this.#bytes -= hit.body.length;
+    this.#bytes -= hit.body.length + CACHE_ENTRY_OVERHEAD;
   }
 }
 
-/** Writes all of `chunk`, however many calls it takes (writes may be short). */
-async function writeAll(handle: FileHandle, chunk: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < chunk.length) {
-    const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset);
-    offset += bytesWritten;
+/** Writes all of `chunks`, however many calls it takes (writes may be short). */
+async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void> {
+  let rest = chunks;
+  while (rest.length > 0) {
+    let { bytesWritten } = await handle.writev(rest);
+    let i = 0;
+    while (i < rest.length && bytesWritten >= rest[i].length) bytesWritten -= rest[i++].length;
+    rest = rest.slice(i);
+    if (bytesWritten > 0) rest[0] = rest[0].subarray(bytesWritten);
   }
 }
 

@@ -213,7 +213,7 @@ export class Poller implements ReplicaState {
           res.resume();
           throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
         }
-        staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs }));
+        staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs, cache: false }));
       });
     } catch (error) {
       await store.discard(staged);
@@ -241,7 +241,7 @@ export class Poller implements ReplicaState {
     try {
       await forEachLimited(group, concurrency, async ([key]) => {
         const value = values.get(key);
-        if (value) staged.push(await store.stage(key, [value.body], { maxBytes: maxValueBytes, mtimeMs: value.mtimeMs }));
+        if (value) staged.push(await store.stage(key, [value.body], { maxBytes: maxValueBytes, mtimeMs: value.mtimeMs, cache: false }));
       });
     } catch (error) {
       await store.discard(staged);

@@ -135,6 +135,7 @@ describe("leader", () => {
     const keys = (JSON.parse((await fetchText(`${leader.url}/keys`)).text) as string[]).length;
     assert.match(res.text, new RegExp(`^mehdb_keys ${keys}$`, "m"));
     assert.match(res.text, /^mehdb_bytes [1-9]\d*$/m);
+    assert.match(res.text, /^process_resident_memory_bytes [1-9]\d*$/m);
     for (const line of res.text.trim().split("\n")) assert.match(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? -?[\d.]+)$/, line);
   });
 
