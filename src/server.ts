@@ -330,13 +330,15 @@ export function createMehdbServer(options: ServerOptions): Server {
     // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
     // client would otherwise keep sending on it and hold the shutdown until it is forced.
     if (!server.listening) res.shouldKeepAlive = false;
-    const done = handle(req, res, expectsContinue);
-    if (done) {
-      done.catch((error: unknown) => {
-        log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
-        if (!res.headersSent) send(res, "other", INTERNAL_SERVER_ERROR, "internal error\n");
-        else res.destroy();
-      });
+    const failed = (error: unknown) => {
+      log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
+      if (!res.headersSent) send(res, "other", INTERNAL_SERVER_ERROR, "internal error\n");
+      else res.destroy();
+    };
+    try {
+      handle(req, res, expectsContinue)?.catch(failed); // most GETs answer synchronously, from the cache
+    } catch (error) {
+      failed(error);
     }
   }
 
