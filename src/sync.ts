@@ -7,7 +7,9 @@
  * restarted, its data was replaced, or the cursor is too old) answers with
  * the full listing instead, and the follower reconciles: it copies every key
  * whose size or mtime differs from its own copy (it keeps the leader's mtime on
- * its copies) and removes every key the leader no longer has. A leader that
+ * its copies) and removes every key the leader no longer has. Small values
+ * are fetched in groups (`GET /values?keys=a,b,c`) and each group is committed
+ * together; larger ones one by one (`GET /get/KEY`). A leader that
  * answers `/keys` with a plain array (the original Go mehdb) is listed and
  * copied in full every tick.
  */

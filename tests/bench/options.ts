@@ -53,7 +53,9 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --entry FILE        server entry (default src/main.ts)
   --no-pin            do not pin (default with 2+ CPUs and taskset: the server under test and the
                       fsync loop on CPU 0, the load generator on the other CPUs, one wrk thread each)
-  --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots`;
+  --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots
+environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>= 22.18, no tsx),
+  e.g. the Node 24 of the image`;
 
 /** Parses argv (without node and script); throws with a one-line message on a bad option. */
 export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): Options {

@@ -65,7 +65,10 @@ export function startTs(
   nodeArgs: string[] = [],
   cpus: string | null = null,
 ): Child {
-  return startProcess(name, process.execPath, [...nodeArgs, "--import", "tsx", file, ...args], env, cpus);
+  // MEHDB_BENCH_NODE names another Node (≥ 22.18, such as the image's Node 24), which runs .ts files itself.
+  const node = process.env.MEHDB_BENCH_NODE;
+  const loader = node ? [] : ["--import", "tsx"];
+  return startProcess(name, node ?? process.execPath, [...nodeArgs, ...loader, file, ...args], env, cpus);
 }
 
 /** Is taskset (util-linux) available to pin processes to CPUs? */
