@@ -30,6 +30,3 @@ export function createLogger(out: { write(line: string): unknown } = process.std
     out.write(formatLine(event, fields) + "\n");
   };
 }
-
-/** A logger that drops everything (for tests that start servers in-process). */
-export const silentLogger: Logger = () => {};

@@ -15,11 +15,6 @@ export class Metrics {
     byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
   }
 
-  /** Requests answered so far on `route` with `status`. */
-  requests(route: string, status: number): number {
-    return this.#requests.get(route)?.get(status) ?? 0;
-  }
-
   /** The request counters as Prometheus text. */
   render(): string {
     let text = "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +

@@ -12,6 +12,7 @@
  * by itself (malformed request, unmet `Expect`, headers too large, timeouts)
  * are given the same one-line bodies here.
  */
+import type { ReadStream } from "node:fs";
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { pipeline, type Duplex } from "node:stream";
@@ -134,34 +135,32 @@ export function createMehdbServer(options: ServerOptions): Server {
 
   function getValue(req: IncomingMessage, res: ServerResponse, key: string): void | Promise<void> {
     const hit = store.cached(key);
-    if (hit) return sendValue(req, res, hit.entry, hit.body);
+    if (hit) return sendValue(req, res, key, hit.entry, hit.body);
     return store.get(key).then((value) => {
       if (value === null) return send(res, "get", NOT_FOUND, `key not found: ${key}\n`);
-      if (value.body) return sendValue(req, res, value.entry, value.body);
-      if (notModified(req, value.entry)) {
-        value.stream.destroy();
-        return sendNotModified(res, value.entry);
-      }
-      res.writeHead(OK, valueHeaders(value.entry));
-      metrics.count("get", OK);
-      if (req.method === "HEAD") {
-        value.stream.destroy();
-        res.end();
-        return;
-      }
-      // pipeline closes the file when the client goes away early.
-      pipeline(value.stream, res, (error) => {
-        const code = (error as NodeJS.ErrnoException | undefined)?.code;
-        if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") log("error", { op: "get", key, error: code ?? error.message });
-      });
+      return sendValue(req, res, key, value.entry, value.body ?? value.stream);
     });
   }
 
-  function sendValue(req: IncomingMessage, res: ServerResponse, entry: Entry, body: Buffer): void {
-    if (notModified(req, entry)) return sendNotModified(res, entry);
+  /** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */
+  function sendValue(req: IncomingMessage, res: ServerResponse, key: string, entry: Entry, body: Buffer | ReadStream): void {
+    const streamed = !Buffer.isBuffer(body);
+    if (notModified(req, entry)) {
+      if (streamed) body.destroy();
+      return sendNotModified(res, entry);
+    }
     res.writeHead(OK, valueHeaders(entry));
-    res.end(body);
     metrics.count("get", OK);
+    if (!streamed) return void res.end(body); // node:http sends no body for HEAD
+    if (req.method === "HEAD") {
+      body.destroy();
+      return void res.end();
+    }
+    // pipeline closes the file when the client goes away early.
+    pipeline(body, res, (error) => {
+      const code = (error as NodeJS.ErrnoException | undefined)?.code;
+      if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") log("error", { op: "get", key, error: code ?? error.message });
+    });
   }
 
   /** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */

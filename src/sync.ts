@@ -104,11 +104,6 @@ export class Poller implements ReplicaState {
     this.#agent.destroy();
   }
 
-  /** Runs one tick now (unless one is running) and resolves when it ends; errors are recorded, not thrown. */
-  tick(): Promise<void> {
-    return this.#tick();
-  }
-
   #tick(): Promise<void> {
     if (this.#running) return this.#running;
     if (this.#abort.signal.aborted) return Promise.resolve();

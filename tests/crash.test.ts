@@ -16,11 +16,11 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { after, describe, test } from "node:test";
-import { startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import {
   checkedValue,
   closeHttpAgent,
-  difference,
+  converged,
   http,
   randomInt,
   readDirFiles,
@@ -217,13 +217,7 @@ describe("a follower killed with SIGKILL while it copies", () => {
       await Promise.all([...writers, scanning]);
     }
 
-    let last: string | null = "not compared yet";
-    await waitFor(async () => {
-      last = difference(await snapshot(leader.url), await snapshot(follower.url));
-      return last === null;
-    }, "the follower to converge", 20_000).catch((error: Error) => {
-      throw new Error(`${error.message}: ${last}`);
-    });
+    await converged(leader.url, follower.url);
     const names = await readdir(followerDir);
     assert.deepEqual(names.sort(), [...(await snapshot(leader.url)).keys()].sort(), "the follower's directory holds exactly the leader's keys");
     console.log(`follower crash: ${FOLLOWER_ROUNDS} kills, ${writes} leader writes meanwhile, ${scans} scans of its files, ${torn.length} torn values`);

@@ -9,13 +9,13 @@ import { mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
-import { startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { freePort, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
 import { rawExchange } from "./helpers/wire.ts";
 import {
   checkedValue,
   closeHttpAgent,
+  converged,
   difference,
-  freePort,
   http,
   mountTmpfs,
   randomInt,
@@ -166,13 +166,7 @@ describe("a leader restarted many times while a follower copies from it", () => 
       await Promise.all(writers);
     }
     assert.ok(writes > restarts * 5, `only ${writes} writes went through`);
-    let last: string | null = "not compared yet";
-    await waitFor(async () => {
-      last = difference(await snapshot(leader.url), await snapshot(follower.url));
-      return last === null;
-    }, "the follower to converge", 20_000).catch((error: Error) => {
-      throw new Error(`${error.message}: ${last}`);
-    });
+    await converged(leader.url, follower.url);
     for (const [key, value] of await snapshot(follower.url)) {
       const check = verifyValue(value);
       assert.ok(check.ok, `${key}: ${check.ok ? "" : check.reason}`);

@@ -1,8 +1,7 @@
 // HTTP helpers for the benchmark's own requests (setup, probes, readiness):
-// a keep-alive client to 127.0.0.1, free-port lookup, readiness polling.
+// a keep-alive client to 127.0.0.1 and readiness polling.
 
 import { Agent, request as httpRequest } from "node:http";
-import { createServer } from "node:net";
 import type { Child } from "./procs.ts";
 import { tail } from "./procs.ts";
 
@@ -26,19 +25,6 @@ export function req(port: number, method: string, path: string, body?: Buffer | 
     r.on("timeout", () => r.destroy(new Error(`${method} ${path}: timeout after ${timeoutMs} ms`)));
     r.on("error", rej);
     r.end(body);
-  });
-}
-
-/** A TCP port free on 127.0.0.1 right now. */
-export function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      s.close(() => res(port));
-    });
   });
 }
 

@@ -3,7 +3,7 @@
 
 import type { Child } from "./procs.ts";
 import { startTs } from "./procs.ts";
-import { freePort } from "./http.ts";
+import { freePort } from "../helpers/mehdb.ts";
 
 /** A started mehdb node: its process, port and data directory. */
 export interface Node {

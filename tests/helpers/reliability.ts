@@ -7,8 +7,8 @@ import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { readFile, readdir } from "node:fs/promises";
 import { request, Agent } from "node:http";
-import { createServer } from "node:net";
 import { join } from "node:path";
+import { waitFor } from "./mehdb.ts";
 
 /**
  * A value that proves its own integrity: one header line
@@ -32,19 +32,6 @@ export function verifyValue(value: Buffer): { ok: true; id: string } | { ok: fal
   if (payload.length !== Number(match[2])) return { ok: false, reason: `torn: ${payload.length} of ${match[2]} bytes (id ${match[1]})` };
   if (createHash("sha256").update(payload).digest("hex") !== match[3]) return { ok: false, reason: `checksum mismatch (id ${match[1]})` };
   return { ok: true, id: match[1] };
-}
-
-/** A port that was free a moment ago (for a leader that must come back on the same address). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 const agent = new Agent({ keepAlive: true, maxSockets: 16 });
@@ -126,6 +113,17 @@ export function difference(a: Map<string, Buffer>, b: Map<string, Buffer>): stri
   }
   for (const key of b.keys()) if (!a.has(key)) return `${key} extra`;
   return null;
+}
+
+/** Waits until the follower at `followerUrl` holds exactly the leader's keys and bytes; fails with the last difference. */
+export async function converged(leaderUrl: string, followerUrl: string, timeoutMs = 20_000): Promise<void> {
+  let last: string | null = "not compared yet";
+  await waitFor(async () => {
+    last = difference(await snapshot(leaderUrl), await snapshot(followerUrl));
+    return last === null;
+  }, "the follower to converge", timeoutMs).catch((error: Error) => {
+    throw new Error(`${error.message}: ${last}`);
+  });
 }
 
 /** Every file in `dir` with its bytes (no recursion). */
