@@ -77,6 +77,8 @@ const MAX_VALUES_KEYS = 1000;
 
 /** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
 const DRAIN_LIMIT = 1024 * 1024;
+/** How long a connection whose unwanted body is no longer read stays open for its client to read the answer. */
+const LINGER_MS = 2_000;
 
 /** Creates (but does not start) the HTTP server of a leader or a follower. */
 export function createMehdbServer(options: ServerOptions): Server {
@@ -403,13 +405,24 @@ function bodyExpected(req: IncomingMessage): boolean {
   return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
-/** Reads and drops the rest of a request body, up to {@link DRAIN_LIMIT}; past that, closes the connection. */
+/**
+ * Reads and drops the rest of a request body, up to {@link DRAIN_LIMIT}. Past that it stops reading and
+ * closes the connection {@link LINGER_MS} later: closing at once, with the client's bytes unread, makes the
+ * kernel reset the connection, and a client still sending may then lose the answer it was about to read.
+ */
 function drain(req: IncomingMessage): void {
   let seen = 0;
-  req.on("data", (chunk: Buffer) => {
+  const socket = req.socket;
+  const onData = (chunk: Buffer) => {
     seen += chunk.length;
-    if (seen > DRAIN_LIMIT) req.socket.destroy();
-  });
+    if (seen <= DRAIN_LIMIT) return;
+    req.off("data", onData);
+    req.pause();
+    const linger = setTimeout(() => socket.destroy(), LINGER_MS);
+    linger.unref();
+    socket.once("close", () => clearTimeout(linger));
+  };
+  req.on("data", onData);
   req.on("error", () => {});
   req.resume();
 }
