@@ -1,5 +1,6 @@
 /**
- * The HTTP API over a {@link Store}, as the contract's table says:
+ * The HTTP API over a {@link Store}: the route table, and the node:http
+ * server that dispatches to it.
  *
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
@@ -8,19 +9,39 @@
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
  *
- * Every error answer is one line of text. The answers `node:http` would send
- * by itself (malformed request, unmet `Expect`, headers too large, timeouts)
- * are given the same one-line bodies here.
+ * A request goes: `onRequest` → `dispatch` finds its route and checks the
+ * method (and, on a follower, redirects writes) → the route's handler in
+ * `routes/`. Every error answer is one line of text; the answers `node:http`
+ * would send by itself (malformed request, unmet `Expect`, headers too large,
+ * timeouts) are given the same one-line bodies here.
  */
-import type { ReadStream } from "node:fs";
-import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { pipeline, type Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import type { Role } from "./config.ts";
-import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
+import {
+  BAD_REQUEST,
+  EXPECTATION_FAILED,
+  HEADERS_TOO_LARGE,
+  INTERNAL_SERVER_ERROR,
+  METHOD_NOT_ALLOWED,
+  NOT_FOUND,
+  oneLine,
+  rawAnswer,
+  refuse,
+  refuseMethod,
+  REQUEST_TIMEOUT,
+  send,
+  TEMPORARY_REDIRECT,
+  type Context,
+  type Exchange,
+} from "./http.ts";
 import type { Logger } from "./log.ts";
-import { Metrics, sample } from "./metrics.ts";
-import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
+import { Metrics } from "./metrics.ts";
+import { listKeys, sendValues } from "./routes/feed.ts";
+import { metrics, status } from "./routes/health.ts";
+import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
+import type { Store } from "./store.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
 export interface ReplicaState {
@@ -55,312 +76,133 @@ export interface ServerOptions {
   keepAliveTimeoutMs?: number;
 }
 
-const OK = 200;
-const NOT_MODIFIED = 304;
-const TEMPORARY_REDIRECT = 307;
-const BAD_REQUEST = 400;
-const NOT_FOUND = 404;
-const METHOD_NOT_ALLOWED = 405;
-const REQUEST_TIMEOUT = 408;
-const CONTENT_TOO_LARGE = 413;
-const EXPECTATION_FAILED = 417;
-const HEADERS_TOO_LARGE = 431;
-const INTERNAL_SERVER_ERROR = 500;
-const SERVICE_UNAVAILABLE = 503;
-const INSUFFICIENT_STORAGE = 507;
+/** A route's handler: answers the request, synchronously when it can. */
+type Handler = (x: Exchange) => void | Promise<void>;
 
-/** Every method some path takes (the `Allow` of a method no path takes). */
+/** One row of the route table. */
+interface Route {
+  /** The label of its answers in `mehdb_http_requests_total`. */
+  label: string;
+  /** Handlers by method; the keys make the `Allow` header of a `405`. */
+  methods: Readonly<Record<string, Handler>>;
+  /** True for writes: a follower answers them with a redirect to its leader. */
+  leaderOnly?: boolean;
+  /** The methods as an `Allow` header (derived from `methods`). */
+  allow: string;
+}
+
+function route(label: string, methods: Record<string, Handler>, leaderOnly = false): Route {
+  return { label, methods, leaderOnly, allow: Object.keys(methods).join(", ") };
+}
+
+/** Routes whose path starts with a prefix (the rest names a key). */
+const PREFIX_ROUTES: ReadonlyMap<string, Route> = new Map([
+  ["/get/", route("get", { GET: getValue, HEAD: getValue })],
+  ["/set/", route("set", { PUT: putValue, DELETE: deleteValue }, true)],
+]);
+
+/** Routes with an exact path. */
+const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
+  ["/keys", route("keys", { GET: listKeys, HEAD: listKeys })],
+  ["/values", route("values", { GET: sendValues, HEAD: sendValues })],
+  ["/status", route("status", { GET: status, HEAD: status })],
+  ["/metrics", route("metrics", { GET: metrics, HEAD: metrics })],
+]);
+
+/** The answers of a path no route takes. */
+const UNROUTED = route("other", {});
+
+/** Every method some route takes (the `Allow` of a CONNECT). */
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 
-/** Most keys asked for in one `GET /values`. */
-const MAX_VALUES_KEYS = 1000;
+/** Finds the request's route, checks its method and answers through its handler. */
+function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
+  const url = req.url ?? "/";
+  const q = url.indexOf("?");
+  const path = q < 0 ? url : url.slice(0, q);
+  const query = q < 0 ? "" : url.slice(q + 1);
+  const prefix = path.startsWith("/get/") ? "/get/" : path.startsWith("/set/") ? "/set/" : null;
+  const found = prefix === null ? EXACT_ROUTES.get(path) : PREFIX_ROUTES.get(prefix);
+  const x: Exchange = {
+    ctx,
+    req,
+    res,
+    route: (found ?? UNROUTED).label,
+    rest: prefix === null ? "" : path.slice(prefix.length),
+    query,
+    expectsContinue,
+  };
+  if (req.headers.host === undefined && req.httpVersion === "1.1") {
+    return refuse(exchange(ctx, req, res), BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
+  }
+  if (found === undefined) {
+    return refuse(x, NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
+  }
+  const handler = found.methods[req.method ?? "GET"];
+  if (handler === undefined) return refuseMethod(x, found.allow);
+  if (found.leaderOnly && ctx.role === "follower") return redirectToLeader(x);
+  return handler(x);
+}
 
-/** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
-const DRAIN_LIMIT = 1024 * 1024;
-/** How long a connection whose unwanted body is no longer read stays open for its client to read the answer. */
-const LINGER_MS = 2_000;
+/** An exchange outside the route table (answers counted as `other`). */
+function exchange(ctx: Context, req: IncomingMessage, res: ServerResponse): Exchange {
+  return { ctx, req, res, route: UNROUTED.label, rest: "", query: "", expectsContinue: false };
+}
+
+/** A follower's answer to a write: `307` to the same key on the leader, the body not read. */
+function redirectToLeader(x: Exchange): void {
+  const key = requestedKey(x);
+  if (key === null) return;
+  const location = `${x.ctx.leaderUrl}/set/${key}`;
+  refuse(x, TEMPORARY_REDIRECT, `this is a follower; write to the leader at ${location}`, { Location: location });
+}
 
 /** Creates (but does not start) the HTTP server of a leader or a follower. */
 export function createMehdbServer(options: ServerOptions): Server {
-  const { store, role, leaderUrl, maxValueBytes, log, replica } = options;
-  const metrics = options.metrics ?? new Metrics();
-
-  function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
-    const url = req.url ?? "/";
-    const q = url.indexOf("?");
-    const path = q < 0 ? url : url.slice(0, q);
-    const query = q < 0 ? "" : url.slice(q + 1);
-    const method = req.method ?? "GET";
-    if (req.headers.host === undefined && req.httpVersion === "1.1") {
-      return refuse(req, res, "other", BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
-    }
-
-    if (path.startsWith("/get/")) {
-      if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");
-      const key = keyFromPath(path.slice(5));
-      if (key === null) return refuse(req, res, "get", BAD_REQUEST, `invalid key: ${KEY_RULE}`);
-      return getValue(req, res, key);
-    }
-    if (path.startsWith("/set/")) {
-      if (method !== "PUT" && method !== "DELETE") return refuseMethod(req, res, "set", "PUT, DELETE");
-      const key = keyFromPath(path.slice(5));
-      if (key === null) return refuse(req, res, "set", BAD_REQUEST, `invalid key: ${KEY_RULE}`);
-      if (role === "follower") {
-        const location = `${leaderUrl}/set/${key}`;
-        return refuse(req, res, "set", TEMPORARY_REDIRECT, `this is a follower; write to the leader at ${location}`, {
-          Location: location,
-        });
-      }
-      if (method === "DELETE") return deleteValue(req, res, key);
-      return putValue(req, res, key, expectsContinue);
-    }
-    const route = path === "/keys" ? "keys" : path === "/values" ? "values" : path === "/status" ? "status" : path === "/metrics" ? "metrics" : null;
-    if (route === null) return refuse(req, res, "other", NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
-    if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, route, "GET, HEAD");
-    const params = new URLSearchParams(query);
-    if (route === "keys") {
-      const since = params.get("since");
-      const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
-      return send(res, "keys", OK, body, "application/json");
-    }
-    if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
-    if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
-    if (params.get("level") !== "full") return send(res, "status", OK, `${role}\n`);
-    return sendReadiness(res);
-  }
-
-  async function sendReadiness(res: ServerResponse): Promise<void> {
-    const reason = await notReadyReason();
-    if (reason !== null) return send(res, "status", SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
-    return send(res, "status", OK, `${store.count} keys${replicaDetail()}\n`);
-  }
-
-  function getValue(req: IncomingMessage, res: ServerResponse, key: string): void | Promise<void> {
-    const hit = store.cached(key);
-    if (hit) return sendValue(req, res, key, hit.entry, hit.body);
-    return store.get(key).then((value) => {
-      if (value === null) return send(res, "get", NOT_FOUND, `key not found: ${key}\n`);
-      return sendValue(req, res, key, value.entry, value.body ?? value.stream);
-    });
-  }
-
-  /** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */
-  function sendValue(req: IncomingMessage, res: ServerResponse, key: string, entry: Entry, body: Buffer | ReadStream): void {
-    const streamed = !Buffer.isBuffer(body);
-    if (notModified(req, entry)) {
-      if (streamed) body.destroy();
-      return sendNotModified(res, entry);
-    }
-    res.writeHead(OK, valueHeaders(entry));
-    metrics.count("get", OK);
-    if (!streamed) return void res.end(body); // node:http sends no body for HEAD
-    if (req.method === "HEAD") {
-      body.destroy();
-      return void res.end();
-    }
-    // pipeline closes the file when the client goes away early.
-    pipeline(body, res, (error) => {
-      const code = (error as NodeJS.ErrnoException | undefined)?.code;
-      if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") log("error", { op: "get", key, error: code ?? error.message });
-    });
-  }
-
-  /** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */
-  const headersOf = new WeakMap<Entry, string[]>();
-  function valueHeaders(entry: Entry): string[] {
-    let headers = headersOf.get(entry);
-    if (!headers) {
-      headers = ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
-      headersOf.set(entry, headers);
-    }
-    return headers;
-  }
-
-  function notModified(req: IncomingMessage, entry: Entry): boolean {
-    const match = req.headers["if-none-match"];
-    if (match === undefined) return false;
-    const etag = store.etag(entry);
-    return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
-  }
-
-  function sendNotModified(res: ServerResponse, entry: Entry): void {
-    res.writeHead(NOT_MODIFIED, { ETag: store.etag(entry) });
-    res.end();
-    metrics.count("get", NOT_MODIFIED);
-  }
-
-  /**
-   * `GET /values?keys=a,b,c`: several values in one answer, for a follower's
-   * catch-up. For each key in order, a line `KEY SIZE MTIME_MS` and then SIZE
-   * bytes, or a line `KEY -` when it is absent.
-   */
-  async function sendValues(req: IncomingMessage, res: ServerResponse, list: string): Promise<void> {
-    const keys = list.split(",");
-    if (keys.length > MAX_VALUES_KEYS || !keys.every(isValidKey)) {
-      return refuse(req, res, "values", BAD_REQUEST, `keys must be 1-${MAX_VALUES_KEYS} keys separated by commas; ${KEY_RULE}`);
-    }
-    res.writeHead(OK, { "Content-Type": "application/vnd.mehdb.values" });
-    metrics.count("values", OK);
-    if (req.method === "HEAD") return void res.end();
-    const write = async (bytes: string | Buffer) => {
-      if (!res.write(bytes)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
-    };
-    try {
-      for (const key of keys) {
-        if (res.destroyed) return;
-        const value = await store.get(key);
-        if (value === null) {
-          await write(`${key} -\n`);
-          continue;
-        }
-        await write(`${key} ${value.entry.size} ${value.entry.mtimeMs}\n`);
-        if (value.body) await write(value.body);
-        else for await (const chunk of value.stream) await write(chunk as Buffer);
-      }
-      res.end();
-    } catch (error) {
-      log("error", { op: "values", error: (error as NodeJS.ErrnoException).code ?? String(error) });
-      res.destroy();
-    }
-  }
-
-  async function putValue(req: IncomingMessage, res: ServerResponse, key: string, expectsContinue: boolean): Promise<void> {
-    const declared = req.headers["content-length"];
-    if (declared !== undefined && Number(declared) > maxValueBytes) {
-      return refuse(req, res, "set", CONTENT_TOO_LARGE, `value too large: ${declared} bytes, the limit is ${maxValueBytes}`);
-    }
-    if (expectsContinue) res.writeContinue();
-    try {
-      const entry = await store.put(key, req.iterator({ destroyOnReturn: false }), { maxBytes: maxValueBytes });
-      send(res, "set", OK, "WRITE completed\n");
-      log("write", { key, bytes: entry.size });
-    } catch (error) {
-      if (req.destroyed && !req.complete) {
-        log("write-aborted", { key, reason: "the client went away before the value was complete" });
-        return;
-      }
-      if (error instanceof ValueTooLargeError) {
-        return refuse(req, res, "set", CONTENT_TOO_LARGE, `value too large: the limit is ${maxValueBytes} bytes`);
-      }
-      const code = (error as NodeJS.ErrnoException).code;
-      log("error", { op: "write", key, error: code ?? String(error) });
-      if (code === "ENOSPC" || code === "EDQUOT") {
-        return refuse(req, res, "set", INSUFFICIENT_STORAGE, `insufficient storage: the disk is full; ${key} keeps its old value`);
-      }
-      return refuse(req, res, "set", INTERNAL_SERVER_ERROR, `write failed: ${code ?? "unexpected error"}; ${key} keeps its old value`);
-    }
-  }
-
-  async function deleteValue(req: IncomingMessage, res: ServerResponse, key: string): Promise<void> {
-    try {
-      if (!(await store.delete(key))) return refuse(req, res, "set", NOT_FOUND, `key not found: ${key}`);
-      send(res, "set", OK, "DELETE completed\n");
-      log("delete", { key });
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? String(error);
-      log("error", { op: "delete", key, error: code });
-      refuse(req, res, "set", INTERNAL_SERVER_ERROR, `delete failed: ${code}`);
-    }
-  }
-
-  async function notReadyReason(): Promise<string | null> {
-    const unwritable = await store.probeWritable();
-    if (unwritable !== null) return unwritable;
-    if (replica && !replica.synced) {
-      return `no complete sync with the leader at ${leaderUrl} yet${replica.lastError ? ` (${replica.lastError})` : ""}`;
-    }
-    return null;
-  }
-
-  function replicaDetail(): string {
-    if (!replica) return "";
-    const age = replica.secondsSinceSync();
-    const since = age === null ? "" : `, last sync ${age.toFixed(1)} s ago`;
-    return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}`;
-  }
-
-  function renderMetrics(): string {
-    return metrics.render() +
-      sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
-      sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
-      sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
-      sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
-      (replica ? replica.metrics() : "");
-  }
-
-  /** Answers with a one-line error (or redirect) without storing the body; drops what the client still sends. */
-  function refuse(
-    req: IncomingMessage,
-    res: ServerResponse,
-    route: string,
-    status: number,
-    message: string,
-    headers: Record<string, string> = {},
-  ): void {
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    if (!req.complete && bodyExpected(req)) {
-      if (req.headers.expect !== undefined || Number(req.headers["content-length"] ?? 0) > DRAIN_LIMIT) {
-        headers.Connection = "close"; // the body was not asked for, or is too large to read and drop
-      }
-      drain(req);
-    }
-    send(res, route, status, `${message}\n`, "text/plain; charset=utf-8", headers);
-  }
-
-  function refuseMethod(req: IncomingMessage, res: ServerResponse, route: string, allow: string): void {
-    refuse(req, res, route, METHOD_NOT_ALLOWED, `method ${req.method} not allowed here; use ${allow}`, { Allow: allow });
-  }
-
-  function send(
-    res: ServerResponse,
-    route: string,
-    status: number,
-    body: string,
-    type = "text/plain; charset=utf-8",
-    headers: Record<string, string> = {},
-  ): void {
-    res.writeHead(status, { ...headers, "Content-Type": type, "Content-Length": Buffer.byteLength(body) });
-    res.end(body);
-    metrics.count(route, status);
-  }
-
-  function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
-    // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
-    // client would otherwise keep sending on it and hold the shutdown until it is forced.
-    if (!server.listening) res.shouldKeepAlive = false;
-    const failed = (error: unknown) => {
-      log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
-      if (!res.headersSent) send(res, "other", INTERNAL_SERVER_ERROR, "internal error\n");
-      else res.destroy();
-    };
-    try {
-      handle(req, res, expectsContinue)?.catch(failed); // most GETs answer synchronously, from the cache
-    } catch (error) {
-      failed(error);
-    }
-  }
-
+  const ctx: Context = {
+    store: options.store,
+    role: options.role,
+    leaderUrl: options.leaderUrl,
+    maxValueBytes: options.maxValueBytes,
+    log: options.log,
+    replica: options.replica,
+    metrics: options.metrics ?? new Metrics(),
+    valueHeaders: new WeakMap(),
+  };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 5_000;
   const server = createServer({
     headersTimeout: options.headersTimeoutMs ?? 10_000,
     requestTimeout: options.requestTimeoutMs ?? 120_000,
     keepAliveTimeout: keepAliveTimeoutMs,
     connectionsCheckingInterval: 1_000,
-    requireHostHeader: false, // checked in handle(), to answer with a one-line body
+    requireHostHeader: false, // checked in dispatch(), to answer with a one-line body
   });
   // A client may half-close its side once its request is sent (`nc -N`, some proxies); HTTP/1.1 says that
   // does not end its interest in the answer. By default node:http then aborts the request and ends the
   // socket, so a PUT still fsyncing lost its answer (and may or may not have been stored). With this
   // (undocumented but long-standing) switch Node answers the requests it has, then closes.
   (server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse, expectsContinue: boolean) => {
+    // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
+    // client would otherwise keep sending on it and hold the shutdown until it is forced.
+    if (!server.listening) res.shouldKeepAlive = false;
+    const failed = (error: unknown) => {
+      ctx.log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
+      if (res.headersSent) return void res.destroy();
+      send(exchange(ctx, req, res), INTERNAL_SERVER_ERROR, "internal error\n");
+    };
+    try {
+      dispatch(ctx, req, res, expectsContinue)?.catch(failed); // most GETs answer synchronously, from the cache
+    } catch (error) {
+      failed(error);
+    }
+  };
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
     res.setHeader("Connection", "close");
-    send(res, "other", EXPECTATION_FAILED, `unsupported Expect header: ${String(req.headers.expect).slice(0, 100)}\n`);
+    send(exchange(ctx, req, res), EXPECTATION_FAILED, `unsupported Expect header: ${String(req.headers.expect).slice(0, 100)}\n`);
   });
   server.on("clientError", (error: NodeJS.ErrnoException & { reason?: string }, socket: Socket) => {
     const inResponse = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent;
@@ -368,65 +210,20 @@ export function createMehdbServer(options: ServerOptions): Server {
       socket.destroy();
       return;
     }
-    const [status, text] = error.code === "HPE_HEADER_OVERFLOW"
+    const [code, text] = error.code === "HPE_HEADER_OVERFLOW"
       ? [HEADERS_TOO_LARGE, "request headers too large"]
       : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
       ? [REQUEST_TIMEOUT, "request timed out"]
       : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
-    rawAnswer(socket, status, text);
+    ctx.metrics.count(UNROUTED.label, code);
+    rawAnswer(socket, code, text, keepAliveTimeoutMs);
   });
   // CONNECT goes to its own event; without a listener node:http drops the connection without a word.
   server.on("connect", (req: IncomingMessage, socket: Duplex) => {
     socket.on("error", () => {});
-    rawAnswer(socket, METHOD_NOT_ALLOWED, `method ${req.method} not allowed: mehdb is not a proxy; use ${ALL_METHODS}`, `Allow: ${ALL_METHODS}\r\n`);
+    ctx.metrics.count(UNROUTED.label, METHOD_NOT_ALLOWED);
+    const text = `method ${req.method} not allowed: mehdb is not a proxy; use ${ALL_METHODS}`;
+    rawAnswer(socket, METHOD_NOT_ALLOWED, text, keepAliveTimeoutMs, `Allow: ${ALL_METHODS}\r\n`);
   });
-
-  /**
-   * Answers on a socket node:http has given up on, in one line, and closes it. No timeout of node:http
-   * covers such a socket any more: one whose client never closes its side is destroyed after a while.
-   */
-  function rawAnswer(socket: Duplex, status: number, text: string, headers = ""): void {
-    metrics.count("other", status);
-    const body = `${text}\n`;
-    socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n${headers}` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-    const linger = setTimeout(() => socket.destroy(), keepAliveTimeoutMs);
-    linger.unref();
-    socket.once("close", () => clearTimeout(linger));
-  }
   return server;
-}
-
-
-function bodyExpected(req: IncomingMessage): boolean {
-  const length = req.headers["content-length"];
-  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
-}
-
-/**
- * Reads and drops the rest of a request body, up to {@link DRAIN_LIMIT}. Past that it stops reading and
- * closes the connection {@link LINGER_MS} later: closing at once, with the client's bytes unread, makes the
- * kernel reset the connection, and a client still sending may then lose the answer it was about to read.
- */
-function drain(req: IncomingMessage): void {
-  let seen = 0;
-  const socket = req.socket;
-  const onData = (chunk: Buffer) => {
-    seen += chunk.length;
-    if (seen <= DRAIN_LIMIT) return;
-    req.off("data", onData);
-    req.pause();
-    const linger = setTimeout(() => socket.destroy(), LINGER_MS);
-    linger.unref();
-    socket.once("close", () => clearTimeout(linger));
-  };
-  req.on("data", onData);
-  req.on("error", () => {});
-  req.resume();
-}
-
-function oneLine(text: string): string {
-  return text.replace(/\s+/g, " ").trim().slice(0, 200).toLowerCase();
 }

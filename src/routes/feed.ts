@@ -1,0 +1,54 @@
+/**
+ * Listing keys and the leader's side of replication: `GET /keys` (the sorted
+ * array of names; `?since=CURSOR`, the change feed) and `GET /values?keys=a,b,c`
+ * (several values in one answer, for a follower's catch-up).
+ */
+import { BAD_REQUEST, errorCode, OK, refuse, send, type Exchange } from "../http.ts";
+import { isValidKey, KEY_RULE } from "../keys.ts";
+
+/** Most keys asked for in one `GET /values`. */
+const MAX_VALUES_KEYS = 1000;
+
+/** `GET /keys`: the sorted JSON array of names; with `?since=CURSOR`, what changed since. */
+export function listKeys(x: Exchange): void {
+  const { store } = x.ctx;
+  const since = new URLSearchParams(x.query).get("since");
+  const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
+  send(x, OK, body, "application/json");
+}
+
+/**
+ * `GET /values?keys=a,b,c`: several values in one answer, for a follower's
+ * catch-up. For each key in order, a line `KEY SIZE MTIME_MS` and then SIZE
+ * bytes, or a line `KEY -` when it is absent.
+ */
+export async function sendValues(x: Exchange): Promise<void> {
+  const { req, res, ctx } = x;
+  const keys = (new URLSearchParams(x.query).get("keys") ?? "").split(",");
+  if (keys.length > MAX_VALUES_KEYS || !keys.every(isValidKey)) {
+    return refuse(x, BAD_REQUEST, `keys must be 1-${MAX_VALUES_KEYS} keys separated by commas; ${KEY_RULE}`);
+  }
+  res.writeHead(OK, { "Content-Type": "application/vnd.mehdb.values" });
+  ctx.metrics.count(x.route, OK);
+  if (req.method === "HEAD") return void res.end();
+  const write = async (bytes: string | Buffer) => {
+    if (!res.write(bytes)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
+  };
+  try {
+    for (const key of keys) {
+      if (res.destroyed) return;
+      const value = await ctx.store.get(key);
+      if (value === null) {
+        await write(`${key} -\n`);
+        continue;
+      }
+      await write(`${key} ${value.entry.size} ${value.entry.mtimeMs}\n`);
+      if (value.body) await write(value.body);
+      else for await (const chunk of value.stream) await write(chunk as Buffer);
+    }
+    res.end();
+  } catch (error) {
+    ctx.log("error", { op: "values", error: errorCode(error) });
+    res.destroy();
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * What probes and scrapers read: `GET /status` (liveness: the role),
+ * `GET /status?level=full` (readiness: the key count, or `503` and why) and
+ * `GET /metrics` (Prometheus text).
+ */
+import { OK, send, SERVICE_UNAVAILABLE, type Context, type Exchange } from "../http.ts";
+import { sample } from "../metrics.ts";
+
+/** `GET /status`: `leader` or `follower`; with `?level=full`, readiness. */
+export function status(x: Exchange): void | Promise<void> {
+  if (new URLSearchParams(x.query).get("level") !== "full") return send(x, OK, `${x.ctx.role}\n`);
+  return readiness(x);
+}
+
+/** `GET /metrics`: request counters, the store's gauges and a follower's replication figures. */
+export function metrics(x: Exchange): void {
+  const { metrics, store, role, replica } = x.ctx;
+  const text = metrics.render() +
+    sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
+    sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
+    sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
+    sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
+    (replica ? replica.metrics() : "");
+  send(x, OK, text, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+async function readiness(x: Exchange): Promise<void> {
+  const reason = await notReadyReason(x.ctx);
+  if (reason !== null) return send(x, SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
+  return send(x, OK, `${x.ctx.store.count} keys${replicaDetail(x.ctx)}\n`);
+}
+
+async function notReadyReason({ store, replica, leaderUrl }: Context): Promise<string | null> {
+  const unwritable = await store.probeWritable();
+  if (unwritable !== null) return unwritable;
+  if (replica && !replica.synced) {
+    return `no complete sync with the leader at ${leaderUrl} yet${replica.lastError ? ` (${replica.lastError})` : ""}`;
+  }
+  return null;
+}
+
+function replicaDetail({ replica }: Context): string {
+  if (!replica) return "";
+  const age = replica.secondsSinceSync();
+  const since = age === null ? "" : `, last sync ${age.toFixed(1)} s ago`;
+  return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}`;
+}

@@ -1,0 +1,131 @@
+/**
+ * One key: `GET|HEAD /get/KEY` reads it, `PUT /set/KEY` stores the body,
+ * `DELETE /set/KEY` removes it. A follower's `/set/` answers are redirects,
+ * decided by the route table before these handlers run.
+ */
+import type { ReadStream } from "node:fs";
+import { pipeline } from "node:stream";
+import {
+  BAD_REQUEST,
+  CONTENT_TOO_LARGE,
+  errorCode,
+  INSUFFICIENT_STORAGE,
+  INTERNAL_SERVER_ERROR,
+  NOT_FOUND,
+  NOT_MODIFIED,
+  OK,
+  refuse,
+  send,
+  type Exchange,
+} from "../http.ts";
+import { KEY_RULE, keyFromPath } from "../keys.ts";
+import { ValueTooLargeError, type Entry, type Store } from "../store.ts";
+
+/** The key named by the rest of the path; `null` after answering `400` when it breaks the key rules. */
+export function requestedKey(x: Exchange): string | null {
+  const key = keyFromPath(x.rest);
+  if (key === null) refuse(x, BAD_REQUEST, `invalid key: ${KEY_RULE}`);
+  return key;
+}
+
+/** `GET|HEAD /get/KEY`: the value from the cache (answered synchronously), else from its file. */
+export function getValue(x: Exchange): void | Promise<void> {
+  const key = requestedKey(x);
+  if (key === null) return;
+  const { store } = x.ctx;
+  const hit = store.cached(key);
+  if (hit) return sendValue(x, key, hit.entry, hit.body);
+  return store.get(key).then((value) => {
+    if (value === null) return send(x, NOT_FOUND, `key not found: ${key}\n`);
+    return sendValue(x, key, value.entry, value.body ?? value.stream);
+  });
+}
+
+/** `PUT /set/KEY`: streams the body into the store and answers once it is durable. */
+export async function putValue(x: Exchange): Promise<void> {
+  const key = requestedKey(x);
+  if (key === null) return;
+  const { req, res, ctx } = x;
+  const { maxValueBytes, log } = ctx;
+  const declared = req.headers["content-length"];
+  if (declared !== undefined && Number(declared) > maxValueBytes) {
+    return refuse(x, CONTENT_TOO_LARGE, `value too large: ${declared} bytes, the limit is ${maxValueBytes}`);
+  }
+  if (x.expectsContinue) res.writeContinue();
+  try {
+    const entry = await ctx.store.put(key, req.iterator({ destroyOnReturn: false }), { maxBytes: maxValueBytes });
+    send(x, OK, "WRITE completed\n");
+    log("write", { key, bytes: entry.size });
+  } catch (error) {
+    if (req.destroyed && !req.complete) {
+      log("write-aborted", { key, reason: "the client went away before the value was complete" });
+      return;
+    }
+    if (error instanceof ValueTooLargeError) {
+      return refuse(x, CONTENT_TOO_LARGE, `value too large: the limit is ${maxValueBytes} bytes`);
+    }
+    const code = (error as NodeJS.ErrnoException).code;
+    log("error", { op: "write", key, error: code ?? String(error) });
+    if (code === "ENOSPC" || code === "EDQUOT") {
+      return refuse(x, INSUFFICIENT_STORAGE, `insufficient storage: the disk is full; ${key} keeps its old value`);
+    }
+    return refuse(x, INTERNAL_SERVER_ERROR, `write failed: ${code ?? "unexpected error"}; ${key} keeps its old value`);
+  }
+}
+
+/** `DELETE /set/KEY`: removes the key durably; `404` when it is absent. */
+export async function deleteValue(x: Exchange): Promise<void> {
+  const key = requestedKey(x);
+  if (key === null) return;
+  const { store, log } = x.ctx;
+  try {
+    if (!(await store.delete(key))) return refuse(x, NOT_FOUND, `key not found: ${key}`);
+    send(x, OK, "DELETE completed\n");
+    log("delete", { key });
+  } catch (error) {
+    log("error", { op: "delete", key, error: errorCode(error) });
+    refuse(x, INTERNAL_SERVER_ERROR, `delete failed: ${errorCode(error)}`);
+  }
+}
+
+/** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */
+function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadStream): void {
+  const { req, res, ctx } = x;
+  const streamed = !Buffer.isBuffer(body);
+  if (notModified(ctx.store, req.headers["if-none-match"], entry)) {
+    if (streamed) body.destroy();
+    res.writeHead(NOT_MODIFIED, { ETag: ctx.store.etag(entry) });
+    res.end();
+    ctx.metrics.count(x.route, NOT_MODIFIED);
+    return;
+  }
+  res.writeHead(OK, valueHeaders(x, entry));
+  ctx.metrics.count(x.route, OK);
+  if (!streamed) return void res.end(body); // node:http sends no body for HEAD
+  if (req.method === "HEAD") {
+    body.destroy();
+    return void res.end();
+  }
+  // pipeline closes the file when the client goes away early.
+  pipeline(body, res, (error) => {
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") ctx.log("error", { op: "get", key, error: code ?? error.message });
+  });
+}
+
+/** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */
+function valueHeaders(x: Exchange, entry: Entry): string[] {
+  const { valueHeaders, store } = x.ctx;
+  let headers = valueHeaders.get(entry);
+  if (!headers) {
+    headers = ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
+    valueHeaders.set(entry, headers);
+  }
+  return headers;
+}
+
+function notModified(store: Store, match: string | undefined, entry: Entry): boolean {
+  if (match === undefined) return false;
+  const etag = store.etag(entry);
+  return match.trim() === "*" || match.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
+}
