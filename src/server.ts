@@ -18,7 +18,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import type { Role } from "./config.ts";
+import { DEFAULTS, type Role } from "./config.ts";
 import {
   BAD_REQUEST,
   EXPECTATION_FAILED,
@@ -68,11 +68,11 @@ export interface ServerOptions {
   replica?: ReplicaState;
   /** Request counters. Default: a new {@link Metrics}. */
   metrics?: Metrics;
-  /** Time allowed for a request's headers. Default 10 000 ms. */
+  /** Time allowed for a request's headers. Default `DEFAULTS.headersTimeoutMs` (10 s). */
   headersTimeoutMs?: number;
-  /** Time allowed for a whole request, body included. Default 120 000 ms. */
+  /** Time allowed for a whole request, body included. Default `DEFAULTS.requestTimeoutMs` (120 s). */
   requestTimeoutMs?: number;
-  /** How long an idle keep-alive connection stays open. Default 5 000 ms. */
+  /** How long an idle keep-alive connection stays open. Default `DEFAULTS.keepAliveTimeoutMs` (5 s). */
   keepAliveTimeoutMs?: number;
 }
 
@@ -169,10 +169,10 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics: options.metrics ?? new Metrics(),
     valueHeaders: new WeakMap(),
   };
-  const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 5_000;
+  const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
   const server = createServer({
-    headersTimeout: options.headersTimeoutMs ?? 10_000,
-    requestTimeout: options.requestTimeoutMs ?? 120_000,
+    headersTimeout: options.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
+    requestTimeout: options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
     keepAliveTimeout: keepAliveTimeoutMs,
     connectionsCheckingInterval: 1_000,
     requireHostHeader: false, // checked in dispatch(), to answer with a one-line body

@@ -18,6 +18,7 @@ import { createReadStream, readdirSync, statSync, type ReadStream } from "node:f
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
+import { DEFAULTS } from "./config.ts";
 import { isValidKey } from "./keys.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
@@ -52,7 +53,7 @@ export interface Changes {
 
 /** Options of {@link Store.open}. */
 export interface StoreOptions {
-  /** Bytes of small values kept in memory (each counted with 256 B of overhead). Default 16 MiB; 0 turns the cache off. */
+  /** Bytes of small values kept in memory (each counted with 256 B of overhead). Default `DEFAULTS.cacheBytes` (16 MiB); 0 turns the cache off. */
   cacheBytes?: number;
   /** Largest value the cache holds. Default 64 KiB. */
   cacheValueBytes?: number;
@@ -124,7 +125,7 @@ export class Store {
     this.dir = dir;
     this.epoch = randomBytes(6).toString("hex");
     this.#dirSync = new DirSync(dirHandle);
-    const cacheBytes = options.cacheBytes ?? 16 * 1024 * 1024;
+    const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
     this.#maxTombstones = options.maxTombstones ?? 100_000;
   }
