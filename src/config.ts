@@ -2,6 +2,13 @@
  * Configuration: the environment (`MEHDB_*`) and the hostname turned into a
  * checked {@link Config}, and the role that follows from them.
  *
+ * The role rule: a hostname (or `MEHDB_HOST`) with an ordinal decides by it:
+ * `NAME-0` leads, `NAME-N` follows. A leader address (`MEHDB_LEADER_URL`, or
+ * `MEHDB_LOCAL=yes`) then only says where a follower's leader is; on ordinal 0
+ * it is ignored, and the role line says so (a StatefulSet may set it on every
+ * pod). A hostname without ordinal follows the leader address when one is
+ * given, and is a standalone leader otherwise.
+ *
  * Everything here is pure: `loadConfig(env, hostname)` has no side effects, so
  * every rule can be tested on its own. A bad value throws a {@link ConfigError}
  * whose message is the one line `main.ts` prints before exiting.
@@ -20,6 +27,11 @@ export interface Config {
   roleReason: string;
   /** Where a follower copies from and redirects writes to (no trailing `/`); `null` on a leader. */
   leaderUrl: string | null;
+  /**
+   * A leader address that was given (`MEHDB_LEADER_URL`, or `MEHDB_LOCAL=yes`'s) but is not used,
+   * because the ordinal 0 makes this process the leader; `null` when none. Logged in the role line.
+   */
+  ignoredLeaderUrl: string | null;
   /** TCP port to listen on. `MEHDB_PORT`, default 9876; 0 picks a free port (logged at start). */
   port: number;
   /** Address to listen on. `MEHDB_LISTEN`, default all interfaces. */
@@ -99,14 +111,21 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
   const leaderOverride = explicitLeader !== undefined
     ? httpUrl(explicitLeader)
     : local ? DEFAULTS.localLeaderUrl : undefined;
+  const overrideSource = explicitLeader !== undefined ? "MEHDB_LEADER_URL" : "MEHDB_LOCAL=yes";
 
   const pod = parsePodName(host);
   let role: Role;
   let roleReason: string;
   let leaderUrl: string | null = null;
+  let ignoredLeaderUrl: string | null = null;
   if (pod && pod.ordinal === 0) {
     role = "leader";
     roleReason = `hostname ${host} has ordinal 0`;
+    if (leaderOverride) {
+      ignoredLeaderUrl = leaderOverride;
+      roleReason += `; ${overrideSource} (${leaderOverride}) is ignored: the ordinal decides, and 0 leads ` +
+        `(to follow that leader, set MEHDB_HOST to a name with ordinal 1 or more, or without one)`;
+    }
   } else if (pod) {
     role = "follower";
     roleReason = `hostname ${host} has ordinal ${pod.ordinal}`;
@@ -131,6 +150,7 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
     role,
     roleReason,
     leaderUrl,
+    ignoredLeaderUrl,
     port,
     listen: nonEmpty(env.MEHDB_LISTEN),
     dataDir: nonEmpty(env.MEHDB_DATADIR) ?? DEFAULTS.dataDir,

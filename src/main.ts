@@ -55,7 +55,12 @@ async function main(log: Logger): Promise<void> {
   process.on("SIGINT", () => void stop("SIGINT"));
 
   log("start", { pid: process.pid, node: process.version, host: config.host, datadir: config.dataDir });
-  log("role", { role: config.role, leader: config.leaderUrl ?? undefined, reason: config.roleReason });
+  log("role", {
+    role: config.role,
+    leader: config.leaderUrl ?? undefined,
+    ignored_leader: config.ignoredLeaderUrl ?? undefined,
+    reason: config.roleReason,
+  });
 
   try {
     parts.store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });

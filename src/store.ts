@@ -8,13 +8,20 @@
  * one directory fsync (group commit). Leftover temporary files are removed
  * when the store opens.
  *
- * In memory the store keeps an index (key → size, mtime, version), a bounded
- * cache of small values (the files stay the truth), and a change log that
- * followers read through {@link Store.changes}: a cursor `EPOCH-SEQ`, where the
- * epoch is new every time the store opens.
+ * In memory the store keeps an index (key → size, mtime, version, inode), a
+ * bounded cache of small values (the files stay the truth), and a change log
+ * that followers read through {@link Store.changes}: a cursor `EPOCH-SEQ`, where
+ * the epoch is new every time the store opens.
+ *
+ * Only regular files are keys: links are never followed, at start (`lstat`) or
+ * when read (`O_NOFOLLOW`). A read describes the file it actually opened: it
+ * finds the entry by the inode of its open handle (the index's, a write being
+ * renamed in, or a recently replaced one), so an entity tag, size or mtime is
+ * never paired with another version's bytes and a concurrent write never makes
+ * a read fail.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, readdirSync, statSync, type ReadStream } from "node:fs";
+import { constants, createReadStream, lstatSync, readdirSync, type ReadStream, type Stats } from "node:fs";
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
@@ -27,8 +34,10 @@ export interface Entry {
   readonly size: number;
   /** Modification time of the file, in whole milliseconds. */
   readonly mtimeMs: number;
-  /** The change number that wrote it (unique within one epoch). */
+  /** The change number that wrote it (unique within one epoch; negative for a file the store did not write, see {@link Store.get}). */
   readonly seq: number;
+  /** The inode of its file: how a read knows which version it opened. */
+  readonly ino: number;
 }
 
 /** A value read from the store: its bytes when small, else a stream of the file. */
@@ -78,6 +87,8 @@ export interface Staged {
   readonly handle: FileHandle;
   size: number;
   mtimeMs: number | undefined;
+  /** The temporary file's inode, once fsynced (it keeps it when renamed). */
+  ino?: number;
   /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
   cached: Uint8Array[] | null;
   closed?: boolean;
@@ -99,6 +110,12 @@ const CACHE_ENTRY_OVERHEAD = 256;
 const STREAM_THRESHOLD = 1024 * 1024;
 /** Prefix of temporary files; no key starts with `.`. */
 const TMP_PREFIX = ".tmp-";
+/** How a value's file is opened: never through a link, and never blocking on a FIFO put in a key's place. */
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+/** Replaced or deleted versions remembered by inode, for reads that opened them just before. */
+const RECENT_VERSIONS = 1024;
+/** Opens of a key whose file the store cannot name (replaced many times meanwhile) before it is served as found. */
+const READ_ATTEMPTS = 3;
 
 /** One key per file in a directory; create with {@link Store.open}. */
 export class Store {
@@ -120,6 +137,12 @@ export class Store {
   #locks = new Map<string, Promise<unknown>>();
   #dirSync: DirSync;
   #tmpCount = 0;
+  /** Files being renamed over their key's file, by inode: readers may open them before the index names them. */
+  #renaming = new Map<number, { key: string; landed: Promise<Entry | null> }>();
+  /** Versions replaced or deleted lately, by inode (oldest first), for readers that opened them before. */
+  #recent = new Map<number, { key: string; entry: Entry }>();
+  /** Files found at a key's path that the store did not write (see {@link Store.get}). */
+  #strays = 0;
 
   private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
     this.dir = dir;
@@ -144,8 +167,9 @@ export class Store {
     await forEachLimited(leftovers, 32, (name) => unlink(join(dir, name)).catch(ignoreMissing));
     for (const key of names) {
       if (!isValidKey(key)) continue;
-      const stats = statSync(join(dir, key), { throwIfNoEntry: false });
-      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs)), false);
+      // lstat: a link is not a key, wherever it points.
+      const stats = lstatSync(join(dir, key), { throwIfNoEntry: false });
+      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
     }
     store.#floor = store.#seq;
     if (leftovers.length > 0) await store.#dirSync.sync();
@@ -180,38 +204,71 @@ export class Store {
     return body ? { entry, body } : undefined;
   }
 
-  /** Reads `key`: its bytes (values up to 1 MiB) or a stream of its file; `null` when absent. */
+  /**
+   * Reads `key`: its bytes (values up to 1 MiB) or a stream of its file, with
+   * the entry of exactly those bytes; `null` when absent. A write of the same
+   * key meanwhile never makes it fail: it answers the old or the new value.
+   * A key whose file was replaced behind the store's back by something that is
+   * not a regular file (a link, a directory) reads as absent; a regular file
+   * the store did not write is served with an entry of its own (a tag no
+   * version shares).
+   */
   async get(key: string): Promise<Value | null> {
-    for (let attempt = 0; attempt < 8; attempt++) {
-      const entry = this.#index.get(key);
-      if (!entry) return null;
-      const body = this.#cache.get(key, entry);
-      if (body) return { entry, body };
+    const current = this.#index.get(key);
+    if (!current) return null;
+    const body = this.#cache.get(key, current);
+    if (body) return { entry: current, body };
+    for (let attempt = 1; ; attempt++) {
       let handle: FileHandle;
       try {
-        handle = await open(join(this.dir, key), "r");
+        handle = await open(join(this.dir, key), READ_FLAGS);
       } catch (error) {
-        if (isMissing(error)) continue; // deleted or replaced meanwhile: look again
+        if (isMissing(error) || isNotAFile(error)) return null; // deleted meanwhile, or a link / socket in its place
         throw error;
       }
       let keep = false;
       try {
         const stats = await handle.stat();
-        // The file must be the one the entry describes; a write may have replaced it meanwhile.
-        if (this.#index.get(key) !== entry || stats.size !== entry.size) continue;
-        if (entry.size > STREAM_THRESHOLD) {
-          keep = true;
-          return { entry, stream: createReadStream("", { fd: handle }) }; // the stream closes the handle
+        if (!stats.isFile()) return null;
+        let entry = await this.#opened(key, stats);
+        if (!entry) {
+          if (attempt < READ_ATTEMPTS) continue;
+          entry = { size: stats.size, mtimeMs: Math.round(stats.mtimeMs), seq: -(++this.#strays), ino: stats.ino };
         }
-        const bytes = await handle.readFile();
-        if (this.#index.get(key) !== entry || bytes.length !== entry.size) continue;
-        this.#cache.set(key, entry, bytes);
+        if (entry.size > STREAM_THRESHOLD) {
+          keep = true; // the stream closes the handle
+          return { entry, stream: createReadStream("", { fd: handle, start: 0, end: entry.size - 1 }) };
+        }
+        const bytes = await readExactly(handle, entry.size);
+        if (!bytes) {
+          if (attempt < READ_ATTEMPTS) continue; // cut short behind the store's back
+          throw new Error(`key ${key}: its file is shorter than the ${entry.size} bytes it had`);
+        }
+        if (entry === this.#index.get(key)) this.#cache.set(key, entry, bytes);
         return { entry, body: bytes };
       } finally {
         if (!keep) await handle.close();
       }
     }
-    throw new Error(`key ${key} kept changing while it was read`);
+  }
+
+  /**
+   * The entry of the file a read opened for `key` (by its inode): the index's, one
+   * being renamed in (waits until it is named), or one replaced lately; `undefined`
+   * when the store cannot tell.
+   */
+  async #opened(key: string, stats: Stats): Promise<Entry | undefined> {
+    const matches = (entry: Entry | null | undefined) => !!entry && entry.ino === stats.ino && entry.size === stats.size;
+    const current = this.#index.get(key);
+    if (matches(current)) return current;
+    const renaming = this.#renaming.get(stats.ino);
+    if (renaming?.key === key) {
+      const landed = await renaming.landed;
+      if (matches(landed)) return landed!;
+    }
+    const recent = this.#recent.get(stats.ino);
+    if (recent?.key === key && matches(recent.entry)) return recent.entry;
+    return undefined;
   }
 
   /**
@@ -272,9 +329,12 @@ export class Store {
           s.mtimeMs = Math.round(s.mtimeMs);
           await s.handle.utimes(s.mtimeMs / 1000, s.mtimeMs / 1000);
           await s.handle.sync();
+          s.ino = (await s.handle.stat()).ino;
         } else {
           await s.handle.sync();
-          s.mtimeMs = Math.round((await s.handle.stat()).mtimeMs);
+          const stats = await s.handle.stat();
+          s.mtimeMs = Math.round(stats.mtimeMs);
+          s.ino = stats.ino;
         }
         await s.handle.close();
         s.closed = true;
@@ -282,12 +342,19 @@ export class Store {
       const entries: Entry[] = [];
       for (const s of staged) {
         entries.push(await this.#locked(s.key, async () => {
-          await rename(s.tmp, join(this.dir, s.key));
-          s.renamed = true;
-          const entry = this.#entry(s.size, s.mtimeMs!);
-          this.#set(s.key, entry);
-          if (s.cached) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
-          return entry;
+          // A reader may open the new file before the index names it: it finds it here by inode.
+          const landed = this.#renamingIn(s.key, s.ino!);
+          let entry: Entry | null = null;
+          try {
+            await rename(s.tmp, join(this.dir, s.key));
+            s.renamed = true;
+            entry = this.#entry(s.size, s.mtimeMs!, s.ino!);
+            this.#set(s.key, entry);
+            if (s.cached) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
+            return entry;
+          } finally {
+            landed(entry);
+          }
         }));
       }
       await this.#dirSync.sync();
@@ -380,15 +447,39 @@ export class Store {
     await this.#dirSync.close();
   }
 
-  #entry(size: number, mtimeMs: number): Entry {
+  #entry(size: number, mtimeMs: number, ino: number): Entry {
     const seq = ++this.#seq;
-    return { size, mtimeMs, seq };
+    return { size, mtimeMs, seq, ino };
+  }
+
+  /**
+   * Registers the file of inode `ino` as being renamed over `key`'s file; call
+   * the function returned with its entry once the index names it (`null` when
+   * the rename failed). Readers that open it meanwhile wait for that entry.
+   */
+  #renamingIn(key: string, ino: number): (entry: Entry | null) => void {
+    let resolve!: (entry: Entry | null) => void;
+    const record = { key, landed: new Promise<Entry | null>((r) => (resolve = r)) };
+    this.#renaming.set(ino, record);
+    return (entry) => {
+      if (this.#renaming.get(ino) === record) this.#renaming.delete(ino);
+      resolve(entry);
+    };
+  }
+
+  /** Remembers a version that was replaced or deleted, for reads that opened its file just before. */
+  #superseded(key: string, entry: Entry): void {
+    this.#recent.delete(entry.ino); // re-inserted last: an older version that had this inode is forgotten first
+    this.#recent.set(entry.ino, { key, entry });
+    if (this.#recent.size > RECENT_VERSIONS) this.#recent.delete(this.#recent.keys().next().value!);
   }
 
   #set(key: string, entry: Entry, logged = true): void {
     const old = this.#index.get(key);
-    if (old) this.#bytes -= old.size;
-    else this.#sorted = null;
+    if (old) {
+      this.#bytes -= old.size;
+      this.#superseded(key, old);
+    } else this.#sorted = null;
     this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
@@ -400,6 +491,7 @@ export class Store {
     if (!old) return;
     this.#index.delete(key);
     this.#bytes -= old.size;
+    this.#superseded(key, old);
     this.#sorted = null;
     this.#cache.delete(key);
     this.#log(key, ++this.#seq);
@@ -534,6 +626,18 @@ async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void>
   }
 }
 
+/** Reads the first `size` bytes of a file in one buffer; `null` when it has fewer. */
+async function readExactly(handle: FileHandle, size: number): Promise<Buffer | null> {
+  const buffer = Buffer.allocUnsafeSlow(size); // not a slice of the shared pool: the cache may keep it
+  let filled = 0;
+  while (filled < size) {
+    const { bytesRead } = await handle.read(buffer, filled, size - filled, filled);
+    if (bytesRead === 0) return null;
+    filled += bytesRead;
+  }
+  return buffer;
+}
+
 /** Reads `EPOCH-SEQ`; `null` when absent, malformed or of another epoch. */
 function parseCursor(cursor: string | null, epoch: string): number | null {
   if (!cursor) return null;
@@ -557,6 +661,12 @@ function lowerBound(values: number[], target: number): number {
 
 function isMissing(error: unknown): boolean {
   return (error as NodeJS.ErrnoException)?.code === "ENOENT";
+}
+
+/** What opening something that is not a regular file with {@link READ_FLAGS} throws: a link (`ELOOP`), a socket (`ENXIO`). */
+function isNotAFile(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  return code === "ELOOP" || code === "ENXIO";
 }
 
 function ignoreMissing(error: unknown): undefined {

@@ -1,7 +1,12 @@
 // Configuration: environment and hostname → a checked Config, roles and the leader's address.
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, test } from "node:test";
 import { clusterLeaderUrl, ConfigError, DEFAULTS, loadConfig, parsePodName } from "../src/config.ts";
+import { ROOT, startMehdb, stopAll } from "./helpers/mehdb.ts";
+
+after(stopAll);
 
 test("parsePodName reads NAME-N", () => {
   assert.deepEqual(parsePodName("mehdb-0"), { set: "mehdb", ordinal: 0 });
@@ -98,4 +103,46 @@ test("empty values count as unset", () => {
   assert.equal(config.port, 9876);
   assert.equal(config.host, "mehdb-0");
   assert.equal(config.dataDir, "./data");
+});
+
+test("on ordinal 0 a leader address is ignored (the ordinal decides), and the role reason says so", () => {
+  const explicit = loadConfig({ MEHDB_LEADER_URL: "http://leader:1234" }, "mehdb-0");
+  assert.equal(explicit.role, "leader");
+  assert.equal(explicit.leaderUrl, null);
+  assert.equal(explicit.ignoredLeaderUrl, "http://leader:1234");
+  assert.match(explicit.roleReason, /^hostname mehdb-0 has ordinal 0; MEHDB_LEADER_URL \(http:\/\/leader:1234\) is ignored: the ordinal decides/);
+  // A machine whose own hostname ends in -0 (no MEHDB_HOST): MEHDB_LOCAL=yes is ignored the same way, and said.
+  const local = loadConfig({ MEHDB_LOCAL: "yes" }, "build-0");
+  assert.equal(local.role, "leader");
+  assert.equal(local.ignoredLeaderUrl, "http://localhost:9999");
+  assert.match(local.roleReason, /MEHDB_LOCAL=yes \(http:\/\/localhost:9999\) is ignored/);
+  // A StatefulSet may set the address on every pod: pods ≥ 1 use it, pod 0 leads.
+  assert.equal(loadConfig({ MEHDB_LEADER_URL: "http://leader:1234" }, "mehdb-1").leaderUrl, "http://leader:1234");
+  assert.equal(loadConfig({ MEHDB_LEADER_URL: "http://leader:1234" }, "mehdb-1").ignoredLeaderUrl, null);
+  assert.equal(loadConfig({ MEHDB_LEADER_URL: "http://leader:1234" }, "laptop").ignoredLeaderUrl, null);
+  assert.equal(loadConfig({}, "mehdb-0").ignoredLeaderUrl, null);
+  assert.doesNotMatch(loadConfig({}, "mehdb-0").roleReason, /ignored/);
+});
+
+test("the README's leader-and-follower recipe gives one leader and one follower, whatever the machine's hostname", async () => {
+  const readme = await readFile(join(ROOT, "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("## A leader and a follower on one machine"));
+  const starts = section.slice(0, section.indexOf("\n## ", 5)).split("\n").filter((line) => /^MEHDB_\S+=.* npm start/.test(line));
+  assert.equal(starts.length, 2, "two `npm start` lines in the recipe");
+  const envs = starts.map((line) => Object.fromEntries([...line.matchAll(/(MEHDB_[A-Z_]+)=(\S+)/g)].map((m) => [m[1], m[2]])));
+  for (const hostname of ["laptop", "build-0", "ci-runner-3"]) {
+    const [leader, follower] = envs.map((env) => loadConfig(env, hostname));
+    assert.equal(leader.role, "leader", hostname);
+    assert.equal(follower.role, "follower", hostname);
+    assert.equal(follower.leaderUrl, `http://localhost:${leader.port}`, hostname);
+    assert.notEqual(follower.port, leader.port);
+    assert.notEqual(follower.dataDir, leader.dataDir);
+  }
+});
+
+test("the role line of a real process names the leader address it ignores", async () => {
+  const mehdb = await startMehdb({ host: "mehdb-0", leaderUrl: "http://127.0.0.1:9" });
+  const line = mehdb.output().split("\n").find((l) => l.includes("event=role")) ?? "";
+  assert.match(line, /event=role role=leader ignored_leader=http:\/\/127\.0\.0\.1:9 reason="[^"]*MEHDB_LEADER_URL[^"]* is ignored/);
+  assert.equal(await mehdb.stop(), 0);
 });

@@ -1,6 +1,6 @@
 // The store on its own: files per key, atomic durable writes, the listing and the change feed.
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { Store, ValueTooLargeError } from "../src/store.ts";
@@ -241,5 +241,85 @@ test("discard drops staged values and their temporary files; the old value stays
   await store.discard([staged]);
   assert.equal((await read(store, "k"))?.toString(), "old");
   assert.deepEqual(await readdir(dir), ["k"]);
+  await store.close();
+});
+
+test("an entry names the inode of its file, from a write and from the start-up scan", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  const entry = await store.put("k", chunks("value"), { maxBytes: 10 });
+  assert.equal(entry.ino, (await stat(join(dir, "k"))).ino);
+  const [copied] = await store.commit([await store.stage("c", chunks("copy"), { maxBytes: 10, mtimeMs: 1_700_000_000_000 })]);
+  assert.equal(copied.ino, (await stat(join(dir, "c"))).ino);
+  await store.close();
+  const reopened = await Store.open(dir);
+  assert.equal(reopened.stat("k")?.ino, entry.ino);
+  await reopened.close();
+});
+
+test("a read describes the file it opened: bytes put in place behind the store's back never get the index's tag", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir, { cacheBytes: 0 });
+  const entry = await store.put("k", chunks("old-value"), { maxBytes: 100 });
+  await writeFile(join(dir, "other"), "new-value"); // same size, another file
+  await rename(join(dir, "other"), join(dir, "k"));
+  const value = await store.get("k");
+  assert.equal(value?.body?.toString(), "new-value");
+  assert.notEqual(store.etag(value!.entry), store.etag(entry), "the index's tag is not paired with other bytes");
+  assert.equal(value!.entry.ino, (await stat(join(dir, "k"))).ino);
+  const again = await store.get("k");
+  assert.notEqual(store.etag(again!.entry), store.etag(entry));
+  await store.close();
+});
+
+test("links are not keys: not indexed at start, never followed when read", async () => {
+  const dir = await tempDir();
+  const outside = await tempDir();
+  await writeFile(join(outside, "secret"), "secret");
+  await writeFile(join(dir, "kept"), "values");
+  await symlink(join(outside, "secret"), join(dir, "link"));
+  await symlink("kept", join(dir, "alias"));
+  const store = await Store.open(dir, { cacheBytes: 0 });
+  assert.deepEqual(store.list(), ["kept"]);
+  assert.equal(await store.get("link"), null);
+  assert.equal(await store.get("alias"), null);
+  // A key's file replaced behind the store's back by a link (to bytes of the same size) or a directory reads as absent.
+  await store.put("swapped", chunks("values"), { maxBytes: 10 });
+  await rm(join(dir, "swapped"));
+  await symlink(join(outside, "secret"), join(dir, "swapped"));
+  assert.equal(await store.get("swapped"), null);
+  await store.put("dir", chunks("values"), { maxBytes: 10 });
+  await rm(join(dir, "dir"));
+  await mkdir(join(dir, "dir"));
+  assert.equal(await store.get("dir"), null);
+  await store.close();
+});
+
+test("concurrent writes and reads of one key: every read answers a value written, with its own entry", async () => {
+  const store = await Store.open(await tempDir(), { cacheBytes: 0 });
+  const size = 64 * 1024;
+  const valueOf = (i: number) => Buffer.alloc(size, i % 251);
+  await store.put("k", [valueOf(0)], { maxBytes: size });
+  const seqBody = new Map<number, number>();
+  let writes = 0;
+  let reads = 0;
+  const writer = async (w: number) => {
+    for (let n = 1; n <= 50; n++, writes++) await store.put("k", [valueOf(w * 100 + n)], { maxBytes: size });
+  };
+  const reader = async () => {
+    for (let n = 0; n < 150; n++, reads++) {
+      const value = await store.get("k");
+      assert.ok(value?.body, "a value, read whole");
+      assert.equal(value.body.length, value.entry.size);
+      const fill = value.body[0];
+      assert.ok(value.body.every((byte) => byte === fill), "not torn");
+      const before = seqBody.get(value.entry.seq);
+      assert.ok(before === undefined || before === fill, `entry ${value.entry.seq} seen with two values`);
+      seqBody.set(value.entry.seq, fill);
+    }
+  };
+  await Promise.all([1, 2, 3, 4].map(writer).concat([1, 2, 3, 4, 5, 6].map(reader)));
+  assert.equal(writes, 200);
+  assert.equal(reads, 900);
   await store.close();
 });
