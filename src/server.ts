@@ -7,6 +7,7 @@
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
+ *     GET|HEAD   /          the status page (HTML)
  *
  * Every error answer is one line of text. The answers `node:http` would send
  * by itself (malformed request, unmet `Expect`, headers too large, timeouts)
@@ -18,8 +19,10 @@ import type { Socket } from "node:net";
 import { pipeline, type Duplex } from "node:stream";
 import type { Role } from "./config.ts";
 import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
+import { Followers } from "./followers.ts"; // issue 14
 import type { Logger } from "./log.ts";
 import { Metrics, sample } from "./metrics.ts";
+import { renderPage } from "./page.ts"; // issue 14
 import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
@@ -45,6 +48,8 @@ export interface ServerOptions {
   log: Logger;
   /** The follower's poller; absent on a leader. */
   replica?: ReplicaState;
+  /** This node's host name, shown on the status page. Default: the role. */
+  host?: string; // issue 14
   /** Request counters. Default: a new {@link Metrics}. */
   metrics?: Metrics;
   /** Time allowed for a request's headers. Default 10 000 ms. */
@@ -82,6 +87,7 @@ const DRAIN_LIMIT = 1024 * 1024;
 export function createMehdbServer(options: ServerOptions): Server {
   const { store, role, leaderUrl, maxValueBytes, log, replica } = options;
   const metrics = options.metrics ?? new Metrics();
+  const followers = role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null; // issue 14
 
   function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
     const url = req.url ?? "/";
@@ -92,6 +98,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (req.headers.host === undefined && req.httpVersion === "1.1") {
       return refuse(req, res, "other", BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
     }
+    followers?.record(req.headers["mehdb-follower"], path, query); // issue 14: a follower names itself when it polls
 
     if (path.startsWith("/get/")) {
       if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");
@@ -112,8 +119,8 @@ export function createMehdbServer(options: ServerOptions): Server {
       if (method === "DELETE") return deleteValue(req, res, key);
       return putValue(req, res, key, expectsContinue);
     }
-    const route = path === "/keys" ? "keys" : path === "/values" ? "values" : path === "/status" ? "status" : path === "/metrics" ? "metrics" : null;
-    if (route === null) return refuse(req, res, "other", NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
+    const route = path === "/" ? "page" : path === "/keys" ? "keys" : path === "/values" ? "values" : path === "/status" ? "status" : path === "/metrics" ? "metrics" : null;
+    if (route === null) return refuse(req, res, "other", NOT_FOUND, `not found: ${path.slice(0, 100)} (try /, /get/KEY, /set/KEY, /keys, /status, /metrics)`);
     if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, route, "GET, HEAD");
     const params = new URLSearchParams(query);
     if (route === "keys") {
@@ -121,6 +128,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
       return send(res, "keys", OK, body, "application/json");
     }
+    if (route === "page") return sendPage(res); // issue 14
     if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
     if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
     if (params.get("level") !== "full") return send(res, "status", OK, `${role}\n`);
@@ -130,7 +138,17 @@ export function createMehdbServer(options: ServerOptions): Server {
   async function sendReadiness(res: ServerResponse): Promise<void> {
     const reason = await notReadyReason();
     if (reason !== null) return send(res, "status", SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
-    return send(res, "status", OK, `${store.count} keys${replicaDetail()}\n`);
+    return send(res, "status", OK, `${store.count} keys${replicaDetail()}${followers?.summary() ?? ""}\n`);
+  }
+
+  /** `GET /`: the status page (issue 14). */
+  async function sendPage(res: ServerResponse): Promise<void> {
+    const notReady = await notReadyReason();
+    const page = renderPage({
+      host: options.host ?? role, role, keys: store.count, bytes: store.bytes, notReady, leaderUrl, now: new Date(),
+      secondsSinceSync: replica?.secondsSinceSync() ?? null, lastError: replica?.lastError ?? null, followers: followers?.list() ?? null,
+    });
+    send(res, "page", OK, page, "text/html; charset=utf-8");
   }
 
   function getValue(req: IncomingMessage, res: ServerResponse, key: string): void | Promise<void> {
@@ -283,7 +301,8 @@ export function createMehdbServer(options: ServerOptions): Server {
       sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
       sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
       sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
-      (replica ? replica.metrics() : "");
+      (replica ? replica.metrics() : "") +
+      (followers?.metrics() ?? ""); // issue 14
   }
 
   /** Answers with a one-line error (or redirect) without storing the body; drops what the client still sends. */
