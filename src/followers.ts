@@ -106,11 +106,11 @@ export class Followers {
       family("mehdb_follower_last_poll_seconds", "Seconds since each follower last polled the leader.", (f) => Number(f.lastPollSeconds.toFixed(3)));
   }
 
-  /** The followers for the `/status?level=full` line: `, followers: mehdb-1 lag 0 changes last poll 0.4 s ago, …`; empty when none. */
+  /** The followers for the `/status?level=full` line: `, followers: mehdb-1 (lag 0 changes, last poll 0.4 s ago), …`; empty when none. */
   summary(): string {
     const list = this.list();
     if (list.length === 0) return "";
-    return `, followers: ${list.map((f) => `${f.name} lag ${f.lagChanges} changes last poll ${f.lastPollSeconds.toFixed(1)} s ago`).join(", ")}`;
+    return `, followers: ${list.map((f) => `${f.name} (lag ${f.lagChanges} changes, last poll ${f.lastPollSeconds.toFixed(1)} s ago)`).join(", ")}`;
   }
 }
 
