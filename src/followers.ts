@@ -46,6 +46,9 @@ export function followerHeaders(host: string | undefined): Record<string, string
   return host !== undefined && isHostName(host) ? { [FOLLOWER_HEADER]: host } : {};
 }
 
+/** Longest cursor remembered (a real one is about 20 characters). */
+const MAX_CURSOR_CHARS = 100;
+
 /** Paths a follower's poller asks for; a named request to any other path is not a poll. */
 function isPollPath(path: string): boolean {
   return path === "/keys" || path === "/values" || path.startsWith("/get/");
@@ -76,7 +79,9 @@ export class Followers {
     if (typeof header !== "string" || !isPollPath(path) || !isHostName(header)) return;
     const name = header.toLowerCase();
     const known = this.#byName.get(name);
-    const cursor = path === "/keys" ? new URLSearchParams(query).get("since") || null : known?.cursor ?? null;
+    const since = path === "/keys" ? new URLSearchParams(query).get("since") : undefined;
+    // A cursor is `EPOCH-SEQ`, a few dozen characters; a longer one cannot be served, and is not kept.
+    const cursor = since === undefined ? known?.cursor ?? null : since && since.length <= MAX_CURSOR_CHARS ? since : null;
     this.#byName.delete(name); // re-inserted last: the map stays in order of last poll
     this.#byName.set(name, { lastPoll: this.#now(), cursor });
     if (this.#byName.size > this.#max) this.#byName.delete(this.#byName.keys().next().value!);

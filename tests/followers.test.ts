@@ -86,6 +86,15 @@ describe("Followers, on its own", () => {
     assert.deepEqual(names, Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`), "the 100 seen last");
   });
 
+  test("a cursor too long to be real is not kept: the follower counts from the beginning", () => {
+    const asked: (string | null)[] = [];
+    const followers = new Followers({ lag: (cursor) => (asked.push(cursor), 0), now: () => 0 });
+    followers.record("mehdb-1", "/keys", `since=${"1".repeat(10_000)}`);
+    followers.record("mehdb-2", "/keys", `since=abc-${"1".repeat(20)}`);
+    followers.list();
+    assert.deepEqual(asked, [null, `abc-${"1".repeat(20)}`]);
+  });
+
   test("metrics and summary: one sample per follower; none but the help lines when there is none", () => {
     const followers = new Followers({ lag: () => 3, now: () => 0 });
     assert.doesNotMatch(followers.metrics(), /\{/);
