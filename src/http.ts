@@ -8,6 +8,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Role } from "./config.ts";
+import type { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
@@ -40,6 +41,10 @@ export interface Context {
   replica: ReplicaState | undefined;
   /** Request counters. */
   metrics: Metrics;
+  /** This node's host name, shown on the status page. */
+  host: string;
+  /** The followers that poll this leader; `null` on a follower. */
+  followers: Followers | null;
   /** The headers of each value's answer, made once per entry. */
   valueHeaders: WeakMap<Entry, string[]>;
 }

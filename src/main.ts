@@ -73,7 +73,7 @@ async function main(log: Logger): Promise<void> {
   if (stopping) return;
 
   const poller = config.role === "follower" && config.leaderUrl !== null
-    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log })
+    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log, host: config.host })
     : undefined;
   const server = createMehdbServer({
     store,
@@ -82,6 +82,7 @@ async function main(log: Logger): Promise<void> {
     maxValueBytes: config.maxValueBytes,
     log,
     replica: poller,
+    host: config.host,
   });
   server.on("error", (error: NodeJS.ErrnoException) => {
     process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);

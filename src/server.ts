@@ -8,6 +8,7 @@
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
+ *     GET|HEAD   /          the status page (HTML)
  *
  * A request goes: `onRequest` → `dispatch` finds its route and checks the
  * method (and, on a follower, redirects writes) → the route's handler in
@@ -36,10 +37,12 @@ import {
   type Context,
   type Exchange,
 } from "./http.ts";
+import { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { listKeys, sendValues } from "./routes/feed.ts";
 import { metrics, status } from "./routes/health.ts";
+import { statusPage } from "./routes/page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
 import type { Store } from "./store.ts";
 
@@ -66,6 +69,8 @@ export interface ServerOptions {
   log: Logger;
   /** The follower's poller; absent on a leader. */
   replica?: ReplicaState;
+  /** This node's host name, shown on the status page. Default: the role. */
+  host?: string;
   /** Request counters. Default: a new {@link Metrics}. */
   metrics?: Metrics;
   /** Time allowed for a request's headers. Default `DEFAULTS.headersTimeoutMs` (10 s). */
@@ -107,6 +112,7 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/values", route("values", { GET: sendValues, HEAD: sendValues })],
   ["/status", route("status", { GET: status, HEAD: status })],
   ["/metrics", route("metrics", { GET: metrics, HEAD: metrics })],
+  ["/", route("page", { GET: statusPage, HEAD: statusPage })],
 ]);
 
 /** The answers of a path no route takes. */
@@ -135,8 +141,9 @@ function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expec
   if (req.headers.host === undefined && req.httpVersion === "1.1") {
     return refuse(exchange(ctx, req, res), BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
   }
+  ctx.followers?.record(req.headers["mehdb-follower"], path, query); // a follower names itself when it polls
   if (found === undefined) {
-    return refuse(x, NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
+    return refuse(x, NOT_FOUND, `not found: ${path.slice(0, 100)} (try /, /get/KEY, /set/KEY, /keys, /status, /metrics)`);
   }
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
@@ -167,6 +174,8 @@ export function createMehdbServer(options: ServerOptions): Server {
     log: options.log,
     replica: options.replica,
     metrics: options.metrics ?? new Metrics(),
+    host: options.host ?? options.role,
+    followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
     valueHeaders: new WeakMap(),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;

@@ -425,6 +425,11 @@ export class Store {
     return { cursor: next, full: false, keys, deleted };
   }
 
+  /** How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys found at open included). */
+  changesSince(cursor: string | null): number {
+    return Math.max(0, this.#seq - (parseCursor(cursor, this.epoch) ?? 0));
+  }
+
   /**
    * Checks that the directory takes new files (creates and removes a probe file):
    * `null` when it does, else the reason in one line.

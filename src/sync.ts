@@ -15,6 +15,7 @@
  */
 import { Agent, request, type IncomingMessage } from "node:http";
 import { forEachLimited } from "./concurrency.ts";
+import { followerHeaders } from "./followers.ts"; // issue 14
 import { isValidKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
@@ -35,6 +36,8 @@ export interface PollerOptions {
   concurrency?: number;
   /** Time allowed for each request to the leader, in ms. Default 10 000. */
   timeoutMs?: number;
+  /** This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host name). Default: none. */
+  host?: string; // issue 14
 }
 
 /** Values copied per commit (each holds an open file until then). */
@@ -71,7 +74,7 @@ export class Poller implements ReplicaState {
   #skippedNames = new Set<string>();
 
   constructor(options: PollerOptions) {
-    this.#options = { concurrency: 8, timeoutMs: 10_000, ...options };
+    this.#options = { concurrency: 8, timeoutMs: 10_000, host: "", ...options }; // issue 14: host
     this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
   }
 
@@ -273,6 +276,7 @@ export class Poller implements ReplicaState {
             agent: this.#agent,
             signal: this.#abort.signal,
             timeout: this.#options.timeoutMs,
+            headers: followerHeaders(this.#options.host), // issue 14: the leader lists its followers
           }, (res) => {
             res.setTimeout(this.#options.timeoutMs, () => res.destroy(new Error(`timed out reading ${path}`)));
             resolve(res);

@@ -167,7 +167,7 @@ describe("leader", () => {
       assert.equal(res.headers.allow, allow);
       assertOneLine(res.text);
     }
-    for (const path of ["/", "/nope", "/get", "/set", "/keys/x", "/statusx"]) {
+    for (const path of ["/nope", "/get", "/set", "/keys/x", "/statusx", "//"]) {
       const res = await fetchText(`${leader.url}${path}`);
       assert.equal(res.status, 404, path);
       assertOneLine(res.text);

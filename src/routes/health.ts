@@ -14,23 +14,25 @@ export function status(x: Exchange): void | Promise<void> {
 
 /** `GET /metrics`: request counters, the store's gauges and a follower's replication figures. */
 export function metrics(x: Exchange): void {
-  const { metrics, store, role, replica } = x.ctx;
+  const { metrics, store, role, replica, followers } = x.ctx;
   const text = metrics.render() +
     sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
     sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
     sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
     sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
-    (replica ? replica.metrics() : "");
+    (replica ? replica.metrics() : "") +
+    (followers?.metrics() ?? "");
   send(x, OK, text, "text/plain; version=0.0.4; charset=utf-8");
 }
 
 async function readiness(x: Exchange): Promise<void> {
   const reason = await notReadyReason(x.ctx);
   if (reason !== null) return send(x, SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
-  return send(x, OK, `${x.ctx.store.count} keys${replicaDetail(x.ctx)}\n`);
+  return send(x, OK, `${x.ctx.store.count} keys${replicaDetail(x.ctx)}${x.ctx.followers?.summary() ?? ""}\n`);
 }
 
-async function notReadyReason({ store, replica, leaderUrl }: Context): Promise<string | null> {
+/** Why this node is not ready, in one line; `null` when it is. */
+export async function notReadyReason({ store, replica, leaderUrl }: Context): Promise<string | null> {
   const unwritable = await store.probeWritable();
   if (unwritable !== null) return unwritable;
   if (replica && !replica.synced) {

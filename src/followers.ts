@@ -1,0 +1,125 @@
+/**
+ * The leader's view of its followers. A follower names itself on every
+ * request to its leader (`Mehdb-Follower: <its host name>`); the leader keeps,
+ * per name, when it last polled and the change-feed cursor it last asked
+ * from, and turns that into figures: lag (changes made since that cursor)
+ * and seconds since the last poll, for `/metrics`, `/status?level=full` and
+ * the status page.
+ *
+ * The header is input like any other: only valid host names (RFC 1123) are
+ * kept, at most 100 of them, each forgotten after 10 minutes unseen. Anything
+ * else is ignored and never shown.
+ */
+
+/** The request header a follower names itself with. */
+export const FOLLOWER_HEADER = "Mehdb-Follower";
+
+/** One follower as the leader sees it. */
+export interface FollowerStatus {
+  /** Its host name, lower-cased (always a valid host name). */
+  readonly name: string;
+  /** Changes the leader has made since the cursor this follower last asked from. */
+  readonly lagChanges: number;
+  /** Seconds since its last request. */
+  readonly lastPollSeconds: number;
+}
+
+/** Options of {@link Followers}. */
+export interface FollowersOptions {
+  /** Changes the leader has made since `cursor` (`null`: since the beginning); usually `store.changesSince`. */
+  lag: (cursor: string | null) => number;
+  /** Most followers remembered; a new name beyond it replaces the one unseen the longest. Default 100. */
+  maxFollowers?: number;
+  /** A follower unseen this long is forgotten, in ms. Default 600 000 (10 minutes). */
+  forgetAfterMs?: number;
+  /** The clock, in ms (monotonic). Default `performance.now`. */
+  now?: () => number;
+}
+
+/** Is `name` a host name as RFC 1123 has it: dot-separated labels of 1–63 letters, digits and `-`, not starting or ending with `-`, 253 characters at most. */
+export function isHostName(name: string): boolean {
+  return name.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name);
+}
+
+/** The headers a follower called `host` sends to its leader: `Mehdb-Follower`, or none when `host` is not a valid host name. */
+export function followerHeaders(host: string | undefined): Record<string, string> {
+  return host !== undefined && isHostName(host) ? { [FOLLOWER_HEADER]: host } : {};
+}
+
+/** Longest cursor remembered (a real one is about 20 characters). */
+const MAX_CURSOR_CHARS = 100;
+
+/** Paths a follower's poller asks for; a named request to any other path is not a poll. */
+function isPollPath(path: string): boolean {
+  return path === "/keys" || path === "/values" || path.startsWith("/get/");
+}
+
+/** The followers a leader has heard from; one per server. */
+export class Followers {
+  #lag: (cursor: string | null) => number;
+  #max: number;
+  #forgetAfterMs: number;
+  #now: () => number;
+  /** name → last poll and cursor; in order of last poll, oldest first. */
+  #byName = new Map<string, { lastPoll: number; cursor: string | null }>();
+
+  constructor(options: FollowersOptions) {
+    this.#lag = options.lag;
+    this.#max = options.maxFollowers ?? 100;
+    this.#forgetAfterMs = options.forgetAfterMs ?? 600_000;
+    this.#now = options.now ?? (() => performance.now());
+  }
+
+  /**
+   * Notes a request: `header` is its `Mehdb-Follower` value (ignored unless a valid
+   * host name), `path` and `query` its URL. `GET /keys` records the `since` cursor
+   * (none: the follower asked for everything); `/values` and `/get/` only the time.
+   */
+  record(header: string | string[] | undefined, path: string, query: string): void {
+    if (typeof header !== "string" || !isPollPath(path) || !isHostName(header)) return;
+    const name = header.toLowerCase();
+    const known = this.#byName.get(name);
+    const since = path === "/keys" ? new URLSearchParams(query).get("since") : undefined;
+    // A cursor is `EPOCH-SEQ`, a few dozen characters; a longer one cannot be served, and is not kept.
+    const cursor = since === undefined ? known?.cursor ?? null : since && since.length <= MAX_CURSOR_CHARS ? since : null;
+    this.#byName.delete(name); // re-inserted last: the map stays in order of last poll
+    this.#byName.set(name, { lastPoll: this.#now(), cursor });
+    if (this.#byName.size > this.#max) this.#byName.delete(this.#byName.keys().next().value!);
+  }
+
+  /** The followers seen in the last 10 minutes (by default), sorted by name, with their figures now. */
+  list(): FollowerStatus[] {
+    const now = this.#now();
+    const out: FollowerStatus[] = [];
+    for (const [name, { lastPoll, cursor }] of this.#byName) {
+      if (now - lastPoll > this.#forgetAfterMs) {
+        this.#byName.delete(name);
+        continue;
+      }
+      out.push({ name, lagChanges: this.#lag(cursor), lastPollSeconds: Math.max(0, (now - lastPoll) / 1000) });
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /** Per-follower gauges in the Prometheus text format (help and type lines even when none is known). */
+  metrics(): string {
+    const list = this.list();
+    const family = (name: string, help: string, value: (f: FollowerStatus) => number) =>
+      `# HELP ${name} ${help}\n# TYPE ${name} gauge\n` +
+      list.map((f) => `${name}{follower="${labelValue(f.name)}"} ${value(f)}\n`).join("");
+    return family("mehdb_follower_lag_changes", "Changes the leader has made since the cursor each follower last asked from.", (f) => f.lagChanges) +
+      family("mehdb_follower_last_poll_seconds", "Seconds since each follower last polled the leader.", (f) => Number(f.lastPollSeconds.toFixed(3)));
+  }
+
+  /** The followers for the `/status?level=full` line: `, followers: mehdb-1 (lag 0 changes, last poll 0.4 s ago), …`; empty when none. */
+  summary(): string {
+    const list = this.list();
+    if (list.length === 0) return "";
+    return `, followers: ${list.map((f) => `${f.name} (lag ${f.lagChanges} changes, last poll ${f.lastPollSeconds.toFixed(1)} s ago)`).join(", ")}`;
+  }
+}
+
+/** A Prometheus label value, escaped (host names need none; this is the second line of defence). */
+function labelValue(text: string): string {
+  return text.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+}

@@ -1,0 +1,221 @@
+/**
+ * The leader's view of its followers (issue 14): followers name themselves
+ * with `Mehdb-Follower` on every request; the leader shows, per follower, its
+ * lag (changes since the cursor it last asked from) and its last poll, in
+ * `/metrics`, `/status?level=full` and the page. Real processes on loopback;
+ * one follower is paused with SIGSTOP to fall behind. The header is hostile
+ * input: bad names are ignored and never echoed, at most 100 names are kept.
+ */
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { Followers, followerHeaders, isHostName } from "../src/followers.ts";
+import { fetchText, startMehdb, stopAll, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { rawRequest } from "./helpers/raw.ts";
+
+after(stopAll);
+
+/** Short ticks keep the suite fast; nothing below depends on their exact length. */
+const INTERVAL_MS = "100";
+
+function startFollower(host: string, leaderUrl: string): Promise<Mehdb> {
+  return startMehdb({ host, leaderUrl, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
+}
+
+/** One follower's figures as the leader's `/metrics` gives them. */
+interface Figures {
+  lag: number;
+  lastPoll: number;
+}
+
+/** Every follower in the leader's `/metrics`: name → lag and seconds since its last poll. */
+async function followerFigures(url: string): Promise<Map<string, Figures>> {
+  const res = await fetchText(`${url}/metrics`);
+  assert.equal(res.status, 200);
+  const figures = new Map<string, Figures>();
+  for (const [, metric, name, value] of res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm)) {
+    const f = figures.get(name) ?? { lag: NaN, lastPoll: NaN };
+    if (metric === "lag_changes") f.lag = Number(value);
+    else f.lastPoll = Number(value);
+    figures.set(name, f);
+  }
+  return figures;
+}
+
+async function put(url: string, key: string, value: string): Promise<void> {
+  const res = await fetchText(`${url}/set/${key}`, { method: "PUT", body: value });
+  assert.equal(res.status, 200, res.text);
+}
+
+describe("Followers, on its own", () => {
+  test("isHostName: RFC 1123 host names only", () => {
+    for (const good of ["mehdb-1", "a", "1", "MEHDB-1", "mehdb-1.mehdb.default.svc.cluster.local", "a".repeat(63), `${"a".repeat(61)}.`.repeat(4) + "a"]) {
+      assert.ok(isHostName(good), good);
+    }
+    for (const bad of ["", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a".repeat(64), `${"a".repeat(62)}.`.repeat(4) + "ab", "a\nb", "a\"b", "é", "a,b"]) {
+      assert.ok(!isHostName(bad), JSON.stringify(bad));
+    }
+    assert.deepEqual(followerHeaders("mehdb-1"), { "Mehdb-Follower": "mehdb-1" });
+    assert.deepEqual(followerHeaders("mehdb-1\nevil: 1"), {}, "an invalid host name is not sent (a newline would even make the request throw)");
+    assert.deepEqual(followerHeaders(undefined), {});
+  });
+
+  test("records the cursor of /keys?since=, the time of /values and /get/; forgets after 10 minutes; keeps the 100 seen last", () => {
+    let now = 0;
+    const asked: (string | null)[] = [];
+    const followers = new Followers({ lag: (cursor) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1])), now: () => now });
+    followers.record("Mehdb-1", "/keys", "since=e-7");
+    now = 2_000;
+    followers.record("mehdb-1", "/get/k", "");
+    followers.record("mehdb-2", "/values", "keys=a,b");
+    followers.record("mehdb-3", "/metrics", "");
+    followers.record("mehdb-3", "/status", "level=full");
+    followers.record(["mehdb-4", "mehdb-5"], "/keys", "since=e-1");
+    followers.record(undefined, "/keys", "");
+    now = 3_000;
+    assert.deepEqual(followers.list(), [
+      { name: "mehdb-1", lagChanges: 7, lastPollSeconds: 1 },
+      { name: "mehdb-2", lagChanges: 99, lastPollSeconds: 1 },
+    ]);
+    assert.deepEqual(asked, ["e-7", null], "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
+    followers.record("mehdb-2", "/keys", "");
+    now = 2_000 + 600_000 + 1;
+    assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"], "mehdb-1, unseen for more than 10 minutes, is forgotten");
+    for (let i = 0; i < 150; i++) followers.record(`f-${String(i).padStart(3, "0")}`, "/keys", "since=e-1");
+    const names = followers.list().map((f) => f.name);
+    assert.equal(names.length, 100);
+    assert.deepEqual(names, Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`), "the 100 seen last");
+  });
+
+  test("a cursor too long to be real is not kept: the follower counts from the beginning", () => {
+    const asked: (string | null)[] = [];
+    const followers = new Followers({ lag: (cursor) => (asked.push(cursor), 0), now: () => 0 });
+    followers.record("mehdb-1", "/keys", `since=${"1".repeat(10_000)}`);
+    followers.record("mehdb-2", "/keys", `since=abc-${"1".repeat(20)}`);
+    followers.list();
+    assert.deepEqual(asked, [null, `abc-${"1".repeat(20)}`]);
+  });
+
+  test("metrics and summary: one sample per follower; none but the help lines when there is none", () => {
+    const followers = new Followers({ lag: () => 3, now: () => 0 });
+    assert.doesNotMatch(followers.metrics(), /\{/);
+    assert.match(followers.metrics(), /^# TYPE mehdb_follower_lag_changes gauge$/m);
+    assert.equal(followers.summary(), "");
+    followers.record("mehdb-1", "/keys", "since=x-1");
+    assert.match(followers.metrics(), /^mehdb_follower_lag_changes\{follower="mehdb-1"\} 3$/m);
+    assert.match(followers.metrics(), /^mehdb_follower_last_poll_seconds\{follower="mehdb-1"\} 0$/m);
+    assert.equal(followers.summary(), ", followers: mehdb-1 (lag 3 changes, last poll 0.0 s ago)");
+  });
+});
+
+describe("a leader and two followers", () => {
+  test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; resumed, it catches up", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    await put(leader.url, "before", "x");
+    const [, paused] = await Promise.all([startFollower("mehdb-1", leader.url), startFollower("mehdb-2", leader.url)]);
+    await waitFor(async () => {
+      const f = await followerFigures(leader.url);
+      return f.get("mehdb-1")?.lag === 0 && f.get("mehdb-2")?.lag === 0;
+    }, "both followers listed by the leader at lag 0");
+
+    const WRITES = 30;
+    paused.child.kill("SIGSTOP");
+    let figures = new Map<string, Figures>();
+    let aged = Infinity;
+    try {
+      for (let i = 0; i < WRITES; i++) await put(leader.url, `key-${i}`, `value ${i}`);
+      await fetchText(`${leader.url}/set/before`, { method: "DELETE" });
+      // The running follower polls again and is back at 0; the paused one asked from before every write.
+      await waitFor(async () => {
+        figures = await followerFigures(leader.url);
+        return figures.get("mehdb-1")?.lag === 0;
+      }, "mehdb-1 at lag 0 after the writes");
+      assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1, "every write and the delete since mehdb-2 last asked");
+      const firstAge = figures.get("mehdb-2")!.lastPoll;
+      await waitFor(async () => {
+        figures = await followerFigures(leader.url);
+        const [running, stopped] = [figures.get("mehdb-1")!, figures.get("mehdb-2")!];
+        return stopped.lastPoll > firstAge + 1 && running.lastPoll < stopped.lastPoll;
+      }, "mehdb-2's last poll to age past mehdb-1's");
+      assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1);
+      assert.equal(figures.get("mehdb-1")?.lag, 0);
+      aged = figures.get("mehdb-2")!.lastPoll;
+
+      const status = await fetchText(`${leader.url}/status?level=full`);
+      assert.equal(status.status, 200);
+      assert.equal(parseInt(status.text, 10), WRITES, "the line still starts with the key count");
+      assert.match(status.text, /^30 keys, followers: mehdb-1 \(lag 0 changes, last poll [0-9.]+ s ago\), mehdb-2 \(lag 31 changes, last poll [0-9.]+ s ago\)\n$/);
+      const page = await fetchText(`${leader.url}/`);
+      assert.match(page.text, /<td class="name">mehdb-2<\/td><td class="num">31<\/td>/);
+    } finally {
+      paused.child.kill("SIGCONT");
+    }
+    await waitFor(async () => {
+      const f = (await followerFigures(leader.url)).get("mehdb-2");
+      return f?.lag === 0 && f.lastPoll < aged;
+    }, "mehdb-2 back at lag 0 once resumed");
+  });
+
+  test("a follower whose host name is no valid host name still syncs, and is not listed", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    await put(leader.url, "k", "v");
+    const odd = await startMehdb({ host: 'odd name"} 1\nevil_metric 1', leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
+    assert.equal((await fetchText(`${odd.url}/get/k`)).text, "v");
+    assert.deepEqual([...(await followerFigures(leader.url)).keys()], []);
+    assert.doesNotMatch((await fetchText(`${leader.url}/metrics`)).text, /evil|odd/);
+  });
+});
+
+describe("the Mehdb-Follower header is input", () => {
+  test("bad names are ignored and never echoed; valid ones are listed lower-cased", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    const bad = [
+      "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64), `${"a".repeat(62)}.`.repeat(5),
+      'x"} 1 evil_metric 1', 'x"}', "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
+    ];
+    for (const name of bad) {
+      for (const path of ["/keys?since=", "/values?keys=k", "/get/k"]) {
+        const res = await fetchText(`${leader.url}${path}`, { headers: { "Mehdb-Follower": name } });
+        assert.ok(res.status === 200 || res.status === 404, `${path} with ${JSON.stringify(name)}: ${res.status}`);
+      }
+    }
+    // What a client library would refuse to send: line breaks (a second header, a folded line), two headers.
+    for (const head of [
+      'Mehdb-Follower: x"} 1\r\nevil_metric: 1',
+      'Mehdb-Follower: x"} 1\nevil_metric 1',
+      'Mehdb-Follower: x"} 1\r\n evil_metric 1',
+      "Mehdb-Follower: good-one\r\nMehdb-Follower: evil-two",
+    ]) {
+      const answer = await rawRequest(leader.port, `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
+      assert.ok(answer.status >= 200, `an answer to ${JSON.stringify(head)}`);
+    }
+    for (const name of ["good-name.example", "UPPER-case"]) {
+      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+    }
+
+    assert.deepEqual([...(await followerFigures(leader.url)).keys()], ["good-name.example", "upper-case"]);
+    const metricsText = (await fetchText(`${leader.url}/metrics`)).text;
+    const status = (await fetchText(`${leader.url}/status?level=full`)).text;
+    const page = (await fetchText(`${leader.url}/`)).text;
+    assert.equal([...metricsText.matchAll(/follower="/g)].length, 4, "two samples for each of the two good names");
+    assert.match(status, /^0 keys, followers: good-name\.example \(lag 0 changes, last poll [0-9.]+ s ago\), upper-case \(lag 0 changes, last poll [0-9.]+ s ago\)\n$/);
+    for (const [where, text] of [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]]) {
+      for (const echo of ["evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two", "x&#34;", 'x"'] as const) {
+        assert.ok(!text.includes(echo), `${where} does not echo ${echo}`);
+      }
+    }
+    assert.doesNotMatch(metricsText, /^evil_metric/m);
+  });
+
+  test("at most 100 names are kept: of 150, the 100 seen last", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    const names = Array.from({ length: 150 }, (_, i) => `follower-${String(i).padStart(3, "0")}`);
+    for (const name of names) {
+      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+    }
+    const listed = [...(await followerFigures(leader.url)).keys()];
+    assert.deepEqual(listed, names.slice(50));
+    const page = (await fetchText(`${leader.url}/`)).text;
+    assert.equal([...page.matchAll(/<td class="name">/g)].length, 100, "the page lists the same 100");
+    assert.ok(!page.includes("follower-049") && page.includes("follower-149"));
+  });
+});
