@@ -21,9 +21,11 @@ import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { Metrics, sample } from "./metrics.ts";
 import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
+import { Consistency, type Reply, type SyncProgress } from "./consistency.ts"; // issue 13
+import { PreconditionFailedError } from "./store.ts"; // issue 13
 
 /** What a follower's poller tells the server (see `sync.ts`). */
-export interface ReplicaState {
+export interface ReplicaState extends SyncProgress {
   /** True once the follower has completed one sync with its leader. */
   readonly synced: boolean;
   /** Seconds since the last good sync; `null` before the first. */
@@ -68,6 +70,7 @@ const HEADERS_TOO_LARGE = 431;
 const INTERNAL_SERVER_ERROR = 500;
 const SERVICE_UNAVAILABLE = 503;
 const INSUFFICIENT_STORAGE = 507;
+const PRECONDITION_FAILED = 412;
 
 /** Every method some path takes (the `Allow` of a method no path takes). */
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
@@ -82,6 +85,7 @@ const DRAIN_LIMIT = 1024 * 1024;
 export function createMehdbServer(options: ServerOptions): Server {
   const { store, role, leaderUrl, maxValueBytes, log, replica } = options;
   const metrics = options.metrics ?? new Metrics();
+  const consistency = new Consistency({ store, leaderUrl, replica }); // issue 13
 
   function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
     const url = req.url ?? "/";
@@ -97,6 +101,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");
       const key = keyFromPath(path.slice(5));
       if (key === null) return refuse(req, res, "get", BAD_REQUEST, `invalid key: ${KEY_RULE}`);
+      if (q >= 0) return afterThen(req, res, "get", `/get/${key}`, new URLSearchParams(query), () => getValue(req, res, key)); // issue 13
       return getValue(req, res, key);
     }
     if (path.startsWith("/set/")) {
@@ -116,11 +121,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (route === null) return refuse(req, res, "other", NOT_FOUND, `not found: ${path.slice(0, 100)} (try /get/KEY, /set/KEY, /keys, /status, /metrics)`);
     if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, route, "GET, HEAD");
     const params = new URLSearchParams(query);
-    if (route === "keys") {
-      const since = params.get("since");
-      const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
-      return send(res, "keys", OK, body, "application/json");
-    }
+    if (route === "keys") return afterThen(req, res, "keys", "/keys", params, () => listKeys(req, res, params)); // issue 13
     if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
     if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
     if (params.get("level") !== "full") return send(res, "status", OK, `${role}\n`);
@@ -227,10 +228,13 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (declared !== undefined && Number(declared) > maxValueBytes) {
       return refuse(req, res, "set", CONTENT_TOO_LARGE, `value too large: ${declared} bytes, the limit is ${maxValueBytes}`);
     }
+    const conditional = consistency.preconditions(req.headers, "PUT", key); // issue 13
+    if (conditional && "reply" in conditional) return answer(req, res, "set", conditional.reply); // issue 13
     if (expectsContinue) res.writeContinue();
     try {
-      const entry = await store.put(key, req.iterator({ destroyOnReturn: false }), { maxBytes: maxValueBytes });
-      send(res, "set", OK, "WRITE completed\n");
+      const precondition = conditional?.precondition; // issue 13
+      const entry = await store.put(key, req.iterator({ destroyOnReturn: false }), { maxBytes: maxValueBytes, precondition });
+      send(res, "set", OK, "WRITE completed\n", undefined, consistency.writeHeaders(entry)); // issue 13: ETag, Mehdb-Cursor
       log("write", { key, bytes: entry.size });
     } catch (error) {
       if (req.destroyed && !req.complete) {
@@ -240,6 +244,7 @@ export function createMehdbServer(options: ServerOptions): Server {
       if (error instanceof ValueTooLargeError) {
         return refuse(req, res, "set", CONTENT_TOO_LARGE, `value too large: the limit is ${maxValueBytes} bytes`);
       }
+      if (error instanceof PreconditionFailedError) return refuse(req, res, "set", PRECONDITION_FAILED, error.message); // issue 13
       const code = (error as NodeJS.ErrnoException).code;
       log("error", { op: "write", key, error: code ?? String(error) });
       if (code === "ENOSPC" || code === "EDQUOT") {
@@ -250,11 +255,14 @@ export function createMehdbServer(options: ServerOptions): Server {
   }
 
   async function deleteValue(req: IncomingMessage, res: ServerResponse, key: string): Promise<void> {
+    const conditional = consistency.preconditions(req.headers, "DELETE", key); // issue 13
+    if (conditional && "reply" in conditional) return answer(req, res, "set", conditional.reply); // issue 13
     try {
-      if (!(await store.delete(key))) return refuse(req, res, "set", NOT_FOUND, `key not found: ${key}`);
-      send(res, "set", OK, "DELETE completed\n");
+      if (!(await store.delete(key, { precondition: conditional?.precondition }))) return refuse(req, res, "set", NOT_FOUND, `key not found: ${key}`);
+      send(res, "set", OK, "DELETE completed\n", undefined, consistency.writeHeaders()); // issue 13: Mehdb-Cursor
       log("delete", { key });
     } catch (error) {
+      if (error instanceof PreconditionFailedError) return refuse(req, res, "set", PRECONDITION_FAILED, error.message); // issue 13
       const code = (error as NodeJS.ErrnoException).code ?? String(error);
       log("error", { op: "delete", key, error: code });
       refuse(req, res, "set", INTERNAL_SERVER_ERROR, `delete failed: ${code}`);
@@ -283,8 +291,31 @@ export function createMehdbServer(options: ServerOptions): Server {
       sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
       sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
       sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
-      (replica ? replica.metrics() : "");
+      (replica ? replica.metrics() : "") +
+      consistency.metrics(); // issue 13
   }
+
+  // --- issue 13: ?after=, the /keys parameters, and answers made by Consistency ---
+  /** Answers `?after=CURSOR` first (a 400, or a follower's 307 when it is behind), else goes on with `next`. */
+  function afterThen(req: IncomingMessage, res: ServerResponse, route: string, path: string, params: URLSearchParams, next: () => void | Promise<void>): void | Promise<void> {
+    const checked = consistency.after(path, params);
+    if (checked === null) return next();
+    if (!(checked instanceof Promise)) return answer(req, res, route, checked);
+    return checked.then((reply) => (reply === null ? next() : answer(req, res, route, reply)));
+  }
+
+  /** `GET /keys`, `?since=`, `?prefix=`, `?wait=`. */
+  function listKeys(req: IncomingMessage, res: ServerResponse, params: URLSearchParams): void | Promise<void> {
+    const reply = consistency.keys(params, res);
+    if (!(reply instanceof Promise)) return answer(req, res, "keys", reply);
+    return reply.then((held) => answer(req, res, "keys", held));
+  }
+
+  function answer(req: IncomingMessage, res: ServerResponse, route: string, reply: Reply): void {
+    if (reply.status === OK) return send(res, route, OK, reply.body, reply.type, reply.headers);
+    refuse(req, res, route, reply.status, reply.body, reply.headers);
+  }
+  // --- end of issue 13 ---
 
   /** Answers with a one-line error (or redirect) without storing the body; drops what the client still sends. */
   function refuse(
@@ -354,6 +385,12 @@ export function createMehdbServer(options: ServerOptions): Server {
   // socket, so a PUT still fsyncing lost its answer (and may or may not have been stored). With this
   // (undocumented but long-standing) switch Node answers the requests it has, then closes.
   (server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+  // issue 13: held watches are answered at once when the server closes, so a stop stays prompt.
+  const closeServer = server.close.bind(server);
+  server.close = ((callback?: (error?: Error) => void) => {
+    consistency.close();
+    return closeServer(callback);
+  }) as Server["close"];
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
