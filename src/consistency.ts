@@ -29,16 +29,21 @@ import {
 
 /** An answer for the server to send. */
 export interface Reply {
+  /** HTTP status: 200, or the refusal's (307, 400, 412). */
   status: number;
   /** One line for errors and redirects (without its newline), JSON for listings. */
   body: string;
+  /** Content type. Default `text/plain; charset=utf-8`. */
   type?: string;
+  /** More headers (`Location`, `Connection`). */
   headers?: Record<string, string>;
 }
 
 /** What a follower's poller tells about its progress (see `Poller.reached` and `Poller.nextSync`). */
 export interface SyncProgress {
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
   reached(cursor: string): boolean;
+  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
   nextSync(maxStartMs: number): Promise<void>;
 }
 
