@@ -4,11 +4,11 @@
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
  *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed)
- *
- * Conditional writes, `?after=`, `?prefix=` and `?wait=` (issue 13) are in `consistency.ts`.
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
+ *
+ * Conditional writes, `?after=`, `?prefix=` and `?wait=` (issue 13) are in `consistency.ts`.
  *
  * Every error answer is one line of text. The answers `node:http` would send
  * by itself (malformed request, unmet `Expect`, headers too large, timeouts)
