@@ -8,6 +8,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Role } from "./config.ts";
+import type { Consistency } from "./consistency.ts";
 import type { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -21,6 +22,7 @@ export const BAD_REQUEST = 400;
 export const NOT_FOUND = 404;
 export const METHOD_NOT_ALLOWED = 405;
 export const REQUEST_TIMEOUT = 408;
+export const PRECONDITION_FAILED = 412;
 export const CONTENT_TOO_LARGE = 413;
 export const EXPECTATION_FAILED = 417;
 export const HEADERS_TOO_LARGE = 431;
@@ -45,6 +47,8 @@ export interface Context {
   host: string;
   /** The followers that poll this leader; `null` on a follower. */
   followers: Followers | null;
+  /** Conditional writes, `?after=`, and held `/keys` answers. */
+  consistency: Consistency;
   /** The headers of each value's answer, made once per entry. */
   valueHeaders: WeakMap<Entry, string[]>;
 }
@@ -62,6 +66,18 @@ export interface Exchange {
   readonly query: string;
   /** True when the client waits for `100 Continue` before sending its body. */
   readonly expectsContinue: boolean;
+}
+
+/** An answer decided before it is sent (see `consistency.ts`). */
+export interface Reply {
+  /** HTTP status: 200, or the refusal's (307, 400, 412). */
+  status: number;
+  /** One line for errors and redirects (without its newline), JSON for listings. */
+  body: string;
+  /** Content type. Default `text/plain; charset=utf-8`. */
+  type?: string;
+  /** More headers (`Location`, `Connection`). */
+  headers?: Record<string, string>;
 }
 
 /** Bytes of an unwanted request body read and dropped before the server stops reading it. */
@@ -96,6 +112,23 @@ export function refuse(x: Exchange, status: number, message: string, headers: Re
     drain(req);
   }
   send(x, status, `${message}\n`, "text/plain; charset=utf-8", headers);
+}
+
+/** Sends a {@link Reply}: a `200` as it is, anything else as a refusal. */
+export function answer(x: Exchange, reply: Reply): void {
+  if (reply.status === OK) return send(x, OK, reply.body, reply.type, reply.headers);
+  refuse(x, reply.status, reply.body, reply.headers);
+}
+
+/**
+ * Answers `?after=CURSOR` first (a `400`, or a follower's `307` when it is still behind after its next sync),
+ * else goes on with `next`. `path` is the request's path with its key checked.
+ */
+export function afterThen(x: Exchange, path: string, next: () => void | Promise<void>): void | Promise<void> {
+  const checked = x.ctx.consistency.after(path, new URLSearchParams(x.query));
+  if (checked === null) return next();
+  if (!(checked instanceof Promise)) return answer(x, checked);
+  return checked.then((reply) => (reply === null ? next() : answer(x, reply)));
 }
 
 /** `405` with the `Allow` header. */

@@ -4,11 +4,14 @@
  *
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
- *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed)
+ *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed; `?prefix=`, `?wait=`)
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
  *     GET|HEAD   /          the status page (HTML)
+ *
+ * Conditional writes (`If-Match`, `If-None-Match`), `?after=CURSOR`, `?prefix=` and held
+ * `?wait=` answers are judged in `consistency.ts`.
  *
  * A request goes: `onRequest` → `dispatch` finds its route and checks the
  * method (and, on a follower, redirects writes) → the route's handler in
@@ -20,6 +23,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { DEFAULTS, type Role } from "./config.ts";
+import { Consistency, type SyncProgress } from "./consistency.ts";
 import {
   BAD_REQUEST,
   EXPECTATION_FAILED,
@@ -47,7 +51,7 @@ import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
 import type { Store } from "./store.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
-export interface ReplicaState {
+export interface ReplicaState extends SyncProgress {
   /** True once the follower has completed one sync with its leader. */
   readonly synced: boolean;
   /** Seconds since the last good sync; `null` before the first. */
@@ -176,6 +180,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics: options.metrics ?? new Metrics(),
     host: options.host ?? options.role,
     followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
+    consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, replica: options.replica }),
     valueHeaders: new WeakMap(),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
@@ -207,6 +212,12 @@ export function createMehdbServer(options: ServerOptions): Server {
       failed(error);
     }
   };
+  // Held watches are answered at once when the server closes, so a stop stays prompt.
+  const closeServer = server.close.bind(server);
+  server.close = ((callback?: (error?: Error) => void) => {
+    ctx.consistency.close();
+    return closeServer(callback);
+  }) as Server["close"];
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {

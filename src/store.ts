@@ -78,6 +78,16 @@ export interface PutOptions {
   mtimeMs?: number;
   /** Keep a small value (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
   cache?: boolean;
+  /** Judged in the key's lock right before the write becomes visible: a reason makes it fail with {@link PreconditionFailedError}. Default none. */
+  precondition?: Precondition;
+}
+
+/** A check of a conditional write (issue 13): `null` to go ahead, else one line saying why not. */
+export type Precondition = (current: Entry | undefined) => string | null;
+
+/** A write's or delete's precondition did not hold; nothing was changed. The message is the reason. */
+export class PreconditionFailedError extends Error {
+  override name = "PreconditionFailedError";
 }
 
 /** A value written to its temporary file but not yet committed; see {@link Store.stage}. */
@@ -93,6 +103,7 @@ export interface Staged {
   cached: Uint8Array[] | null;
   closed?: boolean;
   renamed?: boolean;
+  precondition?: Precondition;
 }
 
 /** The value was larger than allowed; nothing was stored. */
@@ -143,6 +154,7 @@ export class Store {
   #recent = new Map<number, { key: string; entry: Entry }>();
   /** Files found at a key's path that the store did not write (see {@link Store.get}). */
   #strays = 0;
+  #changed: { promise: Promise<void>; resolve: () => void } | null = null;
 
   private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
     this.dir = dir;
@@ -290,7 +302,7 @@ export class Store {
   async stage(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const handle = await open(tmp, "wx", 0o644);
-    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: options.cache === false ? null : [] };
+    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: options.cache === false ? null : [], precondition: options.precondition };
     try {
       // Chunks are written in batches of up to WRITE_BATCH_BYTES: one system call for most values.
       let pending: Uint8Array[] = [];
@@ -342,6 +354,8 @@ export class Store {
       const entries: Entry[] = [];
       for (const s of staged) {
         entries.push(await this.#locked(s.key, async () => {
+          const failed = s.precondition?.(this.#index.get(s.key)); // check and write in one step
+          if (failed) throw new PreconditionFailedError(failed);
           // A reader may open the new file before the index names it: it finds it here by inode.
           const landed = this.#renamingIn(s.key, s.ino!);
           let entry: Entry | null = null;
@@ -375,10 +389,12 @@ export class Store {
     }
   }
 
-  /** Removes `key` durably; resolves `false` when it was absent. */
-  async delete(key: string): Promise<boolean> {
+  /** Removes `key` durably; resolves `false` when it was absent. `precondition` is judged as in {@link PutOptions} (not when absent). */
+  async delete(key: string, options: { precondition?: Precondition } = {}): Promise<boolean> {
     const removed = await this.#locked(key, async () => {
       if (!this.#index.has(key)) return false;
+      const failed = options.precondition?.(this.#index.get(key)); // check and delete in one step (issue 13)
+      if (failed) throw new PreconditionFailedError(failed);
       try {
         await unlink(join(this.dir, key));
       } catch (error) {
@@ -389,6 +405,26 @@ export class Store {
     });
     if (removed) await this.#dirSync.sync();
     return removed;
+  }
+
+  /** The change-feed cursor now, `EPOCH-SEQ`: every change made so far is visible at it. */
+  get cursor(): string {
+    return `${this.epoch}-${this.#seq}`;
+  }
+
+  /** The cursor at which the write that made `entry` is visible. */
+  cursorOf(entry: Entry): string {
+    return `${this.epoch}-${entry.seq}`;
+  }
+
+  /** Resolves at the store's next change (a value written or a key removed), for held watches. */
+  nextChange(): Promise<void> {
+    if (!this.#changed) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      this.#changed = { promise, resolve };
+    }
+    return this.#changed.promise;
   }
 
   /** Every key, sorted. */
@@ -505,6 +541,8 @@ export class Store {
   #log(key: string, seq: number): void {
     this.#logKeys.push(key);
     this.#logSeq.push(seq);
+    this.#changed?.resolve(); // wakes held watches (issue 13)
+    this.#changed = null;
     if (this.#logKeys.length > 2 * this.#index.size + this.#maxTombstones + 1024) this.#compactLog();
   }
 

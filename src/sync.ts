@@ -21,6 +21,7 @@ import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
 import type { Changes, Staged, Store } from "./store.ts";
+import { cursorReached, SyncWaits } from "./watch.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -72,6 +73,8 @@ export class Poller implements ReplicaState {
   #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, errors: 0 };
   /** Bad names already logged (each is logged once). */
   #skippedNames = new Set<string>();
+  /** Reads with `?after=` waiting for the next tick (issue 13). */
+  #syncWaits = new SyncWaits();
 
   constructor(options: PollerOptions) {
     this.#options = { concurrency: 8, timeoutMs: 10_000, host: "", ...options }; // issue 14: host
@@ -93,6 +96,18 @@ export class Poller implements ReplicaState {
     return this.#lastSuccess === null ? null : (performance.now() - this.#lastSuccess) / 1000;
   }
 
+  // --- read-your-writes (issue 13): what `?after=CURSOR` needs from the poller ---
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
+  reached(cursor: string): boolean {
+    return cursorReached(this.#cursor, cursor);
+  }
+
+  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
+  nextSync(maxStartMs: number): Promise<void> {
+    return this.#syncWaits.next(maxStartMs);
+  }
+  // --- end of read-your-writes ---
+
   /** Starts ticking: one tick now, then one every `intervalMs`. */
   start(): void {
     this.#tick();
@@ -103,6 +118,7 @@ export class Poller implements ReplicaState {
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     this.#abort.abort();
+    this.#syncWaits.close(); // issue 13
     await this.#running;
     this.#agent.destroy();
   }
@@ -111,11 +127,13 @@ export class Poller implements ReplicaState {
     if (this.#running) return this.#running;
     if (this.#abort.signal.aborted) return Promise.resolve();
     this.#counts.ticks++;
+    const ended = this.#syncWaits.started(); // issue 13
     this.#running = this.#syncOnce().then(
       () => this.#succeeded(),
       (error: unknown) => this.#failed(error),
     ).finally(() => {
       this.#running = null;
+      ended(); // issue 13
     });
     return this.#running;
   }

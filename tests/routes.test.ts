@@ -82,6 +82,8 @@ describe("route table, in-process", () => {
       lastError: "leader unreachable",
       secondsSinceSync: () => null,
       metrics: () => "mehdb_test_replica 1\n",
+      reached: () => false,
+      nextSync: () => Promise.resolve(),
     };
     const { url, store } = await serve("follower", replica);
     const put = await fetchText(`${url}/set/k1`, { method: "PUT", body: "v1" });

@@ -3,18 +3,22 @@
  * array of names; `?since=CURSOR`, the change feed) and `GET /values?keys=a,b,c`
  * (several values in one answer, for a follower's catch-up).
  */
-import { BAD_REQUEST, errorCode, OK, refuse, send, type Exchange } from "../http.ts";
+import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "../http.ts";
 import { isValidKey, KEY_RULE } from "../keys.ts";
 
 /** Most keys asked for in one `GET /values`. */
 const MAX_VALUES_KEYS = 1000;
 
-/** `GET /keys`: the sorted JSON array of names; with `?since=CURSOR`, what changed since. */
-export function listKeys(x: Exchange): void {
-  const { store } = x.ctx;
-  const since = new URLSearchParams(x.query).get("since");
-  const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
-  send(x, OK, body, "application/json");
+/**
+ * `GET /keys`: the sorted JSON array of names; with `?since=CURSOR`, what changed since (held up to `?wait=MS`
+ * while nothing did); `?prefix=P` keeps names starting with P; `?after=CURSOR` as for `/get/KEY`.
+ */
+export function listKeys(x: Exchange): void | Promise<void> {
+  return afterThen(x, "/keys", () => {
+    const reply = x.ctx.consistency.keys(new URLSearchParams(x.query), x.res);
+    if (!(reply instanceof Promise)) return answer(x, reply);
+    return reply.then((held) => answer(x, held));
+  });
 }
 
 /**

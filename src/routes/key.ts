@@ -6,6 +6,8 @@
 import type { ReadStream } from "node:fs";
 import { pipeline } from "node:stream";
 import {
+  afterThen,
+  answer,
   BAD_REQUEST,
   CONTENT_TOO_LARGE,
   errorCode,
@@ -14,12 +16,13 @@ import {
   NOT_FOUND,
   NOT_MODIFIED,
   OK,
+  PRECONDITION_FAILED,
   refuse,
   send,
   type Exchange,
 } from "../http.ts";
 import { KEY_RULE, keyFromPath } from "../keys.ts";
-import { ValueTooLargeError, type Entry, type Store } from "../store.ts";
+import { PreconditionFailedError, ValueTooLargeError, type Entry, type Store } from "../store.ts";
 
 /** The key named by the rest of the path; `null` after answering `400` when it breaks the key rules. */
 export function requestedKey(x: Exchange): string | null {
@@ -32,6 +35,11 @@ export function requestedKey(x: Exchange): string | null {
 export function getValue(x: Exchange): void | Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
+  if (x.query !== "") return afterThen(x, `/get/${key}`, () => readValue(x, key));
+  return readValue(x, key);
+}
+
+function readValue(x: Exchange, key: string): void | Promise<void> {
   const { store } = x.ctx;
   const hit = store.cached(key);
   if (hit) return sendValue(x, key, hit.entry, hit.body);
@@ -51,10 +59,13 @@ export async function putValue(x: Exchange): Promise<void> {
   if (declared !== undefined && Number(declared) > maxValueBytes) {
     return refuse(x, CONTENT_TOO_LARGE, `value too large: ${declared} bytes, the limit is ${maxValueBytes}`);
   }
+  const conditional = ctx.consistency.preconditions(req.headers, "PUT", key);
+  if (conditional && "reply" in conditional) return answer(x, conditional.reply);
   if (x.expectsContinue) res.writeContinue();
   try {
-    const entry = await ctx.store.put(key, req.iterator({ destroyOnReturn: false }), { maxBytes: maxValueBytes });
-    send(x, OK, "WRITE completed\n");
+    const body = req.iterator({ destroyOnReturn: false });
+    const entry = await ctx.store.put(key, body, { maxBytes: maxValueBytes, precondition: conditional?.precondition });
+    send(x, OK, "WRITE completed\n", undefined, ctx.consistency.writeHeaders(entry));
     log("write", { key, bytes: entry.size });
   } catch (error) {
     if (req.destroyed && !req.complete) {
@@ -64,6 +75,7 @@ export async function putValue(x: Exchange): Promise<void> {
     if (error instanceof ValueTooLargeError) {
       return refuse(x, CONTENT_TOO_LARGE, `value too large: the limit is ${maxValueBytes} bytes`);
     }
+    if (error instanceof PreconditionFailedError) return refuse(x, PRECONDITION_FAILED, error.message);
     const code = (error as NodeJS.ErrnoException).code;
     log("error", { op: "write", key, error: code ?? String(error) });
     if (code === "ENOSPC" || code === "EDQUOT") {
@@ -77,12 +89,17 @@ export async function putValue(x: Exchange): Promise<void> {
 export async function deleteValue(x: Exchange): Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
-  const { store, log } = x.ctx;
+  const { store, log, consistency } = x.ctx;
+  const conditional = consistency.preconditions(x.req.headers, "DELETE", key);
+  if (conditional && "reply" in conditional) return answer(x, conditional.reply);
   try {
-    if (!(await store.delete(key))) return refuse(x, NOT_FOUND, `key not found: ${key}`);
-    send(x, OK, "DELETE completed\n");
+    if (!(await store.delete(key, { precondition: conditional?.precondition }))) {
+      return refuse(x, NOT_FOUND, `key not found: ${key}`);
+    }
+    send(x, OK, "DELETE completed\n", undefined, consistency.writeHeaders());
     log("delete", { key });
   } catch (error) {
+    if (error instanceof PreconditionFailedError) return refuse(x, PRECONDITION_FAILED, error.message);
     log("error", { op: "delete", key, error: errorCode(error) });
     refuse(x, INTERNAL_SERVER_ERROR, `delete failed: ${errorCode(error)}`);
   }

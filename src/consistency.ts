@@ -1,0 +1,194 @@
+/**
+ * The HTTP side of issue 13, kept out of `server.ts` so the server only calls it:
+ *
+ *     PUT|DELETE /set/KEY          If-Match / If-None-Match (412 when they fail), ETag and Mehdb-Cursor
+ *     GET|HEAD /get/KEY?after=C    read-your-writes: a follower behind cursor C waits for its next sync, else 307
+ *     GET /keys?after=C            the same for listings
+ *     GET /keys?prefix=P           only names starting with P (also with since)
+ *     GET /keys?since=C&wait=MS    held until something changes, MS pass, or shutdown
+ *
+ * Each function answers with a {@link Reply} for the server to send, or `null`
+ * when the request goes on as it would without these parameters.
+ */
+import type { IncomingHttpHeaders, ServerResponse } from "node:http";
+import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
+import { KEY_RULE } from "./keys.ts";
+import { sample } from "./metrics.ts";
+import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
+import type { Changes, Entry, Precondition, Store } from "./store.ts";
+import {
+  changesWithPrefix,
+  CURSOR_RULE,
+  isValidPrefix,
+  MAX_WAIT_MS,
+  nothingChanged,
+  parseCursor,
+  parseWait,
+  Watches,
+  withPrefix,
+} from "./watch.ts";
+
+/** What a follower's poller tells about its progress (see `Poller.reached` and `Poller.nextSync`). */
+export interface SyncProgress {
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
+  reached(cursor: string): boolean;
+  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
+  nextSync(maxStartMs: number): Promise<void>;
+}
+
+/** Options of {@link Consistency}. */
+export interface ConsistencyOptions {
+  store: Store;
+  /** The leader's address, `http://host:port`; `null` on a leader. */
+  leaderUrl: string | null;
+  /** The follower's poller; absent on a leader. */
+  replica?: SyncProgress;
+  /** Held `/keys` answers at once. Default 256 (see `watch.ts`). */
+  maxHeld?: number;
+  /** How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync interval). */
+  afterWaitMs?: number;
+}
+
+const TEXT = "text/plain; charset=utf-8";
+const JSON_TYPE = "application/json";
+
+/** Conditional writes, read-your-writes, watching and prefix listing over one store; one per server. */
+export class Consistency {
+  /** The held `/keys` answers. */
+  readonly watches: Watches;
+  #store: Store;
+  #leaderUrl: string | null;
+  #replica: SyncProgress | undefined;
+  #afterWaitMs: number;
+  /** Reads waiting for the follower's next sync now; bounded like the watches. */
+  #afterWaiting = 0;
+
+  constructor(options: ConsistencyOptions) {
+    this.#store = options.store;
+    this.#leaderUrl = options.leaderUrl;
+    this.#replica = options.replica;
+    this.#afterWaitMs = options.afterWaitMs ?? 1_000;
+    this.watches = new Watches(() => options.store.nextChange(), { max: options.maxHeld });
+  }
+
+  /**
+   * The preconditions of `PUT` or `DELETE /set/KEY`: `null` when there are
+   * none; `{ reply }` (`400` malformed, `412` failing already, the body not
+   * read) to answer at once; else `{ precondition }` for the store to judge
+   * again in the key's lock, right before the write.
+   */
+  preconditions(headers: IncomingHttpHeaders, method: string, key: string): { reply: Reply } | { precondition: Precondition } | null {
+    const pre = readPreconditions(headers);
+    if (pre === null) return null;
+    if ("error" in pre) return { reply: line(BAD_REQUEST, pre.error) };
+    const store = this.#store;
+    const precondition: Precondition = (current) => evaluatePreconditions(pre, key, current && store.etag(current));
+    const current = store.stat(key);
+    // A DELETE of an absent key is a 404 whatever its preconditions (RFC 9110, 13.2.1: they apply only to a 2xx).
+    const failed = method === "DELETE" && current === undefined ? null : precondition(current);
+    return failed === null ? { precondition } : { reply: line(PRECONDITION_FAILED, failed) };
+  }
+
+  /** The headers of a successful `PUT` (`entry` given) or `DELETE`: the new `ETag`, and the cursor at which the change is visible. */
+  writeHeaders(entry?: Entry): Record<string, string> {
+    const store = this.#store;
+    return entry ? { ETag: store.etag(entry), "Mehdb-Cursor": store.cursorOf(entry) } : { "Mehdb-Cursor": store.cursor };
+  }
+
+  /**
+   * `?after=CURSOR` of `GET`/`HEAD /get/KEY` or `GET /keys` (`path` is the
+   * request's path, checked): `null` to answer from here; a `400` for a
+   * malformed cursor; a `307` to the same path and query on the leader when
+   * this follower has not reached the cursor, after waiting for its next sync.
+   * The leader always answers: it has every write it acknowledged, whatever
+   * the epoch of the cursor (an earlier epoch's writes are on its disk).
+   */
+  after(path: string, params: URLSearchParams): Reply | null | Promise<Reply | null> {
+    const after = params.get("after");
+    if (after === null) return null;
+    if (parseCursor(after) === null) return line(BAD_REQUEST, `malformed after=${quote(after)}: ${CURSOR_RULE}`);
+    const replica = this.#replica;
+    if (!replica || replica.reached(after)) return null;
+    if (this.#afterWaiting >= this.watches.max) return this.#redirect(path, params, after);
+    this.#afterWaiting++;
+    return replica.nextSync(this.#afterWaitMs).then(() => {
+      this.#afterWaiting--;
+      return replica.reached(after) ? null : this.#redirect(path, params, after);
+    });
+  }
+
+  /**
+   * `GET /keys` with its parameters: the plain sorted array (`prefix`
+   * filters it), or with `since` the change feed, held up to `wait` ms while
+   * nothing changed. `res` is watched for the client going away.
+   */
+  keys(params: URLSearchParams, res: ServerResponse): Reply | Promise<Reply> {
+    const since = params.get("since");
+    const prefix = params.get("prefix") ?? "";
+    const waitText = params.get("wait");
+    if (!isValidPrefix(prefix)) return line(BAD_REQUEST, `invalid prefix=${quote(prefix)}: a prefix is empty or follows the key rule (${KEY_RULE})`);
+    const wait = waitText === null ? null : parseWait(waitText);
+    if (waitText !== null && wait === null) return line(BAD_REQUEST, `invalid wait=${quote(waitText)}: a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`);
+    if (since === null) {
+      if (wait !== null) return line(BAD_REQUEST, "wait needs since=CURSOR: the cursor of the last answer, to wait for what comes after it");
+      return json(withPrefix(this.#store.list(), prefix));
+    }
+    if (since !== "" && parseCursor(since) === null) return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
+    const changes = this.#changes(since, prefix);
+    if (wait === null || !nothingChanged(changes)) return json(changes);
+    return this.#held(since, prefix, performance.now() + wait, res);
+  }
+
+  /** Lets every held answer go at once (shutdown). */
+  close(): void {
+    this.watches.close();
+  }
+
+  /** The watch figures, Prometheus text. */
+  metrics(): string {
+    return sample("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.watches.held) +
+      sample("mehdb_watches_unheld_total", "counter", `Watches answered at once because ${this.watches.max} were held already.`, this.watches.refused);
+  }
+
+  async #held(since: string, prefix: string, deadline: number, res: ServerResponse): Promise<Reply> {
+    const gone = new AbortController();
+    const onClose = () => gone.abort();
+    res.once("close", onClose);
+    try {
+      for (;;) {
+        const left = Math.ceil(deadline - performance.now());
+        const wake = left > 0 ? this.watches.hold(left, gone.signal) : null;
+        const why = wake === null ? "timeout" : await wake; // null: past the bound, answered at once
+        const changes = this.#changes(since, prefix);
+        // At shutdown the answer closes its connection, so that the server's close is not held by it.
+        if (why === "closed") return { ...json(changes), headers: { Connection: "close" } };
+        // A change outside the prefix lets the answer go with nothing in it: hold it again.
+        if (why !== "change" || !nothingChanged(changes)) return json(changes);
+      }
+    } finally {
+      res.off("close", onClose);
+    }
+  }
+
+  #changes(since: string, prefix: string): Changes {
+    return changesWithPrefix(this.#store.changes(since), prefix);
+  }
+
+  #redirect(path: string, params: URLSearchParams, after: string): Reply {
+    const location = `${this.#leaderUrl}${path}?${params.toString()}`;
+    return line(TEMPORARY_REDIRECT, `this follower has not synced up to ${after} yet; read from the leader at ${location}`, { Location: location });
+  }
+}
+
+function line(status: number, text: string, headers?: Record<string, string>): Reply {
+  return { status, body: text, type: TEXT, headers };
+}
+
+function json(value: unknown): Reply {
+  return { status: OK, body: JSON.stringify(value), type: JSON_TYPE };
+}
+
+/** A value from the request, quoted and cut short, printable. */
+function quote(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
+}

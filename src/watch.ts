@@ -1,0 +1,220 @@
+/**
+ * Watching changes and reading your writes, the parts that need no HTTP:
+ * cursors (`EPOCH-SEQ`), the `wait` and `prefix` parameters of `GET /keys`,
+ * the bounded set of held `GET /keys?since=…&wait=MS` answers ({@link Watches}),
+ * and the follower's "next sync" signal ({@link SyncWaits}) that `?after=` waits on.
+ */
+import { isValidKey } from "./keys.ts";
+import type { Changes } from "./store.ts";
+
+/** Longest `wait` of `GET /keys?since=…&wait=MS`, in milliseconds. */
+export const MAX_WAIT_MS = 60_000;
+
+/** Held `/keys` answers at once, by default; past it a watch is answered at once, as without `wait`. */
+export const DEFAULT_MAX_HELD = 256;
+
+/** A change-feed cursor: the epoch of the store that made it, and the number of its changes so far. */
+export interface Cursor {
+  readonly epoch: string;
+  readonly seq: number;
+}
+
+/** The cursor format in words, for `400` answers. */
+export const CURSOR_RULE = "a cursor is EPOCH-SEQ, as in the Mehdb-Cursor header of a write or the cursor of GET /keys?since=";
+
+const CURSOR_PATTERN = /^([0-9A-Za-z]{1,64})-([0-9]{1,16})$/;
+
+/** Reads `EPOCH-SEQ`; `null` when malformed. */
+export function parseCursor(text: string): Cursor | null {
+  const match = CURSOR_PATTERN.exec(text);
+  if (!match) return null;
+  const seq = Number(match[2]);
+  return Number.isSafeInteger(seq) ? { epoch: match[1], seq } : null;
+}
+
+/** True when a replica whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not beyond. */
+export function cursorReached(reached: string | null, wanted: string): boolean {
+  const have = reached === null ? null : parseCursor(reached);
+  const want = parseCursor(wanted);
+  return have !== null && want !== null && have.epoch === want.epoch && want.seq <= have.seq;
+}
+
+/** Reads `wait`: a whole number of milliseconds from 1 to {@link MAX_WAIT_MS}; `null` otherwise. */
+export function parseWait(text: string): number | null {
+  if (!/^[0-9]{1,6}$/.test(text)) return null;
+  const ms = Number(text);
+  return ms >= 1 && ms <= MAX_WAIT_MS ? ms : null;
+}
+
+/** True when `prefix` may be asked for: empty, or made and started like a key (anything else matches no key). */
+export function isValidPrefix(prefix: string): boolean {
+  return prefix === "" || isValidKey(prefix);
+}
+
+/** The names of sorted `names` that start with `prefix` (a binary search, then a scan of the matches). */
+export function withPrefix(names: readonly string[], prefix: string): readonly string[] {
+  if (prefix === "") return names;
+  let low = 0;
+  let high = names.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if (names[mid] < prefix) low = mid + 1;
+    else high = mid;
+  }
+  let end = low;
+  while (end < names.length && names[end].startsWith(prefix)) end++;
+  return names.slice(low, end);
+}
+
+/** `changes` with only the names that start with `prefix`; the cursor stays. */
+export function changesWithPrefix(changes: Changes, prefix: string): Changes {
+  if (prefix === "") return changes;
+  return {
+    cursor: changes.cursor,
+    full: changes.full,
+    keys: changes.keys.filter(([name]) => name.startsWith(prefix)),
+    deleted: changes.deleted.filter((name) => name.startsWith(prefix)),
+  };
+}
+
+/** True when `changes` has nothing to tell: not a full listing, nothing written, nothing deleted. */
+export function nothingChanged(changes: Changes): boolean {
+  return !changes.full && changes.keys.length === 0 && changes.deleted.length === 0;
+}
+
+/** Why a held answer was let go. */
+export type Wake = "change" | "timeout" | "closed" | "gone";
+
+/** Options of {@link Watches}. */
+export interface WatchesOptions {
+  /** Answers held at once. Default {@link DEFAULT_MAX_HELD}. */
+  max?: number;
+}
+
+/**
+ * The held `/keys` answers: each waits for the store's next change, its own
+ * time limit, its client going away, or {@link Watches.close} (shutdown), and
+ * their number is bounded.
+ */
+export class Watches {
+  /** Answers held at once, at most. */
+  readonly max: number;
+  #nextChange: () => Promise<void>;
+  #waiters = new Set<(wake: Wake) => void>();
+  #listening = false;
+  #closed = false;
+  #refused = 0;
+
+  /** `nextChange` resolves at the store's next change (see `Store.nextChange`). */
+  constructor(nextChange: () => Promise<void>, options: WatchesOptions = {}) {
+    this.#nextChange = nextChange;
+    this.max = options.max ?? DEFAULT_MAX_HELD;
+  }
+
+  /** Answers held now. */
+  get held(): number {
+    return this.#waiters.size;
+  }
+
+  /** Watches answered at once because {@link Watches.max} were already held. */
+  get refused(): number {
+    return this.#refused;
+  }
+
+  /**
+   * Holds until the next change, `ms` pass, `signal` aborts (the client went
+   * away) or {@link Watches.close}; resolves with the reason. `null` when
+   * {@link Watches.max} answers are held already: the caller answers at once.
+   */
+  hold(ms: number, signal?: AbortSignal): Promise<Wake> | null {
+    if (this.#closed) return Promise.resolve("closed");
+    if (signal?.aborted) return Promise.resolve("gone");
+    if (this.#waiters.size >= this.max) {
+      this.#refused++;
+      return null;
+    }
+    return new Promise<Wake>((resolve) => {
+      const onAbort = () => finish("gone");
+      const finish = (wake: Wake) => {
+        if (!this.#waiters.delete(finish)) return;
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        resolve(wake);
+      };
+      const timer = setTimeout(finish, ms, "timeout");
+      this.#waiters.add(finish);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#listen();
+    });
+  }
+
+  /** Lets every held answer go at once, and holds none from now on (shutdown). */
+  close(): void {
+    this.#closed = true;
+    this.#wakeAll("closed");
+  }
+
+  #listen(): void {
+    if (this.#listening) return;
+    this.#listening = true;
+    void this.#nextChange().then(() => {
+      this.#listening = false;
+      this.#wakeAll("change");
+    });
+  }
+
+  #wakeAll(wake: Wake): void {
+    for (const finish of [...this.#waiters]) finish(wake);
+  }
+}
+
+/**
+ * What a follower's `?after=` reads wait for: the end of the poller's next
+ * tick. The poller calls {@link SyncWaits.started} when a tick starts and the
+ * function it returns when the tick ends.
+ */
+export class SyncWaits {
+  #waiting = new Set<{ resolve: () => void; timer: NodeJS.Timeout }>();
+  #closed = false;
+
+  /**
+   * Resolves when the next tick that starts within `maxStartMs` has ended; at
+   * `maxStartMs` when none started by then; at once after {@link SyncWaits.close}.
+   */
+  next(maxStartMs: number): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const waiter = {
+        resolve,
+        timer: setTimeout(() => {
+          this.#waiting.delete(waiter);
+          resolve();
+        }, maxStartMs),
+      };
+      this.#waiting.add(waiter);
+    });
+  }
+
+  /** A tick starts: whoever waits now waits for its end. Returns what to call when it ends. */
+  started(): () => void {
+    if (this.#waiting.size === 0) return noop;
+    const waiters = [...this.#waiting];
+    this.#waiting.clear();
+    for (const waiter of waiters) clearTimeout(waiter.timer);
+    return () => {
+      for (const waiter of waiters) waiter.resolve();
+    };
+  }
+
+  /** The poller stopped: lets everyone who waits for a tick to start go, now and from now on. */
+  close(): void {
+    this.#closed = true;
+    for (const waiter of this.#waiting) {
+      clearTimeout(waiter.timer);
+      waiter.resolve();
+    }
+    this.#waiting.clear();
+  }
+}
+
+function noop(): void {}
