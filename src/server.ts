@@ -21,6 +21,7 @@ import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { Metrics, sample } from "./metrics.ts";
 import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
+import { CHALLENGE, type Tokens } from "./tokens.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
 export interface ReplicaState {
@@ -45,6 +46,8 @@ export interface ServerOptions {
   log: Logger;
   /** The follower's poller; absent on a leader. */
   replica?: ReplicaState;
+  /** Who may write and read (the token files, `tokens.ts`). Default: everything open. */
+  access?: Pick<Tokens, "refusal">;
   /** Request counters. Default: a new {@link Metrics}. */
   metrics?: Metrics;
   /** Time allowed for a request's headers. Default 10 000 ms. */
@@ -59,6 +62,7 @@ const OK = 200;
 const NOT_MODIFIED = 304;
 const TEMPORARY_REDIRECT = 307;
 const BAD_REQUEST = 400;
+const UNAUTHORIZED = 401;
 const NOT_FOUND = 404;
 const METHOD_NOT_ALLOWED = 405;
 const REQUEST_TIMEOUT = 408;
@@ -80,7 +84,7 @@ const DRAIN_LIMIT = 1024 * 1024;
 
 /** Creates (but does not start) the HTTP server of a leader or a follower. */
 export function createMehdbServer(options: ServerOptions): Server {
-  const { store, role, leaderUrl, maxValueBytes, log, replica } = options;
+  const { store, role, leaderUrl, maxValueBytes, log, replica, access } = options;
   const metrics = options.metrics ?? new Metrics();
 
   function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
@@ -92,6 +96,8 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (req.headers.host === undefined && req.httpVersion === "1.1") {
       return refuse(req, res, "other", BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
     }
+    const denied = access?.refusal(req, path); // tokens: before routing, so a follower refuses before it redirects
+    if (denied) return refuse(req, res, "auth", UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
 
     if (path.startsWith("/get/")) {
       if (method !== "GET" && method !== "HEAD") return refuseMethod(req, res, "get", "GET, HEAD");

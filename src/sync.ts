@@ -20,6 +20,7 @@ import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
 import type { Changes, Staged, Store } from "./store.ts";
+import { authorizationHeader, leaderRefusal } from "./tokens.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -35,6 +36,8 @@ export interface PollerOptions {
   concurrency?: number;
   /** Time allowed for each request to the leader, in ms. Default 10 000. */
   timeoutMs?: number;
+  /** The `Authorization` value sent on every request to the leader, asked each time (tokens rotate). Default: none. */
+  authorization?: () => string | undefined;
 }
 
 /** Values copied per commit (each holds an open file until then). */
@@ -71,7 +74,7 @@ export class Poller implements ReplicaState {
   #skippedNames = new Set<string>();
 
   constructor(options: PollerOptions) {
-    this.#options = { concurrency: 8, timeoutMs: 10_000, ...options };
+    this.#options = { concurrency: 8, timeoutMs: 10_000, authorization: () => undefined, ...options };
     this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
   }
 
@@ -145,6 +148,7 @@ export class Poller implements ReplicaState {
     const res = await this.#get(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}`);
     if (res.statusCode !== 200) {
       res.resume();
+      if (res.statusCode === 401) throw new Error(leaderRefusal(this.#options.authorization() !== undefined)); // tokens
       throw new Error(`leader answered ${res.statusCode} to GET /keys`);
     }
     const listing: unknown = JSON.parse((await readAll(res, MAX_LISTING_BYTES)).toString("utf8"));
@@ -273,6 +277,7 @@ export class Poller implements ReplicaState {
             agent: this.#agent,
             signal: this.#abort.signal,
             timeout: this.#options.timeoutMs,
+            headers: authorizationHeader(this.#options.authorization()), // tokens
           }, (res) => {
             res.setTimeout(this.#options.timeoutMs, () => res.destroy(new Error(`timed out reading ${path}`)));
             resolve(res);
