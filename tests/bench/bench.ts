@@ -13,7 +13,7 @@ import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type W
 import { startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
 import { populate } from "./populate.ts";
-import { haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import { cpuSeconds, haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
@@ -141,13 +141,23 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       const theirs: LoadResult[] = [];
       const tokened: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
+      // With --read-token, the CPU time each GET leader spends per request, per repetition.
+      const cpuPlain: (number | null)[] = [];
+      const cpuToken: (number | null)[] = [];
+      const measured = async (node: Node, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
+        const before = cpuSeconds(node.child.pid);
+        const result = await work();
+        const after = cpuSeconds(node.child.pid);
+        cpu.push(before === null || after === null || result.requests === 0 ? null : ((after - before) * 1e6) / result.requests);
+        return result;
+      };
       for (let i = 0; i < o.reps; i++) {
         // Odd repetitions run in the reverse order, so that a drift of the machine
         // (other work, page cache, disk) weighs on both sides of each ratio alike.
         const steps = [
           async () => void theirs.push(await runLoad(load, { ...base, port: ceilingPort })),
-          async () => void mine.push(await runLoad(load, { ...base, port: leader.port })),
-          async () => void (withToken && tokened.push(await runLoad(tokenLoad, { ...base, port: withToken.port }))),
+          async () => void mine.push(await measured(leader, cpuPlain, () => runLoad(load, { ...base, port: leader.port }))),
+          async () => void (withToken && tokened.push(await measured(withToken, cpuToken, () => runLoad(tokenLoad, { ...base, port: withToken.port })))),
           async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, serverCpus))),
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
@@ -166,6 +176,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
           ceiling: w.ceiling,
           ratioToCeiling: median(tokened.map((m, i) => ratio(m.rps, theirs[i]!.rps))),
           ratioToPlain: median(tokened.map((m, i) => ratio(m.rps, mine[i]!.rps))),
+          cpuUsPerRequest: { with: median(cpuToken), without: median(cpuPlain) },
         };
       }
       if (w.fsync) {

@@ -2,7 +2,7 @@
 // printed on stdout, and the list of figures every run must produce.
 
 import type { LagResult, IdleResult } from "./replication.ts";
-import { round } from "./stats.ts";
+import { ratio, round } from "./stats.ts";
 
 /** Throughput and latency of one workload: medians over the repetitions. */
 export interface Throughput {
@@ -31,6 +31,8 @@ export interface Workload {
 export interface ReadTokenWorkload extends Workload {
   /** Median over the repetitions of (leader with a read token) / (leader without) req/s. */
   ratioToPlain: number | null;
+  /** CPU time of the server per GET answered (µs, medians over the repetitions), with and without the token. */
+  cpuUsPerRequest: { with: number | null; without: number | null };
 }
 
 /** One checked target. */
@@ -156,7 +158,9 @@ export function formatTable(r: Results): string {
   out.push(`${pad("  ceiling latency p50/p99", 28)}${[r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`).join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
   out.push(`${pad("  fsync loop p50/p99", 28)}${[r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`).join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
   if (r.getReadToken) {
-    out.push(`${pad("  read token vs none", 28)}ratio to the ceiling ${n(r.getReadToken.ratioToCeiling, 3)} with, ${n(r.get.ratioToCeiling, 3)} without; with / without ${n(r.getReadToken.ratioToPlain, 3)} (per-repetition ${r.getReadToken.mehdb.runs.map((v, i) => n(v / (r.get.mehdb.runs[i] ?? NaN), 3)).join(", ")})`);
+    const t = r.getReadToken;
+    out.push(`${pad("  read token vs none", 28)}ratio to the ceiling ${n(t.ratioToCeiling, 3)} with, ${n(r.get.ratioToCeiling, 3)} without; with / without ${n(t.ratioToPlain, 3)} (per-repetition ${t.mehdb.runs.map((v, i) => n(v / (r.get.mehdb.runs[i] ?? NaN), 3)).join(", ")})`);
+    out.push(`${pad("", 28)}server CPU per GET ${n(t.cpuUsPerRequest.with, 2)} µs with, ${n(t.cpuUsPerRequest.without, 2)} µs without (${n(ratio(t.cpuUsPerRequest.without, t.cpuUsPerRequest.with), 3)} of the rate the CPU allows)`);
   }
   const fails = [r.get, ...(r.getReadToken ? [r.getReadToken] : []), r.put50, r.put64k].reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
   if (fails > 0) out.push(`  WARNING: ${fails} failed requests (errors or non-2xx) during the load runs`);
