@@ -36,7 +36,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NAMESPACE = 'default';
 const LEADER_HOST = `mehdb-0.mehdb.${NAMESPACE}.svc.cluster.local`;
 const PORT = 9876;
-const GRACE_S = 10; // as terminationGracePeriodSeconds in k8s/statefulset.yaml
+const GRACE_S = 10; // as terminationGracePeriodSeconds in k8s/base/statefulset.yaml
 const STOP_WITHIN_MS = 5_000; // "well before the grace runs out"
 const READY_WITHIN_MS = 30_000;
 
