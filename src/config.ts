@@ -46,6 +46,10 @@ export interface Config {
   maxValueBytes: number;
   /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 16 MiB (0 turns it off). */
   cacheBytes: number;
+  /** File holding the write token. `MEHDB_WRITE_TOKEN_FILE`, default none (writes open). */
+  writeTokenFile: string | null;
+  /** File holding the read token. `MEHDB_READ_TOKEN_FILE`, default none (reads open). */
+  readTokenFile: string | null;
 }
 
 /** A configuration value that cannot be used; the message is one line. */
@@ -158,6 +162,8 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
     syncTimeoutMs: integer(env, "MEHDB_SYNC_TIMEOUT_MS", DEFAULTS.syncTimeoutMs, 100, 3_600_000),
     maxValueBytes: integer(env, "MEHDB_MAX_VALUE_BYTES", DEFAULTS.maxValueBytes, 1, 2 ** 40),
     cacheBytes: integer(env, "MEHDB_CACHE_BYTES", DEFAULTS.cacheBytes, 0, 2 ** 40),
+    writeTokenFile: nonEmpty(env.MEHDB_WRITE_TOKEN_FILE) ?? null,
+    readTokenFile: nonEmpty(env.MEHDB_READ_TOKEN_FILE) ?? null,
   };
 }
 

@@ -14,11 +14,13 @@ import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
 import type { Entry, Store } from "./store.ts";
+import type { Tokens } from "./tokens.ts";
 
 export const OK = 200;
 export const NOT_MODIFIED = 304;
 export const TEMPORARY_REDIRECT = 307;
 export const BAD_REQUEST = 400;
+export const UNAUTHORIZED = 401;
 export const NOT_FOUND = 404;
 export const METHOD_NOT_ALLOWED = 405;
 export const REQUEST_TIMEOUT = 408;
@@ -43,6 +45,8 @@ export interface Context {
   replica: ReplicaState | undefined;
   /** Request counters. */
   metrics: Metrics;
+  /** Who may write and read (the token files); `undefined`: everything open. */
+  access: Pick<Tokens, "refusal"> | undefined;
   /** This node's host name, shown on the status page. */
   host: string;
   /** The followers that poll this leader; `null` on a follower. */

@@ -14,6 +14,7 @@ import { createLogger, type Logger } from "./log.ts";
 import { createMehdbServer } from "./server.ts";
 import { Store } from "./store.ts";
 import { Poller } from "./sync.ts";
+import { TokenFileError, Tokens } from "./tokens.ts";
 
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;
@@ -24,6 +25,14 @@ async function main(log: Logger): Promise<void> {
     config = loadConfig(process.env, hostname());
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
+    process.exit(2);
+  }
+  let tokens: Tokens | undefined; // tokens: read the token files, exit 2 if one cannot be used
+  try {
+    tokens = Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
+  } catch (error) {
+    if (!(error instanceof TokenFileError)) throw error;
     process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
     process.exit(2);
   }
@@ -61,6 +70,7 @@ async function main(log: Logger): Promise<void> {
     ignored_leader: config.ignoredLeaderUrl ?? undefined,
     reason: config.roleReason,
   });
+  log("access", tokens?.describe() ?? { writes: "open", reads: "open" });
 
   try {
     parts.store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });
@@ -73,7 +83,7 @@ async function main(log: Logger): Promise<void> {
   if (stopping) return;
 
   const poller = config.role === "follower" && config.leaderUrl !== null
-    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log, host: config.host })
+    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log, host: config.host, authorization: () => tokens?.leaderAuthorization() })
     : undefined;
   const server = createMehdbServer({
     store,
@@ -83,6 +93,7 @@ async function main(log: Logger): Promise<void> {
     log,
     replica: poller,
     host: config.host,
+    access: tokens,
   });
   server.on("error", (error: NodeJS.ErrnoException) => {
     process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);

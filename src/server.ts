@@ -38,6 +38,7 @@ import {
   REQUEST_TIMEOUT,
   send,
   TEMPORARY_REDIRECT,
+  UNAUTHORIZED,
   type Context,
   type Exchange,
 } from "./http.ts";
@@ -49,6 +50,7 @@ import { metrics, status } from "./routes/health.ts";
 import { statusPage } from "./routes/page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
 import type { Store } from "./store.ts";
+import { CHALLENGE, type Access, type Tokens } from "./tokens.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
 export interface ReplicaState extends SyncProgress {
@@ -75,6 +77,8 @@ export interface ServerOptions {
   replica?: ReplicaState;
   /** This node's host name, shown on the status page. Default: the role. */
   host?: string;
+  /** Who may write and read (the token files, `tokens.ts`). Default: everything open. */
+  access?: Pick<Tokens, "refusal">;
   /** Request counters. Default: a new {@link Metrics}. */
   metrics?: Metrics;
   /** Time allowed for a request's headers. Default `DEFAULTS.headersTimeoutMs` (10 s). */
@@ -92,35 +96,47 @@ type Handler = (x: Exchange) => void | Promise<void>;
 interface Route {
   /** The label of its answers in `mehdb_http_requests_total`. */
   label: string;
+  /** Which token it needs when tokens are set: `write` (a follower redirects these to its leader), `read`, `open`. */
+  access: Access;
   /** Handlers by method; the keys make the `Allow` header of a `405`. */
   methods: Readonly<Record<string, Handler>>;
-  /** True for writes: a follower answers them with a redirect to its leader. */
-  leaderOnly?: boolean;
   /** The methods as an `Allow` header (derived from `methods`). */
   allow: string;
 }
 
-function route(label: string, methods: Record<string, Handler>, leaderOnly = false): Route {
-  return { label, methods, leaderOnly, allow: Object.keys(methods).join(", ") };
+function route(label: string, access: Access, methods: Record<string, Handler>): Route {
+  return { label, access, methods, allow: Object.keys(methods).join(", ") };
 }
 
 /** Routes whose path starts with a prefix (the rest names a key). */
 const PREFIX_ROUTES: ReadonlyMap<string, Route> = new Map([
-  ["/get/", route("get", { GET: getValue, HEAD: getValue })],
-  ["/set/", route("set", { PUT: putValue, DELETE: deleteValue }, true)],
+  ["/get/", route("get", "read", { GET: getValue, HEAD: getValue })],
+  ["/set/", route("set", "write", { PUT: putValue, DELETE: deleteValue })],
 ]);
 
 /** Routes with an exact path. */
 const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
-  ["/keys", route("keys", { GET: listKeys, HEAD: listKeys })],
-  ["/values", route("values", { GET: sendValues, HEAD: sendValues })],
-  ["/status", route("status", { GET: status, HEAD: status })],
-  ["/metrics", route("metrics", { GET: metrics, HEAD: metrics })],
-  ["/", route("page", { GET: statusPage, HEAD: statusPage })],
+  ["/keys", route("keys", "read", { GET: listKeys, HEAD: listKeys })],
+  ["/values", route("values", "read", { GET: sendValues, HEAD: sendValues })],
+  ["/status", route("status", "open", { GET: status, HEAD: status })],
+  ["/metrics", route("metrics", "open", { GET: metrics, HEAD: metrics })],
+  ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
 ]);
 
 /** The answers of a path no route takes. */
-const UNROUTED = route("other", {});
+const UNROUTED = route("other", "open", {});
+
+/** The route of a request path, or `undefined` when none takes it. */
+function routeOf(path: string): { route: Route; prefix: string | null } | undefined {
+  const prefix = path.startsWith("/get/") ? "/get/" : path.startsWith("/set/") ? "/set/" : null;
+  const found = prefix === null ? EXACT_ROUTES.get(path) : PREFIX_ROUTES.get(prefix);
+  return found && { route: found, prefix };
+}
+
+/** What a request path needs when tokens are set, from the route table: `write`, `read` or `open`. */
+export function accessOf(path: string): Access {
+  return routeOf(path)?.route.access ?? "open";
+}
 
 /** Every method some route takes (the `Allow` of a CONNECT). */
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
@@ -131,14 +147,14 @@ function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expec
   const q = url.indexOf("?");
   const path = q < 0 ? url : url.slice(0, q);
   const query = q < 0 ? "" : url.slice(q + 1);
-  const prefix = path.startsWith("/get/") ? "/get/" : path.startsWith("/set/") ? "/set/" : null;
-  const found = prefix === null ? EXACT_ROUTES.get(path) : PREFIX_ROUTES.get(prefix);
+  const routed = routeOf(path);
+  const found = routed?.route;
   const x: Exchange = {
     ctx,
     req,
     res,
     route: (found ?? UNROUTED).label,
-    rest: prefix === null ? "" : path.slice(prefix.length),
+    rest: routed?.prefix ? path.slice(routed.prefix.length) : "",
     query,
     expectsContinue,
   };
@@ -149,9 +165,12 @@ function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expec
   if (found === undefined) {
     return refuse(x, NOT_FOUND, `not found: ${path.slice(0, 100)} (try /, /get/KEY, /set/KEY, /keys, /status, /metrics)`);
   }
+  // Before the method and the redirect: a follower refuses a bad token itself, a good one gets the 307.
+  const denied = found.access === "open" ? null : ctx.access?.refusal(req, found.access);
+  if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
-  if (found.leaderOnly && ctx.role === "follower") return redirectToLeader(x);
+  if (found.access === "write" && ctx.role === "follower") return redirectToLeader(x);
   return handler(x);
 }
 
@@ -178,6 +197,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     log: options.log,
     replica: options.replica,
     metrics: options.metrics ?? new Metrics(),
+    access: options.access,
     host: options.host ?? options.role,
     followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
     consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, replica: options.replica }),

@@ -22,6 +22,7 @@ import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
 import type { Changes, Staged, Store } from "./store.ts";
 import { cursorReached, SyncWaits } from "./watch.ts";
+import { authorizationHeader, leaderRefusal } from "./tokens.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -38,7 +39,9 @@ export interface PollerOptions {
   /** Time allowed for each request to the leader, in ms. Default 10 000. */
   timeoutMs?: number;
   /** This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host name). Default: none. */
-  host?: string; // issue 14
+  host?: string;
+  /** The `Authorization` value sent on every request to the leader, asked each time (tokens rotate). Default: none. */
+  authorization?: () => string | undefined;
 }
 
 /** Values copied per commit (each holds an open file until then). */
@@ -77,7 +80,7 @@ export class Poller implements ReplicaState {
   #syncWaits = new SyncWaits();
 
   constructor(options: PollerOptions) {
-    this.#options = { concurrency: 8, timeoutMs: 10_000, host: "", ...options }; // issue 14: host
+    this.#options = { concurrency: 8, timeoutMs: 10_000, host: "", authorization: () => undefined, ...options };
     this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
   }
 
@@ -166,6 +169,7 @@ export class Poller implements ReplicaState {
     const res = await this.#get(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}`);
     if (res.statusCode !== 200) {
       res.resume();
+      if (res.statusCode === 401) throw new Error(leaderRefusal(this.#options.authorization() !== undefined)); // tokens
       throw new Error(`leader answered ${res.statusCode} to GET /keys`);
     }
     const listing: unknown = JSON.parse((await readAll(res, MAX_LISTING_BYTES)).toString("utf8"));
@@ -294,7 +298,7 @@ export class Poller implements ReplicaState {
             agent: this.#agent,
             signal: this.#abort.signal,
             timeout: this.#options.timeoutMs,
-            headers: followerHeaders(this.#options.host), // issue 14: the leader lists its followers
+            headers: { ...followerHeaders(this.#options.host), ...authorizationHeader(this.#options.authorization()) },
           }, (res) => {
             res.setTimeout(this.#options.timeoutMs, () => res.destroy(new Error(`timed out reading ${path}`)));
             resolve(res);

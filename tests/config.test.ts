@@ -146,3 +146,13 @@ test("the role line of a real process names the leader address it ignores", asyn
   assert.match(line, /event=role role=leader ignored_leader=http:\/\/127\.0\.0\.1:9 reason="[^"]*MEHDB_LEADER_URL[^"]* is ignored/);
   assert.equal(await mehdb.stop(), 0);
 });
+
+test("MEHDB_WRITE_TOKEN_FILE and MEHDB_READ_TOKEN_FILE: paths, none by default (the files are read by tokens.ts)", () => {
+  const none = loadConfig({}, "mehdb-0");
+  assert.equal(none.writeTokenFile, null);
+  assert.equal(none.readTokenFile, null);
+  const both = loadConfig({ MEHDB_WRITE_TOKEN_FILE: " /etc/mehdb/tokens/write ", MEHDB_READ_TOKEN_FILE: "/etc/mehdb/tokens/read" }, "mehdb-1");
+  assert.equal(both.writeTokenFile, "/etc/mehdb/tokens/write");
+  assert.equal(both.readTokenFile, "/etc/mehdb/tokens/read");
+  assert.equal(loadConfig({ MEHDB_READ_TOKEN_FILE: "  " }, "mehdb-0").readTokenFile, null);
+});

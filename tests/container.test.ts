@@ -3,7 +3,10 @@
 // builds the real Containerfile on a local Node 24 base, runs mehdb-0 (leader)
 // and mehdb-1 (follower) on their own volumes, writes through the follower
 // with `curl -L`, reads from the follower, scales to 4, deletes and re-creates
-// mehdb-1 on its volume, and stops every container with a 10 s grace.
+// mehdb-1 on its volume, and stops every container with a 10 s grace. Then
+// once more with tokens (issue 12): a token directory mounted read-only into
+// a new leader and follower, writes and reads with and without the tokens,
+// curl -L with and without --location-trusted, and a rotation of the files.
 //
 // Skipped, with the reason printed, where podman (or runc, curl) is missing.
 // Every container, volume and image tag it makes carries this run's id and is
@@ -12,7 +15,7 @@
 import { describe, it, before, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,14 +36,16 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NAMESPACE = 'default';
 const LEADER_HOST = `mehdb-0.mehdb.${NAMESPACE}.svc.cluster.local`;
 const PORT = 9876;
-const GRACE_S = 10; // as terminationGracePeriodSeconds in k8s/statefulset.yaml
+const GRACE_S = 10; // as terminationGracePeriodSeconds in k8s/base/statefulset.yaml
 const STOP_WITHIN_MS = 5_000; // "well before the grace runs out"
 const READY_WITHIN_MS = 30_000;
 
 const runId = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
 const image = `localhost/mehdb-test:${runId}`;
-const containerName = (n: number): string => `mehdb-${n}-${runId}`;
-const volumeName = (n: number): string => `mehdb-data-${n}-${runId}`;
+/** `tok-` for the walkthrough with tokens, whose containers and volumes are new ones. */
+let variant = '';
+const containerName = (n: number): string => `mehdb-${variant}${n}-${runId}`;
+const volumeName = (n: number): string => `mehdb-data-${variant}${n}-${runId}`;
 
 // What this run made, to be removed in `after`.
 const made = { containers: new Set<string>(), volumes: new Set<string>(), images: new Set<string>() };
@@ -87,7 +92,7 @@ async function createVolume(name: string): Promise<void> {
 }
 
 /** `podman run -d` of pod N, as the StatefulSet would start it, and waits until it is ready. */
-async function startPod(n: number, extraEnv: string[] = []): Promise<Pod> {
+async function startPod(n: number, extraEnv: string[] = [], extraArgs: string[] = []): Promise<Pod> {
   const name = containerName(n);
   const args = [
     'run', '-d',
@@ -100,6 +105,7 @@ async function startPod(n: number, extraEnv: string[] = []): Promise<Pod> {
     '-p', `127.0.0.1::${PORT}`,
     '-e', `MEHDB_NAMESPACE=${NAMESPACE}`,
     ...extraEnv.flatMap((e) => ['-e', e]),
+    ...extraArgs,
   ];
   if (n > 0) {
     const leader = pods.get(0);
@@ -175,17 +181,17 @@ async function curlPutFollowing(via: Pod, key: string, file: string): Promise<st
   return r.stdout;
 }
 
-async function get(pod: Pod, key: string): Promise<{ status: number; body: string }> {
-  const r = await http(`${pod.url}/get/${key}`);
+async function get(pod: Pod, key: string, headers?: Record<string, string>): Promise<{ status: number; body: string }> {
+  const r = await http(`${pod.url}/get/${key}`, { headers });
   return { status: r.status, body: r.body };
 }
 
 /** Waits until pod serves `value` for `key` (a follower copies within its poll interval, 1 s by default). */
-async function waitValue(pod: Pod, key: string, value: string, timeoutMs = 15_000): Promise<void> {
+async function waitValue(pod: Pod, key: string, value: string, timeoutMs = 15_000, headers?: Record<string, string>): Promise<void> {
   await waitFor(
     `${pod.name} to serve ${key}`,
     async () => {
-      const r = await get(pod, key);
+      const r = await get(pod, key, headers);
       if (r.status === 200 && r.body === value) return true;
       throw new Error(`GET /get/${key} on ${pod.name}: ${r.status} ${JSON.stringify(r.body.slice(0, 80))}`);
     },
@@ -376,5 +382,97 @@ if (skipReason) {
     step(`podman stop -t ${GRACE_S} of each pod exits 0 well before the grace runs out`, async () => {
       for (const n of [3, 2, 1, 0]) await stopPod(n);
     }, 120_000);
+
+    // Once more with tokens: the Secret of k8s/with-tokens/ is a host directory mounted read-only.
+    const WRITE = `w-${randomBytes(18).toString('base64url')}`;
+    const READ = `r-${randomBytes(18).toString('base64url')}`;
+    const WRITE_2 = `w2-${randomBytes(18).toString('base64url')}`;
+    const READ_2 = `r2-${randomBytes(18).toString('base64url')}`;
+    const TOKEN_DIR = '/etc/mehdb/tokens';
+    const auth = (token: string): Record<string, string> => ({ Authorization: `Bearer ${token}` });
+    let tokenDir = '';
+
+    /** The jump pod's `curl -L -XPUT -T FILE -H "Authorization: Bearer TOKEN"` through a follower, with `extra` flags. */
+    async function curlWithToken(via: Pod, key: string, file: string, token: string, extra: string[]): Promise<string> {
+      const leader = pods.get(0)!;
+      const args = [
+        '-sS', '--max-time', '20', '-XPUT', '-T', file, '-H', `Authorization: Bearer ${token}`, ...extra,
+        '--connect-to', `${LEADER_HOST}:${PORT}:127.0.0.1:${leader.port}`,
+        '-w', '%{http_code}\\n', `${via.url}/set/${key}`,
+      ];
+      const r = await run('curl', args, { timeoutMs: 30_000 });
+      assert.equal(r.code, 0, describeRun('curl', args, r));
+      return r.stdout;
+    }
+
+    step('with tokens: a new leader and follower start with the token files mounted read-only; the follower syncs with its read token', async () => {
+      variant = 'tok-';
+      pods.clear();
+      tokenDir = path.join(tmp, 'tokens');
+      mkdirSync(tokenDir, { mode: 0o755 });
+      chmodSync(tokenDir, 0o755);
+      // Readable by uid 1000 in the container (the Secret volume gets group 1000 through fsGroup).
+      writeFileSync(path.join(tokenDir, 'write'), `${WRITE}\n`, { mode: 0o644 });
+      writeFileSync(path.join(tokenDir, 'read'), `${READ}\n`, { mode: 0o644 });
+      const env = [`MEHDB_WRITE_TOKEN_FILE=${TOKEN_DIR}/write`, `MEHDB_READ_TOKEN_FILE=${TOKEN_DIR}/read`];
+      const mount = ['-v', `${tokenDir}:${TOKEN_DIR}:ro`];
+      await createVolume(volumeName(0));
+      await createVolume(volumeName(1));
+      const leader = await startPod(0, env, mount);
+      await startPod(1, env, mount); // ready = synced once, through the leader's read check
+      const mounts = JSON.parse((await mustPodman(['inspect', '-f', '{{json .Mounts}}', leader.name])).stdout) as { Destination: string; RW: boolean }[];
+      assert.equal(mounts.find((m) => m.Destination === TOKEN_DIR)?.RW, false, 'the token directory is mounted read-only');
+      assert.match(await logsOf(leader.name), /event=access writes=write-token reads=read-or-write-token/);
+    });
+
+    step('with tokens: the follower answers 401 (one line, WWW-Authenticate) without a token, the 307 with the write token', async () => {
+      const follower = pods.get(1)!;
+      const none = await http(`${follower.url}/set/test`, { method: 'PUT', body: 'not stored\n' });
+      assert.equal(none.status, 401);
+      assert.equal(none.headers.get('www-authenticate'), 'Bearer realm="mehdb"');
+      assert.match(none.body, /^unauthorized: [^\n]*--location-trusted[^\n]*\n$/);
+      assert.equal(none.headers.get('location'), null);
+      const good = await http(`${follower.url}/set/test`, { method: 'PUT', body: 'not stored\n', headers: auth(WRITE) });
+      assert.equal(good.status, 307);
+      assert.equal(good.headers.get('location'), `http://${LEADER_HOST}:${PORT}/set/test`);
+      assert.equal((await http(`${follower.url}/status?level=full`)).status, 200, '/status stays open');
+    });
+
+    step('with tokens: curl -L drops the token on the redirect (the leader says 401); --location-trusted writes through the follower', async () => {
+      const file = path.join(tmp, 'secret-test');
+      writeFileSync(file, 'token data\n');
+      const dropped = await curlWithToken(pods.get(1)!, 'tok', file, WRITE, ['-L']);
+      assert.match(dropped, /no Authorization header[^\n]*--location-trusted[^\n]*\n401\n$/, 'the leader\'s 401, with the hint');
+      assert.equal((await get(pods.get(0)!, 'tok', auth(READ))).status, 404);
+      assert.equal(await curlWithToken(pods.get(1)!, 'tok', file, WRITE, ['--location-trusted']), 'WRITE completed\n200\n');
+      await waitValue(pods.get(1)!, 'tok', 'token data\n', 15_000, auth(READ));
+      assert.equal((await get(pods.get(1)!, 'tok')).status, 401, 'reads need the read token');
+      assert.equal((await get(pods.get(1)!, 'tok', auth(WRITE))).status, 200, 'or the write token');
+    });
+
+    step('with tokens: new token files renamed into the mounted directory apply without a restart, the old ones stop working', async () => {
+      for (const [name, token] of [['write', WRITE_2], ['read', READ_2]] as const) {
+        writeFileSync(path.join(tokenDir, `.${name}.new`), token, { mode: 0o644 });
+        renameSync(path.join(tokenDir, `.${name}.new`), path.join(tokenDir, name));
+      }
+      const leader = pods.get(0)!;
+      await waitFor('the new write token to work on the leader', async () => {
+        const r = await http(`${leader.url}/set/rotated`, { method: 'PUT', body: 'after rotation\n', headers: auth(WRITE_2) });
+        return r.status === 200 ? true : undefined;
+      }, 15_000);
+      assert.equal((await http(`${leader.url}/set/rotated`, { method: 'PUT', body: 'old\n', headers: auth(WRITE) })).status, 401);
+      assert.equal((await get(leader, 'rotated', auth(READ))).status, 401, 'the old read token is refused');
+      // The follower polls with its new read token and copies the new value.
+      await waitValue(pods.get(1)!, 'rotated', 'after rotation\n', 15_000, auth(READ_2));
+      for (const n of [0, 1]) {
+        const logs = await logsOf(pods.get(n)!.name);
+        assert.match(logs, /event=token-changed variable=MEHDB_WRITE_TOKEN_FILE/);
+        for (const token of [WRITE, READ, WRITE_2, READ_2]) assert.ok(!logs.includes(token), `no token in ${pods.get(n)!.name}'s log`);
+      }
+    });
+
+    step('with tokens: podman stop of each pod exits 0', async () => {
+      for (const n of [1, 0]) await stopPod(n);
+    }, 60_000);
   });
 }

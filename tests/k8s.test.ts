@@ -1,7 +1,7 @@
 // The Kubernetes manifests in k8s/, rendered the way a user applies them
-// (`kubectl -n mehdb apply -k k8s/`), checked against what DESIGN.md and
-// issue 4 ask of them. Needs kubectl (for `kubectl kustomize`); without it the
-// suite is skipped and says why.
+// (`kubectl -n mehdb apply -k k8s/`, and `-k k8s/with-tokens/`), checked
+// against what DESIGN.md and issues 4 and 12 ask of them. Needs kubectl (for
+// `kubectl kustomize`); without it the suite is skipped and says why.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -11,6 +11,8 @@ import path from 'node:path';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const k8sDir = path.join(root, 'k8s');
+const baseDir = path.join(k8sDir, 'base');
+const tokensDir = path.join(k8sDir, 'with-tokens');
 
 // Loosely typed view of a rendered object: the assertions say what they expect.
 type Obj = Record<string, any>;
@@ -52,6 +54,20 @@ function splitJsonStream(text: string): Obj[] {
   return out;
 }
 
+/** `kubectl kustomize DIR`: the YAML and its objects. */
+function render(dir: string): { yaml: string; objects: Obj[] } {
+  const yaml = execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 30_000 });
+  // kubectl has no offline YAML-to-JSON command, but `label --local` parses
+  // the objects with kubectl's own decoder and prints them as JSON without
+  // asking a server. Removing a label that is not there changes nothing we check.
+  const json = execFileSync('kubectl', ['label', '--local', '-f', '-', '-o', 'json', 'mehdb.test/unused-'], {
+    input: yaml,
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  return { yaml, objects: splitJsonStream(json) };
+}
+
 const skipReason = kubectlMissing();
 // A skipped suite is not counted in the runner's totals: skip a test instead,
 // so that the summary says `skipped 1` along with the reason.
@@ -66,16 +82,7 @@ else describe('k8s/ manifests (kubectl kustomize k8s/)', () => {
   let ctr: Obj; // the mehdb container
 
   before(() => {
-    yaml = execFileSync('kubectl', ['kustomize', k8sDir], { encoding: 'utf8', timeout: 30_000 });
-    // kubectl has no offline YAML-to-JSON command, but `label --local` parses
-    // the objects with kubectl's own decoder and prints them as JSON without
-    // asking a server. Removing a label that is not there changes nothing we check.
-    const json = execFileSync('kubectl', ['label', '--local', '-f', '-', '-o', 'json', 'mehdb.test/unused-'], {
-      input: yaml,
-      encoding: 'utf8',
-      timeout: 30_000,
-    });
-    objects = splitJsonStream(json);
+    ({ yaml, objects } = render(k8sDir));
     const find = (kind: string): Obj => {
       const found = objects.filter((o) => o.kind === kind);
       assert.equal(found.length, 1, `exactly one ${kind} in k8s/, found ${found.length}`);
@@ -89,8 +96,9 @@ else describe('k8s/ manifests (kubectl kustomize k8s/)', () => {
     ctr = pod.containers[0];
   });
 
-  it('renders a StatefulSet, a Service and a PodDisruptionBudget named mehdb, and nothing else', () => {
+  it('renders a StatefulSet, a Service, a PodDisruptionBudget and a NetworkPolicy named mehdb, and nothing else', () => {
     assert.deepEqual(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+      'NetworkPolicy/mehdb',
       'PodDisruptionBudget/mehdb',
       'Service/mehdb',
       'StatefulSet/mehdb',
@@ -231,15 +239,99 @@ else describe('k8s/ manifests (kubectl kustomize k8s/)', () => {
     else assert.ok(pdb.spec.minAvailable < sts.spec.replicas, 'minAvailable below replicas, or drains block');
   });
 
-  it('the image is named in one place: kustomization.yaml `images:`', () => {
+  it('k8s/kustomization.yaml is the base as it is; no token is set without k8s/with-tokens/', () => {
     const kust = readFileSync(path.join(k8sDir, 'kustomization.yaml'), 'utf8');
+    assert.match(kust, /^resources:\s*\n\s*- base\s*$/m);
+    assert.doesNotMatch(kust, /^(patches|images|namespace):/m);
+    assert.ok(!ctr.env?.some((e: Obj) => /TOKEN/.test(e.name)), 'no token variable');
+  });
+
+  it('NetworkPolicy: port 9876 of the pods admits only the set\'s own pods and pods labelled mehdb-client: "true"', () => {
+    const np = objects.find((o) => o.kind === 'NetworkPolicy')!;
+    assert.deepEqual(np.spec.podSelector.matchLabels, sts.spec.selector.matchLabels, 'it selects the set\'s pods');
+    assert.deepEqual(np.spec.policyTypes, ['Ingress'], 'ingress only: followers still reach the leader and DNS');
+    assert.equal(np.spec.ingress.length, 1);
+    const [rule] = np.spec.ingress;
+    assert.deepEqual(rule.ports, [{ protocol: 'TCP', port: 9876 }]);
+    // Pod selectors only (no namespaceSelector, no ipBlock): the same namespace.
+    assert.deepEqual(rule.from, [
+      { podSelector: { matchLabels: sts.spec.template.metadata.labels } },
+      { podSelector: { matchLabels: { 'mehdb-client': 'true' } } },
+    ]);
+    assert.deepEqual(sts.spec.template.metadata.labels, sts.spec.selector.matchLabels, 'the pods carry exactly the selected labels');
+  });
+
+  it('the image is named in one place: base/kustomization.yaml `images:`', () => {
+    const kust = readFileSync(path.join(baseDir, 'kustomization.yaml'), 'utf8');
     const m = /^images:\s*\n\s*- name: (\S+)\s*\n\s*newName: (\S+)\s*\n\s*newTag: "?([^"\s]+)"?\s*$/m.exec(kust);
     assert.ok(m, 'kustomization.yaml has an images: entry with name, newName and newTag');
     const [, name, newName, newTag] = m;
-    const raw = readFileSync(path.join(k8sDir, 'statefulset.yaml'), 'utf8');
+    const raw = readFileSync(path.join(baseDir, 'statefulset.yaml'), 'utf8');
     assert.match(raw, new RegExp(`^\\s*image: ${name}(\\s|$)`, 'm'), 'statefulset.yaml uses the name that images: rewrites');
     assert.equal(ctr.image, `${newName}:${newTag}`);
     assert.equal((yaml.match(/^\s*(- )?image: /gm) ?? []).length, 1, 'one image reference in all');
+  });
+});
+
+if (skipReason) it('k8s/with-tokens/ (kubectl kustomize k8s/with-tokens/)', { skip: skipReason }, () => {});
+else describe('k8s/with-tokens/ (kubectl kustomize k8s/with-tokens/)', () => {
+  let plain: Obj[] = [];
+  let objects: Obj[] = [];
+  let yaml = '';
+  let pod: Obj;
+  let ctr: Obj;
+
+  before(() => {
+    plain = render(k8sDir).objects;
+    ({ yaml, objects } = render(tokensDir));
+    const sts = objects.find((o) => o.kind === 'StatefulSet')!;
+    pod = sts.spec.template.spec;
+    ctr = pod.containers[0];
+  });
+
+  it('builds on ../base: the same objects as k8s/, only the StatefulSet differs; no Secret (the user creates it)', () => {
+    const names = (list: Obj[]): string[] => list.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+    assert.deepEqual(names(objects), names(plain));
+    assert.ok(!objects.some((o) => o.kind === 'Secret'), 'no Secret: tokens do not belong in git');
+    for (const o of objects) {
+      if (o.kind === 'StatefulSet') continue;
+      assert.deepEqual(o, plain.find((p) => p.kind === o.kind), `${o.kind} as in k8s/`);
+    }
+    const kust = readFileSync(path.join(tokensDir, 'kustomization.yaml'), 'utf8');
+    assert.match(kust, /^resources:\s*\n\s*- \.\.\/base\s*$/m);
+    assert.doesNotMatch(yaml, /^\s*namespace:/m, 'no namespace');
+  });
+
+  it('mounts the Secret mehdb-tokens read-only as a directory (no subPath, so rotation reaches the pod)', () => {
+    const volumes = (pod.volumes ?? []).filter((v: Obj) => v.secret);
+    assert.equal(volumes.length, 1);
+    const [volume] = volumes;
+    assert.equal(volume.secret.secretName, 'mehdb-tokens');
+    assert.equal(volume.secret.defaultMode, 0o440, 'owner and group (fsGroup 1000) only');
+    assert.equal(volume.secret.optional, undefined, 'not optional: without the Secret the pod waits');
+    const mounts = ctr.volumeMounts.filter((m: Obj) => m.name === volume.name);
+    assert.equal(mounts.length, 1);
+    assert.equal(mounts[0].readOnly, true);
+    assert.equal(mounts[0].subPath, undefined);
+    assert.equal(mounts[0].mountPath, '/etc/mehdb/tokens');
+    assert.equal(pod.securityContext.fsGroup, 1000, 'the group that may read the files');
+  });
+
+  it('sets MEHDB_WRITE_TOKEN_FILE and MEHDB_READ_TOKEN_FILE to the Secret\'s keys write and read, and keeps the rest', () => {
+    const env = new Map<string, Obj>((ctr.env ?? []).map((e: Obj) => [e.name, e]));
+    assert.deepEqual(env.get('MEHDB_WRITE_TOKEN_FILE'), { name: 'MEHDB_WRITE_TOKEN_FILE', value: '/etc/mehdb/tokens/write' });
+    assert.deepEqual(env.get('MEHDB_READ_TOKEN_FILE'), { name: 'MEHDB_READ_TOKEN_FILE', value: '/etc/mehdb/tokens/read' });
+    const base = plain.find((o) => o.kind === 'StatefulSet')!.spec.template.spec.containers[0];
+    for (const e of base.env) assert.deepEqual(env.get(e.name), e, `${e.name} kept`);
+    assert.equal(env.size, base.env.length + 2);
+    assert.ok(!yaml.includes('secretKeyRef'), 'the tokens are files, never environment values');
+    assert.deepEqual(ctr.volumeMounts.filter((m: Obj) => m.name !== 'tokens'), base.volumeMounts);
+  });
+
+  it('still passes the "restricted" Pod Security Standard, with probes on open paths', () => {
+    assert.deepEqual(restrictedViolations(pod), []);
+    assert.equal(ctr.livenessProbe.httpGet.path, '/status');
+    assert.equal(ctr.readinessProbe.httpGet.path, '/status?level=full');
   });
 });
 

@@ -4,7 +4,7 @@
 // Options: see options.ts (`npm run bench -- --help`).
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../helpers/mehdb.ts";
@@ -13,7 +13,7 @@ import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type W
 import { startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
 import { populate } from "./populate.ts";
-import { haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import { cpuSeconds, haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
@@ -24,6 +24,8 @@ import { median, ratio } from "./stats.ts";
 const FSYNC_LOOPS = 4;
 /** Value size of the pre-populated keys. */
 const PREPOPULATED_VALUE_BYTES = 50;
+/** The read token of `--read-token` (as long as a typical generated token). */
+const READ_TOKEN = "bench-read-token-0123456789abcdefghijklmnopqrstuv";
 /** The GET workload's value (as long as the ceiling's constant answer). */
 const GET_VALUE = "0123456789";
 
@@ -108,6 +110,18 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
+    // --read-token: a second leader whose reads need a token, GET measured in the same repetitions.
+    let tokenLeader: Node | null = null;
+    if (o.readToken) {
+      const dir = join(root, "throughput-token");
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, "bench-get"), GET_VALUE); // no PUT: that would need the write token
+      writeFileSync(join(root, "read-token"), `${READ_TOKEN}\n`);
+      tokenLeader = await startLeader(o.entry, dir, "leader-read-token", [], serverCpus, { MEHDB_READ_TOKEN_FILE: join(root, "read-token") });
+      await waitReady(tokenLeader.child, tokenLeader.port, readyTimeout);
+      const denied = await req(tokenLeader.port, "GET", "/get/bench-get");
+      if (denied.status !== 401) throw new Error(`the leader with a read token answered ${denied.status} to a GET without it`);
+    }
     const threads = o.pin ? Math.min(o.threads, cpus().length - 1) : o.threads;
     const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads, seconds: o.duration, tmpDir: root, cpus: loadCpus };
     const fsyncSeconds = Math.min(5, o.duration);
@@ -116,29 +130,55 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       [r.put50, { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 }],
       [r.put64k, { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 }],
     ];
+    const tokenLoad: LoadWorkload = { ...cases[0]![1], name: "get-read-token", headers: [`Authorization: Bearer ${READ_TOKEN}`] };
     for (const [w, load] of cases) {
+      const withToken = w === r.get && tokenLeader !== null ? tokenLeader : null;
       if (o.warmup > 0) {
         for (const port of [ceilingPort, leader.port]) await runLoad(load, { ...base, port, seconds: o.warmup });
+        if (withToken) await runLoad(tokenLoad, { ...base, port: withToken.port, seconds: o.warmup });
       }
       const mine: LoadResult[] = [];
       const theirs: LoadResult[] = [];
+      const tokened: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
+      // With --read-token, the CPU time each GET leader spends per request, per repetition.
+      const cpuPlain: (number | null)[] = [];
+      const cpuToken: (number | null)[] = [];
+      const measured = async (node: Node, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
+        const before = cpuSeconds(node.child.pid);
+        const result = await work();
+        const after = cpuSeconds(node.child.pid);
+        cpu.push(before === null || after === null || result.requests === 0 ? null : ((after - before) * 1e6) / result.requests);
+        return result;
+      };
       for (let i = 0; i < o.reps; i++) {
         // Odd repetitions run in the reverse order, so that a drift of the machine
         // (other work, page cache, disk) weighs on both sides of each ratio alike.
         const steps = [
           async () => void theirs.push(await runLoad(load, { ...base, port: ceilingPort })),
-          async () => void mine.push(await runLoad(load, { ...base, port: leader.port })),
+          async () => void mine.push(await measured(leader, cpuPlain, () => runLoad(load, { ...base, port: leader.port }))),
+          async () => void (withToken && tokened.push(await measured(withToken, cpuToken, () => runLoad(tokenLoad, { ...base, port: withToken.port })))),
           async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, serverCpus))),
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
         log(`  ${load.name} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
-          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
+          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : "") +
+          (tokened[i] ? `, mehdb with a read token ${Math.round(tokened[i]!.rps)}/s` : ""));
       }
       w.mehdb = summarize(mine);
       w.ceiling = summarize(theirs);
       // Ratios are medians of the ratios within each repetition (paired, run back to back).
       w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]!.rps)));
+      if (withToken) {
+        r.getReadToken = {
+          label: `GET ${GET_VALUE.length} B, read token`,
+          mehdb: summarize(tokened),
+          ceiling: w.ceiling,
+          ratioToCeiling: median(tokened.map((m, i) => ratio(m.rps, theirs[i]!.rps))),
+          ratioToPlain: median(tokened.map((m, i) => ratio(m.rps, mine[i]!.rps))),
+          cpuUsPerRequest: { with: median(cpuToken), without: median(cpuPlain) },
+        };
+      }
       if (w.fsync) {
         w.fsync = {
           opsPerSec: median(fsync.map((f) => f.opsPerSec)),
@@ -270,6 +310,7 @@ async function main(): Promise<number> {
       command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     },
     get: emptyWorkload(`GET ${GET_VALUE.length} B value`, false),
+    getReadToken: null,
     put50: emptyWorkload("PUT 50 B, 1000 keys", true),
     put64k: emptyWorkload("PUT 64 KB, 1000 keys", true),
     replication: {

@@ -19,6 +19,8 @@ export interface NodeLoadArgs {
   keys: number;
   /** PUT: value size in bytes. */
   valueBytes: number;
+  /** Extra request headers, `Name: value`. */
+  headers?: string[];
 }
 
 /** Incremental parser of HTTP/1.1 responses (Content-Length or chunked bodies). */
@@ -85,7 +87,7 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
   const count = a.method === "PUT" ? a.keys : 1;
   for (let i = 0; i < count; i++) {
     const path = a.method === "PUT" ? `${a.path}${i}` : a.path;
-    const extra = body ? `Content-Length: ${body.length}\r\n` : "";
+    const extra = (body ? `Content-Length: ${body.length}\r\n` : "") + (a.headers ?? []).map((h) => `${h}\r\n`).join("");
     heads.push(Buffer.from(`${a.method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\n${extra}\r\n`, "latin1"));
   }
   let latencies = new Float64Array(1 << 16);

@@ -32,6 +32,8 @@ export interface Options {
   cpuProf: string | null;
   /** Pin the servers of the throughput runs to CPU 0 and the load generator to the others (taskset). */
   pin: boolean;
+  /** Also measure GET on a leader with a read token (the load sending `Authorization`), in the same repetitions. */
+  readToken: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
@@ -54,6 +56,8 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --no-pin            do not pin (default with 2+ CPUs and taskset: the server under test and the
                       fsync loop on CPU 0, the load generator on the other CPUs, one wrk thread each)
   --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots
+  --read-token        also run the GET measurement on a second leader with a read token (the load
+                      sending "Authorization: Bearer ..."), in the same repetitions, and print both ratios
 environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>= 22.18, no tsx),
   e.g. the Node 24 of the image`;
 
@@ -64,7 +68,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     const a = argv[i]!;
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
-    if (name === "quick" || name === "full" || name === "help" || name === "no-pin") {
+    if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "read-token") {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -89,6 +93,8 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     return v ?? dflt;
   };
   const pin = canPin && !flags.has("no-pin");
+  const readToken = flags.has("read-token");
+  flags.delete("read-token");
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -113,6 +119,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     entry: str("entry", "src/main.ts"),
     cpuProf: flags.has("cpu-prof") ? resolve(str("cpu-prof", "")) : null,
     pin,
+    readToken,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

@@ -2,7 +2,7 @@
 // printed on stdout, and the list of figures every run must produce.
 
 import type { LagResult, IdleResult } from "./replication.ts";
-import { round } from "./stats.ts";
+import { ratio, round } from "./stats.ts";
 
 /** Throughput and latency of one workload: medians over the repetitions. */
 export interface Throughput {
@@ -27,6 +27,14 @@ export interface Workload {
   ratioToFsync?: number | null;
 }
 
+/** GET with a read token: the workload, and its rate over the plain leader's in the same repetitions. */
+export interface ReadTokenWorkload extends Workload {
+  /** Median over the repetitions of (leader with a read token) / (leader without) req/s. */
+  ratioToPlain: number | null;
+  /** CPU time of the server per GET answered (µs, medians over the repetitions), with and without the token. */
+  cpuUsPerRequest: { with: number | null; without: number | null };
+}
+
 /** One checked target. */
 export interface Target {
   name: string;
@@ -40,6 +48,8 @@ export interface Target {
 export interface Results {
   meta: Record<string, unknown>;
   get: Workload;
+  /** `--read-token`: GET on a leader with a read token, in the same repetitions as `get`; else null. */
+  getReadToken: ReadTokenWorkload | null;
   put50: Workload;
   put64k: Workload;
   replication: {
@@ -108,6 +118,9 @@ export function checkTargets(r: Omit<Results, "targets">, fullScale: boolean): T
   const large = r.replication.catchupLarge?.seconds ?? null;
   return [
     { name: "GET / ceiling", value: r.get.ratioToCeiling, target: "≥ 0.85", pass: at(r.get.ratioToCeiling, (v) => v >= 0.85) },
+    ...(r.getReadToken
+      ? [{ name: "GET with read token / without", value: r.getReadToken.ratioToPlain, target: "≥ 0.97 (within 3 %)", pass: at(r.getReadToken.ratioToPlain, (v) => v >= 0.97) }]
+      : []),
     { name: "PUT 50 B / fsync loop", value: r.put50.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put50.ratioToFsync, (v) => v >= 0.7) },
     { name: "PUT 64 KB / fsync loop", value: r.put64k.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put64k.ratioToFsync, (v) => v >= 0.7) },
     { name: "replication lag p99 (ms)", value: lagP99, target: `≤ ${interval + 100} (interval + 100)`, pass: at(lagP99, (v) => v <= interval + 100, fullScale) },
@@ -135,7 +148,7 @@ export function formatTable(r: Results): string {
   out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s); rates are medians, ratios medians of the per-repetition ratios; data dirs under ${m.dataParent} (${m.dataFs})`);
   out.push("");
   out.push(`${pad("workload", 28)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
-  for (const w of [r.get, r.put50, r.put64k]) {
+  for (const w of [r.get, ...(r.getReadToken ? [r.getReadToken] : []), r.put50, r.put64k]) {
     out.push(
       `${pad(w.label, 28)}${lpad(n(w.mehdb.rps), 10)}${lpad(n(w.mehdb.p50Ms, 2), 9)}${lpad(n(w.mehdb.p99Ms, 2), 9)}` +
         `${lpad(n(w.ceiling.rps), 11)}${lpad(n(w.ratioToCeiling, 2), 7)}` +
@@ -144,7 +157,12 @@ export function formatTable(r: Results): string {
   }
   out.push(`${pad("  ceiling latency p50/p99", 28)}${[r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`).join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
   out.push(`${pad("  fsync loop p50/p99", 28)}${[r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`).join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
-  const fails = [r.get, r.put50, r.put64k].reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
+  if (r.getReadToken) {
+    const t = r.getReadToken;
+    out.push(`${pad("  read token vs none", 28)}ratio to the ceiling ${n(t.ratioToCeiling, 3)} with, ${n(r.get.ratioToCeiling, 3)} without; with / without ${n(t.ratioToPlain, 3)} (per-repetition ${t.mehdb.runs.map((v, i) => n(v / (r.get.mehdb.runs[i] ?? NaN), 3)).join(", ")})`);
+    out.push(`${pad("", 28)}server CPU per GET ${n(t.cpuUsPerRequest.with, 2)} µs with, ${n(t.cpuUsPerRequest.without, 2)} µs without (${n(ratio(t.cpuUsPerRequest.without, t.cpuUsPerRequest.with), 3)} of the rate the CPU allows)`);
+  }
+  const fails = [r.get, ...(r.getReadToken ? [r.getReadToken] : []), r.put50, r.put64k].reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
   if (fails > 0) out.push(`  WARNING: ${fails} failed requests (errors or non-2xx) during the load runs`);
   out.push("");
   const rep = r.replication;

@@ -117,10 +117,14 @@ export interface HttpAnswer {
 }
 
 /** One HTTP request to a published port on loopback, with a timeout; redirects are not followed. */
-export async function http(url: string, init: { method?: string; body?: string; timeoutMs?: number } = {}): Promise<HttpAnswer> {
+export async function http(
+  url: string,
+  init: { method?: string; body?: string; timeoutMs?: number; headers?: Record<string, string> } = {},
+): Promise<HttpAnswer> {
   const res = await fetch(url, {
     method: init.method ?? 'GET',
     body: init.body,
+    headers: init.headers,
     redirect: 'manual',
     signal: AbortSignal.timeout(init.timeoutMs ?? 5_000),
   });
