@@ -3,7 +3,7 @@
  *
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
- *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed)
+ *     GET        /keys      sorted JSON array of names (`?since=CURSOR[&limit=N[&from=NAME]]`: the change feed)
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
@@ -20,7 +20,7 @@ import type { Role } from "./config.ts";
 import { isValidKey, KEY_RULE, keyFromPath } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { Metrics, sample } from "./metrics.ts";
-import { ValueTooLargeError, type Entry, type Store } from "./store.ts";
+import { ValueTooLargeError, type Entry, type ListingPage, type Store } from "./store.ts";
 
 /** What a follower's poller tells the server (see `sync.ts`). */
 export interface ReplicaState {
@@ -30,6 +30,8 @@ export interface ReplicaState {
   secondsSinceSync(): number | null;
   /** The last sync error, one line; `null` when the last tick went well. */
   readonly lastError: string | null;
+  /** The leader's keys this follower cannot hold, one line; `null` when there are none. */
+  readonly unheld: string | null;
   /** The poller's own metrics, Prometheus text. */
   metrics(): string;
 }
@@ -75,6 +77,9 @@ const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 /** Most keys asked for in one `GET /values`. */
 const MAX_VALUES_KEYS = 1000;
 
+/** Largest page of a paged listing (`GET /keys?since=…&limit=N`). */
+const MAX_LISTING_LIMIT = 100_000;
+
 /** Bytes of an unwanted request body read and dropped before the connection is closed instead. */
 const DRAIN_LIMIT = 1024 * 1024;
 
@@ -118,8 +123,10 @@ export function createMehdbServer(options: ServerOptions): Server {
     const params = new URLSearchParams(query);
     if (route === "keys") {
       const since = params.get("since");
-      const body = since === null ? JSON.stringify(store.list()) : JSON.stringify(store.changes(since));
-      return send(res, "keys", OK, body, "application/json");
+      if (since === null) return send(res, "keys", OK, JSON.stringify(store.list()), "application/json");
+      const page = listingPage(params);
+      if (typeof page === "string") return refuse(req, res, "keys", BAD_REQUEST, page);
+      return send(res, "keys", OK, JSON.stringify(store.changes(since, page)), "application/json");
     }
     if (route === "values") return sendValues(req, res, params.get("keys") ?? "");
     if (route === "metrics") return send(res, "metrics", OK, renderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
@@ -274,7 +281,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     if (!replica) return "";
     const age = replica.secondsSinceSync();
     const since = age === null ? "" : `, last sync ${age.toFixed(1)} s ago`;
-    return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}`;
+    return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}${replica.unheld ? `; ${replica.unheld}` : ""}`;
   }
 
   function renderMetrics(): string {
@@ -397,6 +404,21 @@ export function createMehdbServer(options: ServerOptions): Server {
   return server;
 }
 
+
+/**
+ * The paging of a change-feed request: `limit=N` (1–100 000) cuts a full listing
+ * into pages sorted by name; `from=NAME` (with `limit`) asks for the page after
+ * NAME. `undefined` when unpaged; a one-line reason when malformed.
+ */
+function listingPage(params: URLSearchParams): ListingPage | undefined | string {
+  const limit = params.get("limit");
+  const from = params.get("from");
+  if (limit === null && from === null) return undefined;
+  const n = limit !== null && /^[0-9]{1,6}$/.test(limit) ? Number(limit) : NaN;
+  if (!(n >= 1 && n <= MAX_LISTING_LIMIT)) return `limit must be a whole number from 1 to ${MAX_LISTING_LIMIT} (and is needed with from)`;
+  if (from !== null && !isValidKey(from)) return `from must be a key: ${KEY_RULE}`;
+  return from === null ? { limit: n } : { limit: n, from };
+}
 
 function bodyExpected(req: IncomingMessage): boolean {
   const length = req.headers["content-length"];
