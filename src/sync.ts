@@ -59,11 +59,11 @@ const GROUP_KEYS = 256;
 const GROUP_BYTES = 2 * 1024 * 1024;
 const GROUP_KEY_CHARS = 8000;
 /** Groups fetched and written at once. */
-const GROUP_CONCURRENCY = 4;
+const GROUP_CONCURRENCY = 8;
 /** Values of one group written at once (each holds one temporary file open while it is written). */
-const GROUP_WRITE_CONCURRENCY = 2;
+const GROUP_WRITE_CONCURRENCY = 4;
 /** Largest `GET /values` answer read (values may have grown since they were listed); past it, the group is fetched key by key. */
-const MAX_GROUP_ANSWER_BYTES = 8 * 1024 * 1024;
+const MAX_GROUP_ANSWER_BYTES = 4 * 1024 * 1024;
 /** Local keys removed at once. */
 const DELETE_CONCURRENCY = 8;
 /** Largest `GET /status` answer read. */

@@ -84,8 +84,13 @@ test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed
   const limits = await readFile(`/proc/${follower.child.pid}/limits`, "utf8");
   assert.match(limits, /^Max open files\s+1024\s+1024\b/m, "the follower runs under the limit");
   const started = performance.now();
-  await waitFor(async () => (await fetchText(`${follower.url}/status?level=full`)).status === 200, "the follower ready", 180_000);
-  t.diagnostic(`20 000 keys copied under 1 024 descriptors in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  let mostFds = 0;
+  await waitFor(async () => {
+    mostFds = Math.max(mostFds, (await readdir(`/proc/${follower.child.pid}/fd`)).length);
+    return (await fetchText(`${follower.url}/status?level=full`)).status === 200;
+  }, "the follower ready", 180_000);
+  t.diagnostic(`20 000 keys copied under 1 024 descriptors in ${((performance.now() - started) / 1000).toFixed(1)} s; at most ${mostFds} descriptors seen open`);
+  assert.ok(mostFds < 256, `the follower held ${mostFds} descriptors at once`);
   assert.equal(await metric(follower.url, "mehdb_sync_errors_total"), 0, `no failed tick:\n${follower.output().slice(-2000)}`);
   assert.equal(difference(await dirData(follower.dataDir), data), null, "exactly the leader's keys and bytes");
   assert.deepEqual(await strayFiles(follower.dataDir), [], "no temporary file left");
@@ -127,7 +132,7 @@ test("a follower pointed at itself is not trusted: keeps its keys, not ready, sa
   assert.equal(await metric(follower.url, "mehdb_sync_synced"), 0);
 });
 
-test("a leader listing 300 MB: the follower reads a bounded part, refuses it in one line, keeps its keys and its memory", async () => {
+test("a leader listing 300 MB: the follower reads a bounded part, refuses it in one line, keeps its keys and its memory", async (t) => {
   const chunk = Buffer.from(Array.from({ length: 65_536 }, (_, i) => `"k${String(i).padStart(7, "0")}",`).join(""));
   const total = 300 * 1024 * 1024;
   let sent = 0;
@@ -154,6 +159,7 @@ test("a leader listing 300 MB: the follower reads a bounded part, refuses it in 
   assert.match(lines(follower, "leader-error")[0], /answer to GET \/keys is larger than \d+ bytes/);
   const status = /VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${follower.child.pid}/status`, "utf8"));
   const peakMb = Number(status?.[1]) / 1024;
+  t.diagnostic(`the follower's peak resident memory: ${peakMb.toFixed(0)} MB; ${(sent / 1048576).toFixed(0)} MiB of listing sent`);
   assert.ok(peakMb < 200, `the follower's peak resident memory is ${peakMb.toFixed(0)} MB`);
   assert.ok(sent < 64 * 1024 * 1024, `the follower stopped reading: ${(sent / 1048576).toFixed(0)} MiB sent`);
   assert.equal((await fetchText(`${follower.url}/status?level=full`)).status, 503);
