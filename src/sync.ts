@@ -49,9 +49,9 @@ export interface PollerOptions {
 }
 
 /** Keys per page of a full listing the follower asks for (`limit`). */
-export const PAGE_KEYS = 10_000;
+const PAGE_KEYS = 10_000;
 /** Largest listing answer read from the leader (one page, or a whole unpaged listing), in bytes. */
-export const MAX_LISTING_BYTES = 8 * 1024 * 1024;
+const MAX_LISTING_BYTES = 8 * 1024 * 1024;
 /** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
 const GROUP_VALUE_BYTES = 64 * 1024;
 /** Limits of one group: keys, listed bytes, characters of the key list. */
@@ -88,7 +88,7 @@ const NETWORK_CODES = new Set([
 ]);
 
 /** The leader answered, but not as a leader should (status, shape, size). Logged as `leader-error`. */
-export class LeaderAnswerError extends Error {
+class LeaderAnswerError extends Error {
   override name = "LeaderAnswerError";
 }
 
