@@ -82,7 +82,7 @@ const FAILURE_EVENTS = {
 type FailureKind = keyof typeof FAILURE_EVENTS;
 
 /** Error codes of a leader that cannot be reached (name resolution, connection, transport). */
-const NETWORK_CODES = new Set([
+const NETWORK_CODES: ReadonlySet<string> = new Set([
   "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN",
   "ENETUNREACH", "ENETDOWN", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "EAI_NONAME", "ERR_STREAM_PREMATURE_CLOSE",
 ]);
