@@ -12,10 +12,10 @@
  */
 import type { IncomingHttpHeaders, ServerResponse } from "node:http";
 import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
-import { KEY_RULE } from "./keys.ts";
 import { sample } from "./metrics.ts";
 import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
-import type { Changes, Entry, Precondition, Store } from "./store.ts";
+import { isValidKey, KEY_RULE } from "./keys.ts";
+import type { Changes, Entry, ListingPage, Precondition, Store } from "./store.ts";
 import {
   changesWithPrefix,
   CURSOR_RULE,
@@ -47,6 +47,15 @@ export interface ConsistencyOptions {
   maxHeld?: number;
   /** How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync interval). */
   afterWaitMs?: number;
+}
+
+/** Largest page of a paged listing (`GET /keys?since=…&limit=N`). */
+const MAX_LISTING_LIMIT = 100_000;
+
+/** What a change-feed request asks for beyond its cursor: names starting with `prefix`, and a page. */
+interface Listing {
+  prefix: string;
+  page: ListingPage | undefined;
 }
 
 const TEXT = "text/plain; charset=utf-8";
@@ -134,9 +143,12 @@ export class Consistency {
       return json(withPrefix(this.#store.list(), prefix));
     }
     if (since !== "" && parseCursor(since) === null) return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
-    const changes = this.#changes(since, prefix);
+    const page = listingPage(params);
+    if (typeof page === "string") return line(BAD_REQUEST, page);
+    const listing = { prefix, page };
+    const changes = this.#changes(since, listing);
     if (wait === null || !nothingChanged(changes)) return json(changes);
-    return this.#held(since, prefix, performance.now() + wait, res);
+    return this.#held(since, listing, performance.now() + wait, res);
   }
 
   /** Lets every held answer go at once (shutdown). */
@@ -150,7 +162,7 @@ export class Consistency {
       sample("mehdb_watches_unheld_total", "counter", `Watches answered at once because ${this.watches.max} were held already.`, this.watches.refused);
   }
 
-  async #held(since: string, prefix: string, deadline: number, res: ServerResponse): Promise<Reply> {
+  async #held(since: string, listing: Listing, deadline: number, res: ServerResponse): Promise<Reply> {
     const gone = new AbortController();
     const onClose = () => gone.abort();
     res.once("close", onClose);
@@ -159,7 +171,7 @@ export class Consistency {
         const left = Math.ceil(deadline - performance.now());
         const wake = left > 0 ? this.watches.hold(left, gone.signal) : null;
         const why = wake === null ? "timeout" : await wake; // null: past the bound, answered at once
-        const changes = this.#changes(since, prefix);
+        const changes = this.#changes(since, listing);
         // At shutdown the answer closes its connection, so that the server's close is not held by it.
         if (why === "closed") return { ...json(changes), headers: { Connection: "close" } };
         // A change outside the prefix lets the answer go with nothing in it: hold it again.
@@ -170,8 +182,8 @@ export class Consistency {
     }
   }
 
-  #changes(since: string, prefix: string): Changes {
-    return changesWithPrefix(this.#store.changes(since), prefix);
+  #changes(since: string, { prefix, page }: Listing): Changes {
+    return changesWithPrefix(this.#store.changes(since, page), prefix);
   }
 
   #redirect(path: string, params: URLSearchParams, after: string): Reply {
@@ -191,4 +203,21 @@ function json(value: unknown): Reply {
 /** A value from the request, quoted and cut short, printable. */
 function quote(text: string): string {
   return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
+}
+
+/**
+ * The paging of a change-feed request: `limit=N` (1–100 000) cuts a full listing
+ * into pages sorted by name; `from=NAME` (with `limit`) asks for the page after
+ * NAME. `undefined` when unpaged; a one-line reason when malformed.
+ */
+function listingPage(params: URLSearchParams): ListingPage | undefined | string {
+  const limit = params.get("limit");
+  const from = params.get("from");
+  if (limit === null && from === null) return undefined;
+  const n = limit !== null && /^[0-9]{1,6}$/.test(limit) ? Number(limit) : NaN;
+  if (!(n >= 1 && n <= MAX_LISTING_LIMIT)) {
+    return `limit must be a whole number from 1 to ${MAX_LISTING_LIMIT} (and is needed with from)`;
+  }
+  if (from !== null && !isValidKey(from)) return `from must be a key: ${KEY_RULE}`;
+  return from === null ? { limit: n } : { limit: n, from };
 }

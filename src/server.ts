@@ -4,7 +4,8 @@
  *
  *     PUT|DELETE /set/KEY   leader: store or remove;  follower: 307 to the leader
  *     GET|HEAD   /get/KEY   the value, or 404
- *     GET        /keys      sorted JSON array of names (`?since=CURSOR`: the change feed; `?prefix=`, `?wait=`)
+ *     GET        /keys      sorted JSON array of names (`?since=CURSOR[&limit=N[&from=NAME]]`: the change feed;
+ *                           `?prefix=`, `?wait=`)
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
@@ -60,6 +61,8 @@ export interface ReplicaState extends SyncProgress {
   secondsSinceSync(): number | null;
   /** The last sync error, one line; `null` when the last tick went well. */
   readonly lastError: string | null;
+  /** The leader's keys this follower cannot hold, one line; `null` when there are none. */
+  readonly unheld: string | null;
   /** The poller's own metrics, Prometheus text. */
   metrics(): string;
 }

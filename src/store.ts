@@ -5,8 +5,11 @@
  * can have), fsyncs it, renames it over the key's file and fsyncs the
  * directory before it resolves: a crash at any instant leaves each key with its
  * old or its new value, never a torn one. Writes that finish together share
- * one directory fsync (group commit). Leftover temporary files are removed
- * when the store opens.
+ * one directory fsync (group commit), and {@link Store.putMany} writes a batch
+ * with one directory fsync (a follower's copies). Temporary files never leave
+ * this module, and each is closed (fsynced) before the next value of a batch is
+ * written: a batch holds one descriptor per value in flight, not one per value.
+ * Leftover temporary files are removed when the store opens.
  *
  * In memory the store keeps an index (key → size, mtime, version, inode), a
  * bounded cache of small values (the files stay the truth), and a change log
@@ -58,6 +61,19 @@ export interface Changes {
   keys: ListedKey[];
   /** Keys deleted since the cursor (empty when `full`). */
   deleted: string[];
+  /**
+   * Only in a paged full listing ({@link ListingPage}): the name to ask `from` for
+   * the next page, or `null` on the last page.
+   */
+  next?: string | null;
+}
+
+/** Paging of {@link Store.changes}: a full listing is cut into pages sorted by name. */
+export interface ListingPage {
+  /** Most keys in one answer. An incremental answer with more changes than this gets the first page of the full listing instead. */
+  limit: number;
+  /** Ask for the page of the full listing that starts after this name (whatever the cursor). Default: the first page. */
+  from?: string;
 }
 
 /** Options of {@link Store.open}. */
@@ -90,20 +106,50 @@ export class PreconditionFailedError extends Error {
   override name = "PreconditionFailedError";
 }
 
-/** A value written to its temporary file but not yet committed; see {@link Store.stage}. */
-export interface Staged {
+/** One value of a batch write; see {@link Store.putMany}. */
+export interface PutItem {
+  key: string;
+  /** The bytes: chunks, possibly arriving over time. */
+  body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+  /** Modification time to give the file (a follower keeps its leader's). Default: now. */
+  mtimeMs?: number;
+  /** Judged in the key's lock right before the value becomes visible (see {@link PutOptions}). Default none. */
+  precondition?: Precondition;
+}
+
+/** Options of {@link Store.putMany}. */
+export interface PutManyOptions {
+  /** Largest value accepted; a larger one is not written ({@link ValueTooLargeError} in its result). */
+  maxBytes: number;
+  /** Keep small values (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
+  cache?: boolean;
+  /**
+   * Values written at once, each with one temporary file open while it is written. Default 1: items are
+   * taken in order and each body is read to its end before the next item is taken (bodies may share one stream).
+   */
+  concurrency?: number;
+}
+
+/**
+ * What {@link Store.putMany} did with one item: its new entry, or why this key
+ * cannot be held here (a {@link ValueTooLargeError}, or something other than a
+ * file in the way: `EISDIR`, `ENOTEMPTY`, `ENOTDIR`); the other items are written all the same.
+ */
+export type PutResult =
+  | { key: string; entry: Entry; error?: undefined }
+  | { key: string; entry?: undefined; error: Error };
+
+/** A value written and fsynced in its (closed) temporary file, not yet renamed over its key's file. */
+interface Staged {
   readonly key: string;
   readonly tmp: string;
-  readonly handle: FileHandle;
-  size: number;
-  mtimeMs: number | undefined;
-  /** The temporary file's inode, once fsynced (it keeps it when renamed). */
-  ino?: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+  /** The temporary file's inode (it keeps it when renamed). */
+  readonly ino: number;
   /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
-  cached: Uint8Array[] | null;
-  closed?: boolean;
-  renamed?: boolean;
-  precondition?: Precondition;
+  readonly cached: Buffer | null;
+  readonly precondition: Precondition | undefined;
 }
 
 /** The value was larger than allowed; nothing was stored. */
@@ -289,29 +335,114 @@ export class Store {
    * value stays and no temporary file is left.
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
-    const [entry] = await this.commit([await this.stage(key, body, options)]);
-    return entry;
+    const [result] = await this.putMany([{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }], options);
+    if (result.error) throw result.error;
+    return result.entry;
   }
 
   /**
-   * The first half of a write: streams `body` into a temporary file, not yet
-   * fsynced nor visible. {@link Store.commit} finishes it; {@link Store.discard}
-   * drops it. Staging many values and committing them together lets one
-   * journal commit carry all of them (a follower's catch-up does that).
+   * Stores a batch of values, each as durably and atomically as {@link Store.put},
+   * with one directory fsync for the batch: every value is written to its own
+   * temporary file, fsynced and closed (one descriptor per value in flight), then
+   * each is renamed over its key's file (in item order), then the directory is
+   * fsynced; it resolves once all of that is on disk, with one result per item in
+   * item order. A key this store cannot hold (see {@link PutResult}) gets its
+   * error in its result and keeps its old value; the rest is written. Any other
+   * error (a body that fails, a full disk, no descriptor left) rejects: then no
+   * value that was not yet renamed is written, and no temporary file is left.
    */
-  async stage(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Staged> {
+  async putMany(items: AsyncIterable<PutItem> | Iterable<PutItem>, options: PutManyOptions): Promise<PutResult[]> {
+    const staged: (Staged | undefined)[] = [];
+    const results: (PutResult | undefined)[] = [];
+    const pull = serialPull(items);
+    let failed: { error: unknown } | null = null;
+    const worker = async () => {
+      while (failed === null) {
+        const next = await pull();
+        if (next.done) return;
+        const { index, value: item } = next;
+        try {
+          staged[index] = await this.#stage(item, options);
+        } catch (error) {
+          if (!(error instanceof ValueTooLargeError)) throw error;
+          results[index] = { key: item.key, error };
+        }
+      }
+    };
+    const workers = Array.from({ length: Math.max(1, options.concurrency ?? 1) }, () => worker().catch((error: unknown) => {
+      failed ??= { error };
+    }));
+    await Promise.all(workers);
+    if (failed !== null) {
+      await pull.stop();
+      await removeAll(staged);
+      throw (failed as { error: unknown }).error;
+    }
+    let renamed = 0;
+    try {
+      for (let i = 0; i < staged.length; i++) {
+        const s = staged[i];
+        if (!s) continue;
+        staged[i] = undefined; // from here on, renamed or removed: not left for the clean-up below
+        try {
+          results[i] = { key: s.key, entry: await this.#locked(s.key, () => this.#install(s)) };
+          renamed++;
+        } catch (error) {
+          await unlink(s.tmp).catch(() => {});
+          if (!isInTheWay(error)) throw error;
+          results[i] = { key: s.key, error: error as Error };
+        }
+      }
+    } catch (error) {
+      await removeAll(staged);
+      if (renamed > 0) await this.#dirSync.sync().catch(() => {});
+      throw error;
+    }
+    if (renamed > 0) await this.#dirSync.sync();
+    return results as PutResult[];
+  }
+
+  /**
+   * Makes a staged value the value of its key: renames its temporary file over
+   * the key's file and records the new entry. The one step of a write that makes
+   * it visible; run under the key's lock, so renames land in the order the index records.
+   */
+  async #install(s: Staged): Promise<Entry> {
+    const failed = s.precondition?.(this.#index.get(s.key)); // check and write in one step
+    if (failed) throw new PreconditionFailedError(failed);
+    // A reader may open the new file before the index names it: it finds it here by inode.
+    const landed = this.#renamingIn(s.key, s.ino);
+    let entry: Entry | null = null;
+    try {
+      await rename(s.tmp, join(this.dir, s.key));
+      entry = this.#entry(s.size, s.mtimeMs, s.ino);
+      this.#set(s.key, entry);
+      if (s.cached) this.#cache.set(s.key, entry, s.cached);
+      return entry;
+    } finally {
+      landed(entry);
+    }
+  }
+
+  /**
+   * The first half of a write: streams the item's body into a new temporary file,
+   * sets its mtime, fsyncs and closes it. On any error the file is removed.
+   */
+  async #stage(item: PutItem, options: PutManyOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const handle = await open(tmp, "wx", 0o644);
-    const staged: Staged = { key, tmp, handle, size: 0, mtimeMs: options.mtimeMs, cached: options.cache === false ? null : [], precondition: options.precondition };
+    let closed = false;
     try {
       // Chunks are written in batches of up to WRITE_BATCH_BYTES: one system call for most values.
+      let size = 0;
+      let cached: Uint8Array[] | null = options.cache === false ? null : [];
       let pending: Uint8Array[] = [];
       let pendingBytes = 0;
-      for await (const chunk of body) {
-        staged.size += chunk.length;
-        if (staged.size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
-        if (staged.cached && staged.size <= CACHE_ON_WRITE_BYTES) staged.cached.push(chunk);
-        else staged.cached = null;
+      for await (const chunk of item.body) {
+        size += chunk.length;
+        if (size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
+        if (cached && size <= CACHE_ON_WRITE_BYTES) cached.push(chunk);
+        else cached = null;
         pending.push(chunk);
         pendingBytes += chunk.length;
         if (pendingBytes >= WRITE_BATCH_BYTES) {
@@ -321,71 +452,20 @@ export class Store {
         }
       }
       if (pendingBytes > 0) await writeAll(handle, pending);
-      return staged;
+      // The leader's mtime, in whole milliseconds, is set before the fsync (the quick check compares it).
+      const given = item.mtimeMs === undefined ? undefined : Math.round(item.mtimeMs);
+      if (given !== undefined) await handle.utimes(given / 1000, given / 1000);
+      await handle.sync();
+      const stats = await handle.stat();
+      closed = true;
+      await handle.close();
+      const mtimeMs = given ?? Math.round(stats.mtimeMs);
+      const value = cached && Buffer.concat(cached, size);
+      return { key: item.key, tmp, size, mtimeMs, ino: stats.ino, cached: value, precondition: item.precondition };
     } catch (error) {
-      await this.discard([staged]);
+      if (!closed) await handle.close().catch(() => {});
+      await unlink(tmp).catch(() => {});
       throw error;
-    }
-  }
-
-  /**
-   * The second half of a write: fsyncs every staged file, renames each over its
-   * key's file (in order, per key) and fsyncs the directory once; resolves with
-   * the new entries once all of it is on disk. On an error, what was not yet
-   * renamed is discarded.
-   */
-  async commit(staged: readonly Staged[]): Promise<Entry[]> {
-    try {
-      await forEachLimited(staged, 4, async (s) => {
-        if (s.mtimeMs !== undefined) {
-          s.mtimeMs = Math.round(s.mtimeMs);
-          await s.handle.utimes(s.mtimeMs / 1000, s.mtimeMs / 1000);
-          await s.handle.sync();
-          s.ino = (await s.handle.stat()).ino;
-        } else {
-          await s.handle.sync();
-          const stats = await s.handle.stat();
-          s.mtimeMs = Math.round(stats.mtimeMs);
-          s.ino = stats.ino;
-        }
-        await s.handle.close();
-        s.closed = true;
-      });
-      const entries: Entry[] = [];
-      for (const s of staged) {
-        entries.push(await this.#locked(s.key, async () => {
-          const failed = s.precondition?.(this.#index.get(s.key)); // check and write in one step
-          if (failed) throw new PreconditionFailedError(failed);
-          // A reader may open the new file before the index names it: it finds it here by inode.
-          const landed = this.#renamingIn(s.key, s.ino!);
-          let entry: Entry | null = null;
-          try {
-            await rename(s.tmp, join(this.dir, s.key));
-            s.renamed = true;
-            entry = this.#entry(s.size, s.mtimeMs!, s.ino!);
-            this.#set(s.key, entry);
-            if (s.cached) this.#cache.set(s.key, entry, Buffer.concat(s.cached, s.size));
-            return entry;
-          } finally {
-            landed(entry);
-          }
-        }));
-      }
-      await this.#dirSync.sync();
-      return entries;
-    } catch (error) {
-      await this.discard(staged);
-      throw error;
-    }
-  }
-
-  /** Drops staged values that were not committed: closes and removes their temporary files. */
-  async discard(staged: readonly Staged[]): Promise<void> {
-    for (const s of staged) {
-      if (s.renamed) continue;
-      if (!s.closed) await s.handle.close().catch(() => {});
-      s.closed = true;
-      await unlink(s.tmp).catch(() => {});
     }
   }
 
@@ -436,16 +516,14 @@ export class Store {
   /**
    * What changed since `cursor` (from an earlier answer): the keys written and
    * deleted since. A missing, foreign (other epoch) or too old cursor gets the
-   * full listing instead, with `full: true`.
+   * full listing instead, with `full: true`. With `page`, a full listing is one
+   * page of keys sorted by name with `next` set, and an incremental answer
+   * longer than `page.limit` becomes the first such page.
    */
-  changes(cursor: string | null): Changes {
+  changes(cursor: string | null, page?: ListingPage): Changes {
     const next = `${this.epoch}-${this.#seq}`;
-    const since = parseCursor(cursor, this.epoch);
-    if (since === null || since < this.#floor || since > this.#seq) {
-      const keys: ListedKey[] = [];
-      for (const [key, entry] of this.#index) keys.push([key, entry.size, entry.mtimeMs]);
-      return { cursor: next, full: true, keys, deleted: [] };
-    }
+    const since = page?.from !== undefined ? null : parseCursor(cursor, this.epoch);
+    if (since === null || since < this.#floor || since > this.#seq) return this.#fullListing(next, page);
     const keys: ListedKey[] = [];
     const deleted: string[] = [];
     if (since === this.#seq) return { cursor: next, full: false, keys, deleted };
@@ -454,11 +532,29 @@ export class Store {
       const key = this.#logKeys[i];
       if (seen.has(key)) continue;
       seen.add(key);
+      if (page && seen.size > page.limit) return this.#fullListing(next, page);
       const entry = this.#index.get(key);
       if (entry) keys.push([key, entry.size, entry.mtimeMs]);
       else deleted.push(key);
     }
     return { cursor: next, full: false, keys, deleted };
+  }
+
+  /** Every key (unpaged, in index order), or one page of them sorted by name. */
+  #fullListing(cursor: string, page: ListingPage | undefined): Changes {
+    const keys: ListedKey[] = [];
+    if (!page) {
+      for (const [key, entry] of this.#index) keys.push([key, entry.size, entry.mtimeMs]);
+      return { cursor, full: true, keys, deleted: [] };
+    }
+    const names = this.list();
+    const start = page.from === undefined ? 0 : firstAfter(names, page.from);
+    const end = Math.min(names.length, start + page.limit);
+    for (let i = start; i < end; i++) {
+      const entry = this.#index.get(names[i])!;
+      keys.push([names[i], entry.size, entry.mtimeMs]);
+    }
+    return { cursor, full: true, keys, deleted: [], next: end < names.length ? names[end - 1] : null };
   }
 
   /** How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys found at open included). */
@@ -700,6 +796,67 @@ function lowerBound(values: number[], target: number): number {
     else high = mid;
   }
   return low;
+}
+
+/** The first index of sorted `names` holding a name after `name`. */
+function firstAfter(names: readonly string[], name: string): number {
+  let low = 0;
+  let high = names.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if (names[mid] <= name) low = mid + 1;
+    else high = mid;
+  }
+  return low;
+}
+
+/** Errors of a rename that concern only this key: something other than a file is in the way. */
+function isInTheWay(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  return code === "EISDIR" || code === "ENOTEMPTY" || code === "ENOTDIR";
+}
+
+/** Removes the temporary files of values staged but not renamed. */
+async function removeAll(staged: readonly (Staged | undefined)[]): Promise<void> {
+  for (const s of staged) if (s) await unlink(s.tmp).catch(() => {});
+}
+
+/**
+ * Takes items one at a time from `items`, for several workers: each call waits for
+ * the one before (an async iterator must not be advanced twice at once) and numbers
+ * the items in order. `stop()` ends the iteration early (a generator's clean-up runs).
+ */
+function serialPull<T>(items: AsyncIterable<T> | Iterable<T>) {
+  const iterator: AsyncIterator<T> | Iterator<T> = Symbol.asyncIterator in items
+    ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
+    : (items as Iterable<T>)[Symbol.iterator]();
+  let last: Promise<unknown> = Promise.resolve();
+  let count = 0;
+  let done = false;
+  const pull = (): Promise<{ done: true } | { done: false; index: number; value: T }> => {
+    const next = last.then(async () => {
+      if (done) return { done: true } as const;
+      const result = await iterator.next();
+      if (result.done) {
+        done = true;
+        return { done: true } as const;
+      }
+      return { done: false, index: count++, value: result.value } as const;
+    });
+    last = next.catch(() => {});
+    return next;
+  };
+  pull.stop = async () => {
+    await last;
+    if (done) return;
+    done = true;
+    try {
+      await iterator.return?.();
+    } catch {
+      // the source's own clean-up failed: nothing more to do
+    }
+  };
+  return pull;
 }
 
 function isMissing(error: unknown): boolean {

@@ -1,28 +1,40 @@
 /**
  * The follower's poller: copies the leader's keys into the local store.
  *
+ * The poller first makes sure its address is a leader (`GET /status` answers
+ * `leader`): until then it copies and deletes nothing. It checks again after
+ * every failed tick, so an idle tick stays one request.
+ *
  * Every tick (`setInterval`, never overlapping) asks the leader for what
- * changed since the last cursor, `GET /keys?since=CURSOR`. With nothing new
- * that is one small request. A leader that cannot serve the cursor (it
- * restarted, its data was replaced, or the cursor is too old) answers with
- * the full listing instead, and the follower reconciles: it copies every key
- * whose size or mtime differs from its own copy (it keeps the leader's mtime on
- * its copies) and removes every key the leader no longer has. Small values
- * are fetched in groups (`GET /values?keys=a,b,c`) and each group is committed
- * together; larger ones one by one (`GET /get/KEY`). A leader that
- * answers `/keys` with a plain array (the original Go mehdb) is listed and
- * copied in full every tick.
+ * changed since the last cursor, `GET /keys?since=CURSOR&limit=N`. With nothing
+ * new that is one small request. A leader that cannot serve the cursor (it
+ * restarted, its data was replaced, or the cursor is too old or too far behind)
+ * answers with the full listing instead, in pages of at most N keys sorted by
+ * name, and the follower reconciles page by page: it copies every key whose size
+ * or mtime differs from its own copy (it keeps the leader's mtime on its copies)
+ * and removes every local key the leader's pages skip over (a merge-join with its
+ * own sorted keys). Small values are fetched in groups (`GET /values?keys=a,b,c`)
+ * and each group is written as one batch; larger ones one by one (`GET /get/KEY`).
+ * A leader that answers `/keys` with a plain array (the original Go mehdb) is
+ * listed and copied in full every tick.
+ *
+ * Bounds: each request to the leader has a deadline from start to end; one
+ * listing answer is read up to {@link MAX_LISTING_BYTES}; copies go through
+ * {@link Store.putMany}, which holds one descriptor per value in flight.
+ * Failures are told apart in the log: the leader cannot be reached, the leader
+ * answered wrongly, or this follower failed locally.
  */
-import { Agent, request, type IncomingMessage } from "node:http";
+import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
 import { forEachLimited } from "./concurrency.ts";
-import { followerHeaders } from "./followers.ts"; // issue 14
+import { followerHeaders } from "./followers.ts";
+import { DEFAULTS } from "./config.ts";
 import { isValidKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
 import type { ReplicaState } from "./server.ts";
-import type { Changes, Staged, Store } from "./store.ts";
-import { cursorReached, SyncWaits } from "./watch.ts";
+import { ValueTooLargeError, type Changes, type PutItem, type Store } from "./store.ts";
 import { authorizationHeader, leaderRefusal } from "./tokens.ts";
+import { cursorReached, SyncWaits } from "./watch.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -31,12 +43,12 @@ export interface PollerOptions {
   leaderUrl: string;
   /** Time between ticks. */
   intervalMs: number;
-  /** Largest value copied. */
+  /** Largest value copied; a larger one is skipped and reported as not held. */
   maxValueBytes: number;
   log: Logger;
-  /** Values fetched at once. Default 8. */
+  /** Values fetched one by one at once. Default 8. */
   concurrency?: number;
-  /** Time allowed for each request to the leader, in ms. Default 10 000. */
+  /** Time allowed for each request to the leader, from start to the end of its answer, in ms. Default 10 000. */
   timeoutMs?: number;
   /** This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host name). Default: none. */
   host?: string;
@@ -44,22 +56,59 @@ export interface PollerOptions {
   authorization?: () => string | undefined;
 }
 
-/** Values copied per commit (each holds an open file until then). */
-const BATCH_SIZE = 128;
+/** Keys per page of a full listing the follower asks for (`limit`). */
+const PAGE_KEYS = 10_000;
+/** Largest listing answer read from the leader (one page, or a whole unpaged listing), in bytes. */
+const MAX_LISTING_BYTES = 8 * 1024 * 1024;
 /** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
 const GROUP_VALUE_BYTES = 64 * 1024;
 /** Limits of one group: keys, listed bytes, characters of the key list. */
 const GROUP_KEYS = 256;
 const GROUP_BYTES = 2 * 1024 * 1024;
 const GROUP_KEY_CHARS = 8000;
-/** Groups fetched and committed at once. */
-const GROUP_CONCURRENCY = 4;
-/** Largest `GET /values` answer read (values may have grown since they were listed). */
-const MAX_GROUP_ANSWER_BYTES = 64 * 1024 * 1024;
-/** Largest listing read from the leader, in bytes. */
-const MAX_LISTING_BYTES = 512 * 1024 * 1024;
+/** Groups fetched and written at once. */
+const GROUP_CONCURRENCY = 8;
+/** Values of one group written at once (each holds one temporary file open while it is written). */
+const GROUP_WRITE_CONCURRENCY = 4;
+/** Largest `GET /values` answer read (values may have grown since they were listed); past it, the group is fetched key by key. */
+const MAX_GROUP_ANSWER_BYTES = 4 * 1024 * 1024;
+/** Local keys removed at once. */
+const DELETE_CONCURRENCY = 8;
+/** Largest `GET /status` answer read. */
+const MAX_STATUS_BYTES = 1024;
 /** Distinct bad names logged before the poller stops logging new ones (they are still counted). */
 const MAX_LOGGED_SKIPS = 1000;
+/** Keys not held that are remembered by name (more are only counted). */
+const MAX_UNHELD_NAMES = 10_000;
+
+/** The three kinds of failure the log tells apart, with the event each is logged as (once per outage). */
+const FAILURE_EVENTS = {
+  unreachable: "leader-unreachable",
+  answer: "leader-error",
+  local: "local-error",
+} as const;
+type FailureKind = keyof typeof FAILURE_EVENTS;
+
+/** Error codes of a leader that cannot be reached (name resolution, connection, transport). */
+const NETWORK_CODES: ReadonlySet<string> = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN",
+  "ENETUNREACH", "ENETDOWN", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "EAI_NONAME", "ERR_STREAM_PREMATURE_CLOSE",
+]);
+
+/** The leader answered, but not as a leader should (status, shape, size). Logged as `leader-error`. */
+class LeaderAnswerError extends Error {
+  override name = "LeaderAnswerError";
+}
+
+/** An answer longer than the poller reads. */
+class AnswerTooLargeError extends LeaderAnswerError {
+  override name = "AnswerTooLargeError";
+}
+
+/** No complete answer from the leader in time. Logged as `leader-unreachable`. */
+class LeaderTimeoutError extends Error {
+  override name = "LeaderTimeoutError";
+}
 
 /** Copies a leader's keys on a timer; create one per follower, then {@link Poller.start}. */
 export class Poller implements ReplicaState {
@@ -69,18 +118,23 @@ export class Poller implements ReplicaState {
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | null = null;
   #cursor: string | null = null;
+  /** True once the address has answered `GET /status` with `leader`; false again after a failed tick. */
+  #trusted = false;
   #synced = false;
   #lastSuccess: number | null = null;
   #lastError: string | null = null;
-  #outageSince: number | null = null;
-  #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, errors: 0 };
+  /** The current run of failed ticks: since when, and the kinds already logged. */
+  #outage: { since: number; logged: Set<FailureKind> } | null = null;
+  #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, unheld: 0, errors: 0 };
   /** Bad names already logged (each is logged once). */
   #skippedNames = new Set<string>();
-  /** Reads with `?after=` waiting for the next tick (issue 13). */
+  /** Reads with `?after=` waiting for the next tick. */
   #syncWaits = new SyncWaits();
+  /** Keys this follower cannot hold, with the reason; each is logged when it joins. */
+  #unheld = new Map<string, string>();
 
   constructor(options: PollerOptions) {
-    this.#options = { concurrency: 8, timeoutMs: 10_000, host: "", authorization: () => undefined, ...options };
+    this.#options = { concurrency: 8, timeoutMs: DEFAULTS.syncTimeoutMs, host: "", authorization: () => undefined, ...options };
     this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
   }
 
@@ -94,13 +148,20 @@ export class Poller implements ReplicaState {
     return this.#lastError;
   }
 
+  /** The keys this follower cannot hold, one line naming a few; `null` when there are none. */
+  get unheld(): string | null {
+    const count = this.#unheld.size;
+    if (count === 0) return null;
+    const named = [...this.#unheld].slice(0, 3).map(([key, reason]) => `${key} (${reason})`).join(", ");
+    return `${count} key${count === 1 ? "" : "s"} not held: ${named}${count > 3 ? ", …" : ""}; retried on the next full reconcile`;
+  }
+
   /** Seconds since the last complete sync, `null` before the first. */
   secondsSinceSync(): number | null {
     return this.#lastSuccess === null ? null : (performance.now() - this.#lastSuccess) / 1000;
   }
 
-  // --- read-your-writes (issue 13): what `?after=CURSOR` needs from the poller ---
-  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond): `?after=` reads. */
   reached(cursor: string): boolean {
     return cursorReached(this.#cursor, cursor);
   }
@@ -109,7 +170,6 @@ export class Poller implements ReplicaState {
   nextSync(maxStartMs: number): Promise<void> {
     return this.#syncWaits.next(maxStartMs);
   }
-  // --- end of read-your-writes ---
 
   /** Starts ticking: one tick now, then one every `intervalMs`. */
   start(): void {
@@ -121,7 +181,7 @@ export class Poller implements ReplicaState {
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     this.#abort.abort();
-    this.#syncWaits.close(); // issue 13
+    this.#syncWaits.close();
     await this.#running;
     this.#agent.destroy();
   }
@@ -130,13 +190,13 @@ export class Poller implements ReplicaState {
     if (this.#running) return this.#running;
     if (this.#abort.signal.aborted) return Promise.resolve();
     this.#counts.ticks++;
-    const ended = this.#syncWaits.started(); // issue 13
+    const ended = this.#syncWaits.started();
     this.#running = this.#syncOnce().then(
       () => this.#succeeded(),
       (error: unknown) => this.#failed(error),
     ).finally(() => {
       this.#running = null;
-      ended(); // issue 13
+      ended();
     });
     return this.#running;
   }
@@ -146,134 +206,199 @@ export class Poller implements ReplicaState {
     if (!this.#synced) {
       log("synced", { leader: leaderUrl, keys: this.#options.store.count, copied: this.#counts.copied, deleted: this.#counts.deleted });
     }
-    if (this.#outageSince !== null) {
-      log("leader-reachable", { leader: leaderUrl, down_seconds: ((performance.now() - this.#outageSince) / 1000).toFixed(1) });
-      this.#outageSince = null;
+    if (this.#outage !== null) {
+      const after = [...this.#outage.logged].map((kind) => FAILURE_EVENTS[kind]).join(",");
+      log("sync-recovered", { leader: leaderUrl, after, down_seconds: ((performance.now() - this.#outage.since) / 1000).toFixed(1) });
+      this.#outage = null;
     }
     this.#synced = true;
     this.#lastSuccess = performance.now();
     this.#lastError = null;
   }
 
+  /** Counts a failed tick and logs it once per kind per outage; the leader is checked again next tick. */
   #failed(error: unknown): void {
     if (this.#abort.signal.aborted) return;
     this.#counts.errors++;
+    this.#trusted = false;
     this.#lastError = describe(error);
-    if (this.#outageSince === null) {
-      this.#outageSince = performance.now();
-      this.#options.log("leader-unreachable", { leader: this.#options.leaderUrl, error: this.#lastError });
-    }
+    const kind = classify(error);
+    this.#outage ??= { since: performance.now(), logged: new Set() };
+    if (this.#outage.logged.has(kind)) return;
+    this.#outage.logged.add(kind);
+    this.#options.log(FAILURE_EVENTS[kind], { leader: this.#options.leaderUrl, error: this.#lastError });
   }
 
   async #syncOnce(): Promise<void> {
-    const res = await this.#get(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}`);
-    if (res.statusCode !== 200) {
-      res.resume();
-      if (res.statusCode === 401) throw new Error(leaderRefusal(this.#options.authorization() !== undefined)); // tokens
-      throw new Error(`leader answered ${res.statusCode} to GET /keys`);
-    }
-    const listing: unknown = JSON.parse((await readAll(res, MAX_LISTING_BYTES)).toString("utf8"));
-    if (Array.isArray(listing)) return this.#syncPlain(listing);
-    const changes = checkChanges(listing);
-    const { store } = this.#options;
-    const fetch: Listed[] = [];
+    if (!this.#trusted) await this.#checkLeader();
+    const first = await this.#listing(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}&limit=${PAGE_KEYS}`);
+    if (Array.isArray(first)) return this.#syncPlain(first);
+    const changes = checkChanges(first);
     if (changes.full) {
-      const listed = new Set<string>();
-      for (const [key, size, mtimeMs] of changes.keys) {
-        if (!this.#acceptable(key)) continue;
-        listed.add(key);
-        const local = store.stat(key);
-        if (!local || local.size !== size || local.mtimeMs !== Math.round(mtimeMs)) fetch.push([key, size, mtimeMs]);
-      }
-      for (const key of store.list()) if (!listed.has(key)) await this.#delete(key);
+      await this.#reconcile(changes);
     } else {
-      for (const key of changes.deleted) if (this.#acceptable(key)) await this.#delete(key);
-      for (const listed of changes.keys) if (this.#acceptable(listed[0])) fetch.push(listed);
+      const deleted = changes.deleted.filter((key) => this.#acceptable(key));
+      await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
+      await this.#copy(changes.keys.filter(([key]) => this.#acceptable(key)));
     }
-    const small = fetch.filter(([, size]) => size <= GROUP_VALUE_BYTES);
-    const large = fetch.filter(([, size]) => size > GROUP_VALUE_BYTES);
-    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
-    for (let i = 0; i < large.length; i += BATCH_SIZE) await this.#copyBatch(large.slice(i, i + BATCH_SIZE));
-    this.#cursor = changes.cursor;
+    this.#cursor = changes.cursor; // the first page's: changes made while the pages were read come next tick
+  }
+
+  /** Trusts the address only once `GET /status` answers `leader` (this mehdb and the original Go one both do). */
+  async #checkLeader(): Promise<void> {
+    const said = await this.#fetch("/status", async (res) => {
+      try {
+        const body = (await readAll(res, MAX_STATUS_BYTES, "GET /status")).toString("utf8").trim();
+        return res.statusCode === 200 ? JSON.stringify(body.slice(0, 40)) : `${res.statusCode}`;
+      } catch (error) {
+        if (error instanceof AnswerTooLargeError) return `an answer of more than ${MAX_STATUS_BYTES} bytes`;
+        throw error;
+      }
+    });
+    if (said === '"leader"') {
+      this.#trusted = true;
+      return;
+    }
+    throw new LeaderAnswerError(
+      `${this.#options.leaderUrl} answers GET /status with ${said}, not "leader"; nothing is copied or deleted until it does`,
+    );
+  }
+
+  /**
+   * A full reconcile, one page of the listing at a time: every local key that
+   * sorts between two pages' ends and is not on the page is removed; every listed
+   * key whose size or mtime differs is copied.
+   */
+  async #reconcile(first: Changes): Promise<void> {
+    const { store } = this.#options;
+    const local = store.list(); // sorted; a new array when keys are added, so this one stays as it is
+    let at = 0;
+    let page = first;
+    let from: string | null = null;
+    for (;;) {
+      const next = page.next ?? null;
+      if (next !== null && from !== null && next <= from) throw new LeaderAnswerError("leader's listing pages do not advance");
+      const listed = new Set<string>();
+      const fetch: Listed[] = [];
+      for (const item of page.keys) {
+        const [key, size, mtimeMs] = item;
+        if (!this.#acceptable(key)) continue;
+        if (from !== null && key <= from) throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
+        listed.add(key);
+        const held = store.stat(key);
+        if (!held || held.size !== size || held.mtimeMs !== Math.round(mtimeMs)) fetch.push(item);
+      }
+      const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
+      const gone: string[] = [];
+      for (; at < local.length && (next === null || local[at] <= next); at++) if (!listed.has(local[at])) gone.push(local[at]);
+      for (const key of this.#unheld.keys()) if (inPage(key) && !listed.has(key)) this.#unheld.delete(key);
+      await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
+      await this.#copy(fetch);
+      if (next === null) return;
+      page = checkChanges(await this.#listing(`/keys?since=&limit=${PAGE_KEYS}&from=${encodeURIComponent(next)}`));
+      if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
+      from = next;
+    }
   }
 
   /** The original Go leader: copy every listed key whose bytes differ, remove the rest. */
   async #syncPlain(names: unknown[]): Promise<void> {
-    const { store } = this.#options;
+    const { store, maxValueBytes, concurrency } = this.#options;
     const listed = new Set<string>();
     for (const name of names) if (typeof name === "string" && this.#acceptable(name)) listed.add(name);
-    for (const key of store.list()) if (!listed.has(key)) await this.#delete(key);
-    await forEachLimited([...listed], this.#options.concurrency, async (key) => {
-      const res = await this.#get(`/get/${key}`);
-      if (res.statusCode === 404) return void res.resume();
-      if (res.statusCode !== 200) {
-        res.resume();
-        throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
+    for (const key of this.#unheld.keys()) if (!listed.has(key)) this.#unheld.delete(key);
+    const gone = store.list().filter((key) => !listed.has(key));
+    await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
+    await forEachLimited([...listed], concurrency, (key) => this.#fetch(`/get/${key}`, async (res) => {
+      if (!isFound(res, key)) return;
+      let bytes: Buffer;
+      try {
+        bytes = await readAll(res, maxValueBytes, `GET /get/${key}`);
+      } catch (error) {
+        if (!(error instanceof AnswerTooLargeError)) throw error;
+        return this.#notHeld(key, new ValueTooLargeError(`value is larger than ${maxValueBytes} bytes`));
       }
-      const bytes = await readAll(res, this.#options.maxValueBytes);
-      const local = await store.get(key);
-      if (local?.body?.equals(bytes)) return;
-      local?.stream?.destroy();
-      await store.put(key, [bytes], { maxBytes: this.#options.maxValueBytes });
-      this.#counts.copied++;
+      const held = await store.get(key);
+      if (held?.body?.equals(bytes)) return;
+      held?.stream?.destroy();
+      await this.#write([{ key, body: [bytes] }], 1);
+    }));
+  }
+
+  /** Copies listed keys: small ones in groups, larger ones one by one; those over this follower's limit are not held. */
+  async #copy(listed: Listed[]): Promise<void> {
+    const { maxValueBytes, concurrency } = this.#options;
+    const small: Listed[] = [];
+    const large: Listed[] = [];
+    for (const item of listed) {
+      if (item[1] > maxValueBytes) this.#notHeld(item[0], new ValueTooLargeError(`value of ${item[1]} bytes is larger than ${maxValueBytes} bytes`));
+      else (item[1] <= GROUP_VALUE_BYTES ? small : large).push(item);
+    }
+    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
+    await forEachLimited(large, concurrency, (item) => this.#copyOne(item));
+  }
+
+  /**
+   * Copies a group of small keys with one `GET /values`, written as one batch.
+   * Each copy takes the size and mtime the answer gives, which describe the bytes
+   * fetched. A leader that does not serve `/values`, or an answer that grew past
+   * {@link MAX_GROUP_ANSWER_BYTES}, gets one request per key instead.
+   */
+  async #copyGroup(group: Listed[]): Promise<void> {
+    const answer = await this.#fetch(`/values?keys=${group.map(([key]) => key).join(",")}`, async (res) => {
+      if (res.statusCode !== 200) return void res.resume();
+      try {
+        return await readAll(res, MAX_GROUP_ANSWER_BYTES, "GET /values");
+      } catch (error) {
+        if (error instanceof AnswerTooLargeError) return undefined;
+        throw error;
+      }
+    });
+    if (answer === undefined) return forEachLimited(group, this.#options.concurrency, (item) => this.#copyOne(item));
+    const values = parseValues(answer);
+    const items: PutItem[] = [];
+    for (const [key] of group) {
+      const value = values.get(key);
+      if (value) items.push({ key, body: [value.body], mtimeMs: value.mtimeMs });
+    }
+    await this.#write(items, GROUP_WRITE_CONCURRENCY);
+  }
+
+  /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
+  async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
+    await this.#fetch(`/get/${key}`, async (res) => {
+      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeMs }], 1);
     });
   }
 
-  /**
-   * Copies a batch of keys: fetches them (a few at a time) into temporary files,
-   * then commits them together, so one journal commit carries the whole batch.
-   * A key gone meanwhile is left for the next tick's listing.
-   */
-  async #copyBatch(batch: Listed[]): Promise<void> {
-    const { store, maxValueBytes, concurrency } = this.#options;
-    const staged: Staged[] = [];
-    try {
-      await forEachLimited(batch, concurrency, async ([key, , mtimeMs]) => {
-        const res = await this.#get(`/get/${key}`);
-        if (res.statusCode === 404) return void res.resume();
-        if (res.statusCode !== 200) {
-          res.resume();
-          throw new Error(`leader answered ${res.statusCode} to GET /get/${key}`);
-        }
-        staged.push(await store.stage(key, exactly(res), { maxBytes: maxValueBytes, mtimeMs, cache: false }));
-      });
-    } catch (error) {
-      await store.discard(staged);
-      throw error;
+  /** The one way copies go into the store: a batch write; keys the store cannot hold are reported, the rest counted. */
+  async #write(items: PutItem[], concurrency: number): Promise<void> {
+    if (items.length === 0) return;
+    const { store, maxValueBytes } = this.#options;
+    for (const result of await store.putMany(items, { maxBytes: maxValueBytes, cache: false, concurrency })) {
+      if (result.error) {
+        this.#notHeld(result.key, result.error);
+      } else {
+        this.#counts.copied++;
+        this.#unheld.delete(result.key);
+      }
     }
-    await store.commit(staged);
-    this.#counts.copied += staged.length;
   }
 
-  /**
-   * Copies a group of small keys with one `GET /values` and commits them
-   * together. Each copy takes the size and mtime the answer gives, which
-   * describe the bytes fetched. A leader that does not serve `/values` gets
-   * one request per key instead.
-   */
-  async #copyGroup(group: Listed[]): Promise<void> {
-    const { store, maxValueBytes, concurrency } = this.#options;
-    const res = await this.#get(`/values?keys=${group.map(([key]) => key).join(",")}`);
-    if (res.statusCode !== 200) {
-      res.resume();
-      return this.#copyBatch(group);
-    }
-    const values = parseValues(await readAll(res, MAX_GROUP_ANSWER_BYTES));
-    const staged: Staged[] = [];
-    try {
-      await forEachLimited(group, concurrency, async ([key]) => {
-        const value = values.get(key);
-        if (value) staged.push(await store.stage(key, [value.body], { maxBytes: maxValueBytes, mtimeMs: value.mtimeMs, cache: false }));
-      });
-    } catch (error) {
-      await store.discard(staged);
-      throw error;
-    }
-    await store.commit(staged);
-    this.#counts.copied += staged.length;
+  /** A key this follower cannot hold: skipped, counted, logged when it joins the set, named in the status line. */
+  #notHeld(key: string, error: Error): void {
+    this.#counts.unheld++;
+    if (this.#unheld.has(key) || this.#unheld.size >= MAX_UNHELD_NAMES) return;
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason = error instanceof ValueTooLargeError
+      ? `${error.message}, this follower's MEHDB_MAX_VALUE_BYTES`
+      : `${code ?? error.name}: something other than a file is in the way in the data directory`;
+    this.#unheld.set(key, reason);
+    this.#options.log("key-not-held", { key, reason, retry: "on the next full reconcile" });
   }
 
   async #delete(key: string): Promise<void> {
+    this.#unheld.delete(key);
     if (await this.#options.store.delete(key)) this.#counts.deleted++;
   }
 
@@ -288,31 +413,56 @@ export class Poller implements ReplicaState {
     return false;
   }
 
-  /** GET from the leader over the keep-alive agent, with a timeout; retried once on a stale pooled connection. */
-  async #get(path: string): Promise<IncomingMessage> {
+  /** A listing (`GET /keys…`), read up to {@link MAX_LISTING_BYTES} and parsed. */
+  #listing(path: string): Promise<unknown> {
+    return this.#fetch(path, async (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        if (res.statusCode === 401) throw new LeaderAnswerError(leaderRefusal(this.#options.authorization() !== undefined));
+        throw new LeaderAnswerError(`leader answered ${res.statusCode} to GET /keys`);
+      }
+      const text = (await readAll(res, MAX_LISTING_BYTES, "GET /keys")).toString("utf8");
+      try {
+        return JSON.parse(text);
+      } catch {
+        throw new LeaderAnswerError("leader's answer to GET /keys is not JSON");
+      }
+    });
+  }
+
+  /**
+   * GET from the leader over the keep-alive agent, and `read` its answer, all
+   * within `timeoutMs` from the start of the request to the end of the answer's
+   * body (however slowly it trickles in; what `read` does after the last byte,
+   * such as fsyncing a copy, is not counted). Retried once on a stale pooled connection.
+   */
+  async #fetch<T>(path: string, read: (res: IncomingMessage) => Promise<T>): Promise<T> {
+    const { leaderUrl, timeoutMs } = this.#options;
     for (let attempt = 0; ; attempt++) {
       this.#counts.requests++;
+      let req: ClientRequest | undefined;
+      let res: IncomingMessage | undefined;
+      const timer = setTimeout(() => {
+        const error = new LeaderTimeoutError(`no complete answer to GET ${path.slice(0, 60)} within ${timeoutMs} ms`);
+        res?.destroy(error);
+        req?.destroy(error);
+      }, timeoutMs);
       try {
-        return await new Promise<IncomingMessage>((resolve, reject) => {
-          const req = request(`${this.#options.leaderUrl}${path}`, {
-            agent: this.#agent,
-            signal: this.#abort.signal,
-            timeout: this.#options.timeoutMs,
-            headers: { ...followerHeaders(this.#options.host), ...authorizationHeader(this.#options.authorization()) },
-          }, (res) => {
-            res.setTimeout(this.#options.timeoutMs, () => res.destroy(new Error(`timed out reading ${path}`)));
-            resolve(res);
-          });
-          req.on("timeout", () => req.destroy(new Error(`no answer to GET ${path} within ${this.#options.timeoutMs} ms`)));
-          req.on("error", (error: NodeJS.ErrnoException) => {
-            reject(Object.assign(error, { reused: req.reusedSocket }));
-          });
-          req.end();
+        res = await new Promise<IncomingMessage>((resolve, reject) => {
+          const headers = { ...followerHeaders(this.#options.host), ...authorizationHeader(this.#options.authorization()) };
+          const sent = request(`${leaderUrl}${path}`, { agent: this.#agent, signal: this.#abort.signal, headers }, resolve);
+          req = sent;
+          sent.on("error", (error: NodeJS.ErrnoException) => reject(Object.assign(error, { reused: sent.reusedSocket })));
+          sent.end();
         });
+        res.once("end", () => clearTimeout(timer));
+        return await read(res);
       } catch (error) {
         const { code, reused } = error as NodeJS.ErrnoException & { reused?: boolean };
-        if (attempt === 0 && reused && (code === "ECONNRESET" || code === "EPIPE")) continue;
+        if (attempt === 0 && res === undefined && reused && (code === "ECONNRESET" || code === "EPIPE")) continue;
         throw error;
+      } finally {
+        clearTimeout(timer);
       }
     }
   }
@@ -326,6 +476,8 @@ export class Poller implements ReplicaState {
       sample("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
       sample("mehdb_sync_keys_deleted_total", "counter", "Keys removed because the leader no longer has them.", c.deleted) +
       sample("mehdb_sync_keys_skipped_total", "counter", "Listed names skipped because they break the key rules.", c.skipped) +
+      sample("mehdb_sync_keys_unheld_total", "counter", "Copies skipped because this follower cannot hold the key.", c.unheld) +
+      sample("mehdb_sync_keys_unheld", "gauge", "Keys of the leader this follower cannot hold now.", this.#unheld.size) +
       sample("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
       sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
       sample("mehdb_sync_seconds_since_success", "gauge", "Seconds since the last complete sync (-1 before the first).", age === null ? -1 : Number(age.toFixed(3)));
@@ -362,14 +514,14 @@ export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs
   let at = 0;
   while (at < answer.length) {
     const end = answer.indexOf(10, at);
-    if (end < 0) throw new Error("leader's /values answer ends inside a header line");
+    if (end < 0) throw new LeaderAnswerError("leader's /values answer ends inside a header line");
     const [key, size, mtime] = answer.toString("latin1", at, end).split(" ");
     at = end + 1;
     if (size === "-") continue;
     const length = Number(size);
     const mtimeMs = Number(mtime);
     if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
-      throw new Error("leader's /values answer is malformed or cut short");
+      throw new LeaderAnswerError("leader's /values answer is malformed or cut short");
     }
     values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
     at += length;
@@ -382,19 +534,28 @@ function checkChanges(value: unknown): Changes {
   const v = value as Partial<Changes> | null;
   const ok = v !== null && typeof v === "object" && typeof v.cursor === "string" && typeof v.full === "boolean" &&
     Array.isArray(v.keys) && Array.isArray(v.deleted) &&
+    (v.next === undefined || v.next === null || typeof v.next === "string") &&
     v.keys.every((k) => Array.isArray(k) && typeof k[0] === "string" && Number.isFinite(k[1]) && Number.isFinite(k[2])) &&
     v.deleted.every((k) => typeof k === "string");
-  if (!ok) throw new Error("leader's GET /keys?since answer is not a change listing");
+  if (!ok) throw new LeaderAnswerError("leader's GET /keys?since answer is not a change listing");
   return v as Changes;
 }
 
-/** The body of `res`, up to `limit` bytes. */
-async function readAll(res: IncomingMessage, limit: number): Promise<Buffer> {
+/** A `404` is a key gone meanwhile (`false`); any other status than `200` is the leader's error. */
+function isFound(res: IncomingMessage, key: string): boolean {
+  if (res.statusCode === 200) return true;
+  res.resume();
+  if (res.statusCode === 404) return false;
+  throw new LeaderAnswerError(`leader answered ${res.statusCode} to GET /get/${key}`);
+}
+
+/** The body of `res`, up to `limit` bytes; past that, the answer is dropped and {@link AnswerTooLargeError} thrown. */
+async function readAll(res: IncomingMessage, limit: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of res as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > limit) throw new Error(`leader's answer is larger than ${limit} bytes`);
+    if (size > limit) throw new AnswerTooLargeError(`leader's answer to ${what} is larger than ${limit} bytes, this follower's bound; not read further`);
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, size);
@@ -409,8 +570,18 @@ async function* exactly(res: IncomingMessage): AsyncGenerator<Buffer> {
     yield chunk;
   }
   if (declared !== undefined && size !== Number(declared)) {
-    throw new Error(`value cut short: ${size} of ${declared} bytes`);
+    throw new LeaderAnswerError(`value cut short: ${size} of ${declared} bytes`);
   }
+}
+
+/** Which side failed: the leader cannot be reached, the leader answered wrongly, or this follower. */
+function classify(error: unknown): FailureKind {
+  if (error instanceof LeaderTimeoutError) return "unreachable";
+  if (error instanceof LeaderAnswerError) return "answer";
+  const code = String((error as NodeJS.ErrnoException)?.code ?? "");
+  if (code.startsWith("HPE_")) return "answer"; // the leader's HTTP itself is malformed
+  if (NETWORK_CODES.has(code)) return "unreachable";
+  return "local"; // EMFILE, ENOSPC, EIO, …: this follower's own failure
 }
 
 function describe(error: unknown): string {

@@ -70,8 +70,7 @@ export function withPrefix(names: readonly string[], prefix: string): readonly s
 export function changesWithPrefix(changes: Changes, prefix: string): Changes {
   if (prefix === "") return changes;
   return {
-    cursor: changes.cursor,
-    full: changes.full,
+    ...changes,
     keys: changes.keys.filter(([name]) => name.startsWith(prefix)),
     deleted: changes.deleted.filter((name) => name.startsWith(prefix)),
   };

@@ -96,6 +96,34 @@ describe("leader", () => {
     assert.ok(!keys.some((k) => k.startsWith(".")));
   });
 
+  test("/keys?since=…&limit=N pages the full listing by name (next, from=NAME); bad paging 400", async () => {
+    for (const key of ["page-a", "page-b", "page-c"]) await put(leader.url, key, key);
+    const all = JSON.parse((await fetchText(`${leader.url}/keys`)).text) as string[];
+    const seen: string[] = [];
+    let from: string | null = null;
+    let cursor: string | null = null;
+    for (let pages = 0; pages < all.length; pages++) {
+      const res = await fetchText(`${leader.url}/keys?since=&limit=2${from === null ? "" : `&from=${from}`}`);
+      assert.equal(res.status, 200);
+      const page = JSON.parse(res.text) as { cursor: string; full: boolean; keys: [string, number, number][]; deleted: string[]; next: string | null };
+      assert.equal(page.full, true);
+      assert.ok(page.keys.length <= 2);
+      cursor ??= page.cursor;
+      seen.push(...page.keys.map(([key]) => key));
+      if (page.next === null) break;
+      assert.equal(page.next, page.keys.at(-1)?.[0]);
+      from = page.next;
+    }
+    assert.deepEqual(seen, all, "the pages, in order, are the sorted listing");
+    const idle = JSON.parse((await fetchText(`${leader.url}/keys?since=${cursor}&limit=2`)).text);
+    assert.deepEqual(idle, { cursor, full: false, keys: [], deleted: [] }, "an idle incremental answer is not paged");
+    for (const bad of ["limit=0", "limit=100001", "limit=x", "from=a", "limit=2&from=..%2fx", "limit=2&from=.tmp-1"]) {
+      const refused = await fetchText(`${leader.url}/keys?since=&${bad}`);
+      assert.equal(refused.status, 400, bad);
+      assertOneLine(refused.text);
+    }
+  });
+
   test("/values?keys=a,b,c: several values in one answer, absent keys marked; bad lists 400", async () => {
     const value = Buffer.from([0, 10, 13, 32, 255]);
     await put(leader.url, "v1", value);

@@ -114,7 +114,7 @@ describe("a leader that stops answering (SIGSTOP)", () => {
       return res.status === 200 && res.body.equals(fresh);
     }, "the follower to copy a write made after SIGCONT");
     await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).body.toString().includes("("), "the error to clear");
-    assert.match(follower.output(), /event=leader-reachable/);
+    assert.match(follower.output(), /event=sync-recovered .*after=leader-unreachable /);
     assert.equal(difference(await snapshot(leader.url), await snapshot(follower.url)), null);
     await leader.stop();
     await follower.stop();

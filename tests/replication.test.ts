@@ -229,7 +229,7 @@ test("idle cost: with 10 000 keys synced, each idle tick is one request to the l
   assert.equal(window.length, ticks, "one request per tick (proxy's count)");
   assert.equal(end.sample.mehdb_sync_keys_copied_total, start.sample.mehdb_sync_keys_copied_total, "nothing copied");
   for (const exchange of window) {
-    assert.match(exchange.requestLine, /^GET \/keys\?since=[0-9a-f]+-[0-9]+ HTTP\/1\.1$/);
+    assert.match(exchange.requestLine, /^GET \/keys\?since=[0-9a-f]+-[0-9]+&limit=[0-9]+ HTTP\/1\.1$/);
     assert.ok(exchange.bytesUp + exchange.bytesDown < 1024, `${exchange.requestLine}: ${exchange.bytesUp} + ${exchange.bytesDown} bytes`);
   }
   const up = window.reduce((sum, e) => sum + e.bytesUp, 0) / window.length;
@@ -237,14 +237,17 @@ test("idle cost: with 10 000 keys synced, each idle tick is one request to the l
   t.diagnostic(`idle tick: ${window.length} requests over ${ticks} ticks, ${up.toFixed(0)} bytes up + ${down.toFixed(0)} bytes down per tick, ${proxy.connections()} connection(s) in all`);
 });
 
-/** A stand-in for the original Go mehdb: `GET /keys` (any query) as a plain array, `GET /get/KEY`; nothing else. */
+/** A stand-in for the original Go mehdb: `GET /status` (`leader`), `GET /keys` (any query) as a plain array, `GET /get/KEY`; nothing else. */
 async function goLeader(data: Data, listed: () => string[] = () => [...data.keys()].sort()) {
   const paths: string[] = [];
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     paths.push(req.url ?? "");
     const path = (req.url ?? "").split("?")[0];
     const value = path.startsWith("/get/") ? data.get(path.slice(5)) : undefined;
-    if (req.method === "GET" && path === "/keys") {
+    if (req.method === "GET" && path === "/status") {
+      res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
+      res.end("leader\n");
+    } else if (req.method === "GET" && path === "/keys") {
       res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
       res.end(JSON.stringify(listed()) + "\n");
     } else if (req.method === "GET" && value !== undefined) {
@@ -289,7 +292,7 @@ async function checkHostile(follower: Mehdb, parent: string, expected: Data, pat
   assert.deepEqual((await readdir(parent)).sort(), ["data", "sentinel"], "nothing written or removed next to the data directory");
   assert.equal(await readFile(join(parent, "sentinel"), "utf8"), "keep me");
   assert.deepEqual((await readdir(follower.dataDir)).sort(), [...expected.keys()].sort());
-  for (const path of paths) assert.match(path, /^\/(keys\?since=[^/]*|get\/[a-z0-9]+|values\?keys=[a-z0-9,]+)$/, `requested ${path}`);
+  for (const path of paths) assert.match(path, /^\/(status|keys\?since=[^/]*|get\/[a-z0-9]+|values\?keys=[a-z0-9,]+)$/, `requested ${path}`);
   // Logged once per name, not on every tick that sees it again.
   const ticks = (await metric(follower.url, "mehdb_sync_ticks_total"))!;
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total"))! >= ticks + 3, "three more ticks");
@@ -311,6 +314,7 @@ test("a hostile leader's bad names are skipped and logged, never written, never 
   const server = createServer((req, res) => {
     paths.push(req.url ?? "");
     const url = new URL(req.url ?? "/", "http://x");
+    if (url.pathname === "/status") return res.end("leader\n");
     if (url.pathname === "/keys") {
       const since = url.searchParams.get("since");
       const body = since === "" || since === null
@@ -363,14 +367,14 @@ test("leader unreachable after a sync: the follower keeps serving, stays ready, 
   const age2 = (await metric(follower.url, "mehdb_sync_seconds_since_success"))!;
   assert.ok(age1 > 0 && age2 > age1, `staleness grows: ${age1} then ${age2}`);
   assert.equal(lines(follower, "leader-unreachable").length, 1, "outage logged once");
-  assert.equal(lines(follower, "leader-reachable").length, 0);
+  assert.equal(lines(follower, "sync-recovered").length, 0);
 
   // The leader comes back on its data (a new epoch): full listing, nothing to copy since sizes and mtimes match.
   const back = await startMehdb({ dataDir: leader.dataDir, port: leader.port, waitReady: true });
-  await waitFor(() => lines(follower, "leader-reachable").length > 0, "recovery logged");
+  await waitFor(() => lines(follower, "sync-recovered").length > 0, "recovery logged");
   const ticks = (await metric(follower.url, "mehdb_sync_ticks_total"))!;
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total"))! >= ticks + 5, "five more ticks");
-  assert.equal(lines(follower, "leader-reachable").length, 1, "recovery logged once");
+  assert.equal(lines(follower, "sync-recovered").length, 1, "recovery logged once");
   assert.equal(lines(follower, "leader-unreachable").length, 1);
   assert.ok((await metric(follower.url, "mehdb_sync_seconds_since_success"))! < age2);
   assert.equal(await metric(follower.url, "mehdb_sync_keys_copied_total"), copied, "nothing copied again");

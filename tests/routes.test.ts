@@ -80,6 +80,7 @@ describe("route table, in-process", () => {
     const replica: ReplicaState = {
       synced: false,
       lastError: "leader unreachable",
+      unheld: null,
       secondsSinceSync: () => null,
       metrics: () => "mehdb_test_replica 1\n",
       reached: () => false,

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { Store, ValueTooLargeError } from "../src/store.ts";
+import { Store, ValueTooLargeError, type PutItem } from "../src/store.ts";
 import { stopAll, tempDir } from "./helpers/mehdb.ts";
 
 after(stopAll);
@@ -216,30 +216,44 @@ test("probeWritable: null when the directory takes files", async () => {
   await store.close();
 });
 
-test("stage then commit: nothing is visible until the commit, then all values are", async () => {
+test("putMany: nothing is visible until the batch is written, then all values are, in one go", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
-  const staged = [
-    await store.stage("one", chunks("1"), { maxBytes: 10, mtimeMs: 1_700_000_000_000 }),
-    await store.stage("two", chunks("22"), { maxBytes: 10 }),
-  ];
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  let taken = 0;
+  async function* items(): AsyncGenerator<PutItem> {
+    taken++;
+    yield { key: "one", body: chunks("1"), mtimeMs: 1_700_000_000_000 };
+    await gate; // the batch waits here for its second value
+    taken++;
+    yield { key: "two", body: chunks("22") };
+  }
+  const written = store.putMany(items(), { maxBytes: 10 });
+  while (taken < 1 || (await readdir(dir)).length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
   assert.deepEqual(store.list(), []);
-  assert.equal((await readdir(dir)).filter((n) => !n.startsWith(".tmp-")).length, 0);
-  const entries = await store.commit(staged);
-  assert.deepEqual(entries.map((e) => e.size), [1, 2]);
+  assert.equal((await readdir(dir)).filter((n) => !n.startsWith(".tmp-")).length, 0, "no key file before the batch is written");
+  release();
+  const results = await written;
+  assert.deepEqual(results.map((r) => [r.key, r.entry?.size]), [["one", 1], ["two", 2]]);
   assert.deepEqual(store.list(), ["one", "two"]);
   assert.equal(store.stat("one")?.mtimeMs, 1_700_000_000_000);
   assert.deepEqual((await readdir(dir)).sort(), ["one", "two"]);
   await store.close();
 });
 
-test("discard drops staged values and their temporary files; the old value stays", async () => {
+test("putMany: a body that fails drops the whole batch; old values stay and no temporary file is left", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
   await store.put("k", chunks("old"), { maxBytes: 10 });
-  const staged = await store.stage("k", chunks("new"), { maxBytes: 10 });
-  await store.discard([staged]);
+  async function* failing(): AsyncGenerator<Buffer> {
+    yield Buffer.from("par");
+    throw new Error("connection lost");
+  }
+  const items: PutItem[] = [{ key: "k", body: chunks("new") }, { key: "other", body: chunks("x") }, { key: "broken", body: failing() }];
+  await assert.rejects(store.putMany(items, { maxBytes: 10, concurrency: 2 }), /connection lost/);
   assert.equal((await read(store, "k"))?.toString(), "old");
+  assert.deepEqual(store.list(), ["k"]);
   assert.deepEqual(await readdir(dir), ["k"]);
   await store.close();
 });
@@ -249,8 +263,9 @@ test("an entry names the inode of its file, from a write and from the start-up s
   const store = await Store.open(dir);
   const entry = await store.put("k", chunks("value"), { maxBytes: 10 });
   assert.equal(entry.ino, (await stat(join(dir, "k"))).ino);
-  const [copied] = await store.commit([await store.stage("c", chunks("copy"), { maxBytes: 10, mtimeMs: 1_700_000_000_000 })]);
-  assert.equal(copied.ino, (await stat(join(dir, "c"))).ino);
+  const [copied] = await store.putMany([{ key: "c", body: chunks("copy"), mtimeMs: 1_700_000_000_000 }], { maxBytes: 10 });
+  assert.equal(copied?.entry?.ino, (await stat(join(dir, "c"))).ino);
+  assert.equal(copied?.entry?.mtimeMs, 1_700_000_000_000);
   await store.close();
   const reopened = await Store.open(dir);
   assert.equal(reopened.stat("k")?.ino, entry.ino);
@@ -321,5 +336,73 @@ test("concurrent writes and reads of one key: every read answers a value written
   await Promise.all([1, 2, 3, 4].map(writer).concat([1, 2, 3, 4, 5, 6].map(reader)));
   assert.equal(writes, 200);
   assert.equal(reads, 900);
+  await store.close();
+});
+
+test("putMany: a key the store cannot hold (a directory in the way, a value over the limit) gets its error; the rest is written", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  await mkdir(join(dir, "blocked"));
+  await writeFile(join(dir, "blocked", "inside"), "x"); // not empty: no rename can replace it
+  await mkdir(join(dir, "empty-dir"));
+  const results = await store.putMany([
+    { key: "a", body: chunks("1") },
+    { key: "blocked", body: chunks("2") },
+    { key: "big", body: chunks("0123456789", "more") },
+    { key: "empty-dir", body: chunks("3") },
+    { key: "b", body: chunks("4") },
+  ], { maxBytes: 10 });
+  assert.deepEqual(results.map((r) => r.key), ["a", "blocked", "big", "empty-dir", "b"]);
+  assert.equal(results[0].entry?.size, 1);
+  assert.match((results[1].error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
+  assert.ok(results[2].error instanceof ValueTooLargeError);
+  assert.match((results[3].error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
+  assert.equal(results[4].entry?.size, 1);
+  assert.deepEqual(store.list(), ["a", "b"]);
+  assert.deepEqual((await readdir(dir)).sort(), ["a", "b", "blocked", "empty-dir"], "no temporary file left");
+  // put (a batch of one) throws the key's own error.
+  await assert.rejects(store.put("big", chunks("0123456789", "more"), { maxBytes: 10 }), ValueTooLargeError);
+  await assert.rejects(store.put("blocked", chunks("2"), { maxBytes: 10 }), /EISDIR|ENOTEMPTY/);
+  await store.close();
+});
+
+test("putMany holds one temporary file open per value in flight, not one per value of the batch", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  const fds = async () => (await readdir("/proc/self/fd")).length;
+  const before = await fds();
+  let most = 0;
+  async function* items(): AsyncGenerator<PutItem> {
+    for (let i = 0; i < 300; i++) {
+      most = Math.max(most, await fds());
+      yield { key: `k${i}`, body: [Buffer.from(`value ${i}`)] };
+    }
+  }
+  const results = await store.putMany(items(), { maxBytes: 100, concurrency: 2 });
+  assert.equal(results.filter((r) => r.entry).length, 300);
+  assert.equal(store.count, 300);
+  assert.ok(most - before <= 4, `descriptors open during the batch: ${most - before} more than before`);
+  await store.close();
+});
+
+test("change feed pages: a full listing in pages sorted by name; an incremental answer longer than the limit becomes the first page", async () => {
+  const store = await Store.open(await tempDir());
+  for (const key of ["d", "a", "e", "c", "b"]) await store.put(key, chunks(key), { maxBytes: 10 });
+  const first = store.changes(null, { limit: 2 });
+  assert.deepEqual({ ...first, keys: first.keys.map(([k]) => k) }, { cursor: first.cursor, full: true, keys: ["a", "b"], deleted: [], next: "b" });
+  const second = store.changes("", { limit: 2, from: "b" });
+  assert.deepEqual([second.keys.map(([k]) => k), second.next], [["c", "d"], "d"]);
+  const last = store.changes(first.cursor, { limit: 2, from: "d" }); // from: a full page, whatever the cursor
+  assert.deepEqual([last.full, last.keys.map(([k]) => k), last.next], [true, ["e"], null]);
+  assert.deepEqual(store.changes(first.cursor, { limit: 2 }), { cursor: first.cursor, full: false, keys: [], deleted: [] });
+
+  await store.put("a", chunks("A"), { maxBytes: 10 });
+  await store.delete("e");
+  const small = store.changes(first.cursor, { limit: 2 });
+  assert.deepEqual([small.full, small.keys.map(([k]) => k), small.deleted], [false, ["a"], ["e"]]);
+  await store.put("f", chunks("f"), { maxBytes: 10 });
+  const long = store.changes(first.cursor, { limit: 2 });
+  assert.deepEqual([long.full, long.keys.map(([k]) => k), long.next], [true, ["a", "b"], "b"]);
+  assert.equal(store.changes(first.cursor).full, false, "unpaged requests keep the whole incremental answer");
   await store.close();
 });

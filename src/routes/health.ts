@@ -46,5 +46,5 @@ function replicaDetail({ replica }: Context): string {
   if (!replica) return "";
   const age = replica.secondsSinceSync();
   const since = age === null ? "" : `, last sync ${age.toFixed(1)} s ago`;
-  return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}`;
+  return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}${replica.unheld ? `; ${replica.unheld}` : ""}`;
 }

@@ -42,6 +42,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Wait for `GET /status?level=full` to answer 200 too. Default false. */
   waitReady?: boolean;
+  /** A command that runs mehdb, such as `["prlimit", "--nofile=1024:1024", "--"]` (it must exec, so the pid stays mehdb's). Default none. */
+  wrapper?: string[];
 }
 
 const running = new Set<ChildProcess>();
@@ -71,8 +73,8 @@ export async function startMehdb(options: StartOptions = {}): Promise<Mehdb> {
     ...(options.leaderUrl ? { MEHDB_LEADER_URL: options.leaderUrl } : {}),
     ...options.env,
   };
-  const [node, ...args] = mehdbCommand();
-  const child = spawn(node, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const [command, ...args] = [...(options.wrapper ?? []), ...mehdbCommand()];
+  const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   running.add(child);
   child.on("exit", () => running.delete(child));
   let text = "";
