@@ -14,27 +14,18 @@ import type { IncomingHttpHeaders, ServerResponse } from "node:http";
 import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
 import { sample } from "./metrics.ts";
 import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
-import { isValidKey, KEY_RULE } from "./keys.ts";
-import type { Changes, Entry, ListingPage, Precondition, Store } from "./store.ts";
+import { KEY_RULE } from "./keys.ts";
+import { CURSOR_HEADER, CURSOR_RULE, parseCursor, parseListingPage, type Changes, type ListingPage, type PollerState } from "./protocol.ts";
+import type { Entry, Precondition, Store } from "./store.ts";
 import {
   changesWithPrefix,
-  CURSOR_RULE,
   isValidPrefix,
   MAX_WAIT_MS,
   nothingChanged,
-  parseCursor,
   parseWait,
   Watches,
   withPrefix,
 } from "./watch.ts";
-
-/** What a follower's poller tells about its progress (see `Poller.reached` and `Poller.nextSync`). */
-export interface SyncProgress {
-  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
-  reached(cursor: string): boolean;
-  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
-  nextSync(maxStartMs: number): Promise<void>;
-}
 
 /** Options of {@link Consistency}. */
 export interface ConsistencyOptions {
@@ -42,15 +33,12 @@ export interface ConsistencyOptions {
   /** The leader's address, `http://host:port`; `null` on a leader. */
   leaderUrl: string | null;
   /** The follower's poller; absent on a leader. */
-  replica?: SyncProgress;
+  poller?: PollerState;
   /** Held `/keys` answers at once. Default 256 (see `watch.ts`). */
   maxHeld?: number;
   /** How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync interval). */
   afterWaitMs?: number;
 }
-
-/** Largest page of a paged listing (`GET /keys?since=…&limit=N`). */
-const MAX_LISTING_LIMIT = 100_000;
 
 /** What a change-feed request asks for beyond its cursor: names starting with `prefix`, and a page. */
 interface Listing {
@@ -67,7 +55,7 @@ export class Consistency {
   readonly watches: Watches;
   #store: Store;
   #leaderUrl: string | null;
-  #replica: SyncProgress | undefined;
+  #poller: PollerState | undefined;
   #afterWaitMs: number;
   /** Reads waiting for the follower's next sync now; bounded like the watches. */
   #afterWaiting = 0;
@@ -75,7 +63,7 @@ export class Consistency {
   constructor(options: ConsistencyOptions) {
     this.#store = options.store;
     this.#leaderUrl = options.leaderUrl;
-    this.#replica = options.replica;
+    this.#poller = options.poller;
     this.#afterWaitMs = options.afterWaitMs ?? 1_000;
     this.watches = new Watches(() => options.store.nextChange(), { max: options.maxHeld });
   }
@@ -101,7 +89,7 @@ export class Consistency {
   /** The headers of a successful `PUT` (`entry` given) or `DELETE`: the new `ETag`, and the cursor at which the change is visible. */
   writeHeaders(entry?: Entry): Record<string, string> {
     const store = this.#store;
-    return entry ? { ETag: store.etag(entry), "Mehdb-Cursor": store.cursorOf(entry) } : { "Mehdb-Cursor": store.cursor };
+    return entry ? { ETag: store.etag(entry), [CURSOR_HEADER]: store.cursorOf(entry) } : { [CURSOR_HEADER]: store.cursor };
   }
 
   /**
@@ -116,13 +104,13 @@ export class Consistency {
     const after = params.get("after");
     if (after === null) return null;
     if (parseCursor(after) === null) return line(BAD_REQUEST, `malformed after=${quote(after)}: ${CURSOR_RULE}`);
-    const replica = this.#replica;
-    if (!replica || replica.reached(after)) return null;
+    const poller = this.#poller;
+    if (!poller || poller.reached(after)) return null;
     if (this.#afterWaiting >= this.watches.max) return this.#redirect(path, params, after);
     this.#afterWaiting++;
-    return replica.nextSync(this.#afterWaitMs).then(() => {
+    return poller.nextSync(this.#afterWaitMs).then(() => {
       this.#afterWaiting--;
-      return replica.reached(after) ? null : this.#redirect(path, params, after);
+      return poller.reached(after) ? null : this.#redirect(path, params, after);
     });
   }
 
@@ -143,7 +131,7 @@ export class Consistency {
       return json(withPrefix(this.#store.list(), prefix));
     }
     if (since !== "" && parseCursor(since) === null) return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
-    const page = listingPage(params);
+    const page = parseListingPage(params);
     if (typeof page === "string") return line(BAD_REQUEST, page);
     const listing = { prefix, page };
     const changes = this.#changes(since, listing);
@@ -203,21 +191,4 @@ function json(value: unknown): Reply {
 /** A value from the request, quoted and cut short, printable. */
 function quote(text: string): string {
   return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
-}
-
-/**
- * The paging of a change-feed request: `limit=N` (1–100 000) cuts a full listing
- * into pages sorted by name; `from=NAME` (with `limit`) asks for the page after
- * NAME. `undefined` when unpaged; a one-line reason when malformed.
- */
-function listingPage(params: URLSearchParams): ListingPage | undefined | string {
-  const limit = params.get("limit");
-  const from = params.get("from");
-  if (limit === null && from === null) return undefined;
-  const n = limit !== null && /^[0-9]{1,6}$/.test(limit) ? Number(limit) : NaN;
-  if (!(n >= 1 && n <= MAX_LISTING_LIMIT)) {
-    return `limit must be a whole number from 1 to ${MAX_LISTING_LIMIT} (and is needed with from)`;
-  }
-  if (from !== null && !isValidKey(from)) return `from must be a key: ${KEY_RULE}`;
-  return from === null ? { limit: n } : { limit: n, from };
 }

@@ -10,9 +10,8 @@
  * kept, at most 100 of them, each forgotten after 10 minutes unseen. Anything
  * else is ignored and never shown.
  */
+import { FOLLOWER_HEADER } from "./protocol.ts";
 
-/** The request header a follower names itself with. */
-export const FOLLOWER_HEADER = "Mehdb-Follower";
 
 /** One follower as the leader sees it. */
 export interface FollowerStatus {

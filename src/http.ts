@@ -12,7 +12,7 @@ import type { Consistency } from "./consistency.ts";
 import type { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import type { ReplicaState } from "./server.ts";
+import type { PollerState } from "./protocol.ts";
 import type { Entry, Store } from "./store.ts";
 import type { Tokens } from "./tokens.ts";
 
@@ -41,8 +41,8 @@ export interface Context {
   /** Largest value accepted, in bytes. */
   maxValueBytes: number;
   log: Logger;
-  /** The follower's replication state; absent on a leader. */
-  replica: ReplicaState | undefined;
+  /** The follower's poller; absent on a leader. */
+  poller: PollerState | undefined;
   /** Request counters. */
   metrics: Metrics;
   /** Who may write and read (the token files); `undefined`: everything open. */

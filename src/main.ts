@@ -13,7 +13,7 @@ import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createMehdbServer } from "./server.ts";
 import { Store } from "./store.ts";
-import { Poller } from "./sync.ts";
+import { Poller } from "./poller.ts";
 import { TokenFileError, Tokens } from "./tokens.ts";
 
 /** How long in-flight requests may take to finish after a stop signal. */
@@ -91,7 +91,7 @@ async function main(log: Logger): Promise<void> {
     leaderUrl: config.leaderUrl,
     maxValueBytes: config.maxValueBytes,
     log,
-    replica: poller,
+    poller,
     host: config.host,
     access: tokens,
   });

@@ -24,7 +24,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { DEFAULTS, type Role } from "./config.ts";
-import { Consistency, type SyncProgress } from "./consistency.ts";
+import { Consistency } from "./consistency.ts";
 import {
   BAD_REQUEST,
   EXPECTATION_FAILED,
@@ -45,6 +45,7 @@ import {
 } from "./http.ts";
 import { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
+import type { PollerState } from "./protocol.ts";
 import { Metrics } from "./metrics.ts";
 import { listKeys, sendValues } from "./routes/feed.ts";
 import { metrics, status } from "./routes/health.ts";
@@ -52,20 +53,6 @@ import { statusPage } from "./routes/page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
 import type { Store } from "./store.ts";
 import { CHALLENGE, type Access, type Tokens } from "./tokens.ts";
-
-/** What a follower's poller tells the server (see `sync.ts`). */
-export interface ReplicaState extends SyncProgress {
-  /** True once the follower has completed one sync with its leader. */
-  readonly synced: boolean;
-  /** Seconds since the last good sync; `null` before the first. */
-  secondsSinceSync(): number | null;
-  /** The last sync error, one line; `null` when the last tick went well. */
-  readonly lastError: string | null;
-  /** The leader's keys this follower cannot hold, one line; `null` when there are none. */
-  readonly unheld: string | null;
-  /** The poller's own metrics, Prometheus text. */
-  metrics(): string;
-}
 
 /** Options of {@link createMehdbServer}. */
 export interface ServerOptions {
@@ -77,7 +64,7 @@ export interface ServerOptions {
   maxValueBytes: number;
   log: Logger;
   /** The follower's poller; absent on a leader. */
-  replica?: ReplicaState;
+  poller?: PollerState;
   /** This node's host name, shown on the status page. Default: the role. */
   host?: string;
   /** Who may write and read (the token files, `tokens.ts`). Default: everything open. */
@@ -198,12 +185,12 @@ export function createMehdbServer(options: ServerOptions): Server {
     leaderUrl: options.leaderUrl,
     maxValueBytes: options.maxValueBytes,
     log: options.log,
-    replica: options.replica,
+    poller: options.poller,
     metrics: options.metrics ?? new Metrics(),
     access: options.access,
     host: options.host ?? options.role,
     followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
-    consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, replica: options.replica }),
+    consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, poller: options.poller }),
     valueHeaders: new WeakMap(),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;

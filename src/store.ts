@@ -30,6 +30,7 @@ import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
 import { DEFAULTS } from "./config.ts";
 import { isValidKey } from "./keys.ts";
+import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "./protocol.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
 export interface Entry {
@@ -47,34 +48,6 @@ export interface Entry {
 export type Value =
   | { entry: Entry; body: Buffer; stream?: undefined }
   | { entry: Entry; body?: undefined; stream: ReadStream };
-
-/** A key in a listing of the change feed: `[name, size, mtimeMs]`. */
-export type ListedKey = [name: string, size: number, mtimeMs: number];
-
-/** What changed since a cursor, or the whole listing when the cursor cannot be served. */
-export interface Changes {
-  /** The cursor to ask from next time. */
-  cursor: string;
-  /** True when `keys` is the complete set of keys (anything else should be removed). */
-  full: boolean;
-  /** Keys written since the cursor (or all keys, when `full`). */
-  keys: ListedKey[];
-  /** Keys deleted since the cursor (empty when `full`). */
-  deleted: string[];
-  /**
-   * Only in a paged full listing ({@link ListingPage}): the name to ask `from` for
-   * the next page, or `null` on the last page.
-   */
-  next?: string | null;
-}
-
-/** Paging of {@link Store.changes}: a full listing is cut into pages sorted by name. */
-export interface ListingPage {
-  /** Most keys in one answer. An incremental answer with more changes than this gets the first page of the full listing instead. */
-  limit: number;
-  /** Ask for the page of the full listing that starts after this name (whatever the cursor). Default: the first page. */
-  from?: string;
-}
 
 /** Options of {@link Store.open}. */
 export interface StoreOptions {
@@ -192,7 +165,7 @@ export class Store {
   #maxTombstones: number;
   #cache: ValueCache;
   #locks = new Map<string, Promise<unknown>>();
-  #dirSync: DirSync;
+  #dirFsync: DirFsync;
   #tmpCount = 0;
   /** Files being renamed over their key's file, by inode: readers may open them before the index names them. */
   #renaming = new Map<number, { key: string; landed: Promise<Entry | null> }>();
@@ -205,7 +178,7 @@ export class Store {
   private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
     this.dir = dir;
     this.epoch = randomBytes(6).toString("hex");
-    this.#dirSync = new DirSync(dirHandle);
+    this.#dirFsync = new DirFsync(dirHandle);
     const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
     this.#maxTombstones = options.maxTombstones ?? 100_000;
@@ -230,7 +203,7 @@ export class Store {
       if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
     }
     store.#floor = store.#seq;
-    if (leftovers.length > 0) await store.#dirSync.sync();
+    if (leftovers.length > 0) await store.#dirFsync.sync();
     return store;
   }
 
@@ -395,10 +368,10 @@ export class Store {
       }
     } catch (error) {
       await removeAll(staged);
-      if (renamed > 0) await this.#dirSync.sync().catch(() => {});
+      if (renamed > 0) await this.#dirFsync.sync().catch(() => {});
       throw error;
     }
-    if (renamed > 0) await this.#dirSync.sync();
+    if (renamed > 0) await this.#dirFsync.sync();
     return results as PutResult[];
   }
 
@@ -483,18 +456,18 @@ export class Store {
       this.#remove(key);
       return true;
     });
-    if (removed) await this.#dirSync.sync();
+    if (removed) await this.#dirFsync.sync();
     return removed;
   }
 
   /** The change-feed cursor now, `EPOCH-SEQ`: every change made so far is visible at it. */
   get cursor(): string {
-    return `${this.epoch}-${this.#seq}`;
+    return formatCursor(this.epoch, this.#seq);
   }
 
   /** The cursor at which the write that made `entry` is visible. */
   cursorOf(entry: Entry): string {
-    return `${this.epoch}-${entry.seq}`;
+    return formatCursor(this.epoch, entry.seq);
   }
 
   /** Resolves at the store's next change (a value written or a key removed), for held watches. */
@@ -521,8 +494,8 @@ export class Store {
    * longer than `page.limit` becomes the first such page.
    */
   changes(cursor: string | null, page?: ListingPage): Changes {
-    const next = `${this.epoch}-${this.#seq}`;
-    const since = page?.from !== undefined ? null : parseCursor(cursor, this.epoch);
+    const next = formatCursor(this.epoch, this.#seq);
+    const since = page?.from !== undefined ? null : seqOf(cursor, this.epoch);
     if (since === null || since < this.#floor || since > this.#seq) return this.#fullListing(next, page);
     const keys: ListedKey[] = [];
     const deleted: string[] = [];
@@ -559,7 +532,7 @@ export class Store {
 
   /** How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys found at open included). */
   changesSince(cursor: string | null): number {
-    return Math.max(0, this.#seq - (parseCursor(cursor, this.epoch) ?? 0));
+    return Math.max(0, this.#seq - (seqOf(cursor, this.epoch) ?? 0));
   }
 
   /**
@@ -581,7 +554,7 @@ export class Store {
   /** Waits for writes in flight, then releases the directory handle. */
   async close(): Promise<void> {
     await Promise.allSettled([...this.#locks.values()]);
-    await this.#dirSync.close();
+    await this.#dirFsync.close();
   }
 
   #entry(size: number, mtimeMs: number, ino: number): Entry {
@@ -680,7 +653,7 @@ export class Store {
 }
 
 /** One directory fsync at a time; callers that arrive while one runs share the next. */
-class DirSync {
+class DirFsync {
   #handle: FileHandle;
   #running: Promise<void> | null = null;
   #queued: Promise<void> | null = null;
@@ -777,13 +750,10 @@ async function readExactly(handle: FileHandle, size: number): Promise<Buffer | n
   return buffer;
 }
 
-/** Reads `EPOCH-SEQ`; `null` when absent, malformed or of another epoch. */
-function parseCursor(cursor: string | null, epoch: string): number | null {
-  if (!cursor) return null;
-  const dash = cursor.lastIndexOf("-");
-  if (cursor.slice(0, dash) !== epoch) return null;
-  const seq = Number(cursor.slice(dash + 1));
-  return Number.isSafeInteger(seq) && seq >= 0 ? seq : null;
+/** The seq of `cursor` when it is of this `epoch`; `null` when absent, malformed or of another epoch. */
+function seqOf(cursor: string | null, epoch: string): number | null {
+  const parsed = parseCursor(cursor);
+  return parsed?.epoch === epoch ? parsed.seq : null;
 }
 
 /** The first index of sorted `values` holding a number ≥ `target`. */

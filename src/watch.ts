@@ -1,43 +1,17 @@
 /**
  * Watching changes and reading your writes, the parts that need no HTTP:
- * cursors (`EPOCH-SEQ`), the `wait` and `prefix` parameters of `GET /keys`,
+ * the `wait` and `prefix` parameters of `GET /keys`,
  * the bounded set of held `GET /keys?since=…&wait=MS` answers ({@link Watches}),
  * and the follower's "next sync" signal ({@link SyncWaits}) that `?after=` waits on.
  */
 import { isValidKey } from "./keys.ts";
-import type { Changes } from "./store.ts";
+import type { Changes } from "./protocol.ts";
 
 /** Longest `wait` of `GET /keys?since=…&wait=MS`, in milliseconds. */
 export const MAX_WAIT_MS = 60_000;
 
 /** Held `/keys` answers at once, by default; past it a watch is answered at once, as without `wait`. */
 export const DEFAULT_MAX_HELD = 256;
-
-/** A change-feed cursor: the epoch of the store that made it, and the number of its changes so far. */
-export interface Cursor {
-  readonly epoch: string;
-  readonly seq: number;
-}
-
-/** The cursor format in words, for `400` answers. */
-export const CURSOR_RULE = "a cursor is EPOCH-SEQ, as in the Mehdb-Cursor header of a write or the cursor of GET /keys?since=";
-
-const CURSOR_PATTERN = /^([0-9A-Za-z]{1,64})-([0-9]{1,16})$/;
-
-/** Reads `EPOCH-SEQ`; `null` when malformed. */
-export function parseCursor(text: string): Cursor | null {
-  const match = CURSOR_PATTERN.exec(text);
-  if (!match) return null;
-  const seq = Number(match[2]);
-  return Number.isSafeInteger(seq) ? { epoch: match[1], seq } : null;
-}
-
-/** True when a replica whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not beyond. */
-export function cursorReached(reached: string | null, wanted: string): boolean {
-  const have = reached === null ? null : parseCursor(reached);
-  const want = parseCursor(wanted);
-  return have !== null && want !== null && have.epoch === want.epoch && want.seq <= have.seq;
-}
 
 /** Reads `wait`: a whole number of milliseconds from 1 to {@link MAX_WAIT_MS}; `null` otherwise. */
 export function parseWait(text: string): number | null {

@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { fetchText, mehdbCommand, ROOT, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
-import { parseValues } from "../src/sync.ts";
+import { parseValues } from "../src/protocol.ts";
 
 const run = promisify(execFile);
 const hasCurl = spawnSync("curl", ["--version"]).status === 0;

@@ -5,7 +5,8 @@ import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
-import { createMehdbServer, type ReplicaState } from "../src/server.ts";
+import type { PollerState } from "../src/protocol.ts";
+import { createMehdbServer } from "../src/server.ts";
 import { Store } from "../src/store.ts";
 import { fetchText, stopAll, tempDir } from "./helpers/mehdb.ts";
 
@@ -24,7 +25,7 @@ function recorder(): { log: Logger; lines: string[] } {
   return { lines, log: (event, fields = {}) => lines.push([event, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(" ")) };
 }
 
-async function serve(role: "leader" | "follower", replica?: ReplicaState) {
+async function serve(role: "leader" | "follower", poller?: PollerState) {
   const store = await Store.open(await tempDir());
   const { log, lines } = recorder();
   const server = createMehdbServer({
@@ -33,7 +34,7 @@ async function serve(role: "leader" | "follower", replica?: ReplicaState) {
     leaderUrl: role === "follower" ? "http://mehdb-0.mehdb.default.svc.cluster.local:9876" : null,
     maxValueBytes: 1024,
     log,
-    replica,
+    poller,
   });
   servers.push(server);
   server.listen(0, "127.0.0.1");
@@ -76,8 +77,8 @@ describe("route table, in-process", () => {
     assert.match(text, /mehdb_http_requests_total\{route="other",status="404"\} 1\n/);
   });
 
-  test("a follower redirects writes before reading a body, and reports its replica state", async () => {
-    const replica: ReplicaState = {
+  test("a follower redirects writes before reading a body, and reports its poller's state", async () => {
+    const poller: PollerState = {
       synced: false,
       lastError: "leader unreachable",
       unheld: null,
@@ -86,7 +87,7 @@ describe("route table, in-process", () => {
       reached: () => false,
       nextSync: () => Promise.resolve(),
     };
-    const { url, store } = await serve("follower", replica);
+    const { url, store } = await serve("follower", poller);
     const put = await fetchText(`${url}/set/k1`, { method: "PUT", body: "v1" });
     assert.equal(put.status, 307);
     assert.equal(put.headers.location, "http://mehdb-0.mehdb.default.svc.cluster.local:9876/set/k1");

@@ -6,15 +6,14 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import {
   changesWithPrefix,
-  cursorReached,
   isValidPrefix,
   nothingChanged,
-  parseCursor,
   parseWait,
   SyncWaits,
   Watches,
   withPrefix,
 } from "../src/watch.ts";
+import { cursorReached, parseCursor } from "../src/protocol.ts";
 import { metric } from "./helpers/data.ts";
 import { fetchText, startMehdb, stopAll, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
 

@@ -5,9 +5,7 @@
  */
 import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "../http.ts";
 import { isValidKey, KEY_RULE } from "../keys.ts";
-
-/** Most keys asked for in one `GET /values`. */
-const MAX_VALUES_KEYS = 1000;
+import { MAX_VALUES_KEYS, valueLine, VALUES_TYPE } from "../protocol.ts";
 
 /**
  * `GET /keys`: the sorted JSON array of names; with `?since=CURSOR`, what changed since (held up to `?wait=MS`
@@ -21,18 +19,14 @@ export function listKeys(x: Exchange): void | Promise<void> {
   });
 }
 
-/**
- * `GET /values?keys=a,b,c`: several values in one answer, for a follower's
- * catch-up. For each key in order, a line `KEY SIZE MTIME_MS` and then SIZE
- * bytes, or a line `KEY -` when it is absent.
- */
+/** `GET /values?keys=a,b,c`: several values in one answer, for a follower's catch-up (format: `protocol.ts`). */
 export async function sendValues(x: Exchange): Promise<void> {
   const { req, res, ctx } = x;
   const keys = (new URLSearchParams(x.query).get("keys") ?? "").split(",");
   if (keys.length > MAX_VALUES_KEYS || !keys.every(isValidKey)) {
     return refuse(x, BAD_REQUEST, `keys must be 1-${MAX_VALUES_KEYS} keys separated by commas; ${KEY_RULE}`);
   }
-  res.writeHead(OK, { "Content-Type": "application/vnd.mehdb.values" });
+  res.writeHead(OK, { "Content-Type": VALUES_TYPE });
   ctx.metrics.count(x.route, OK);
   if (req.method === "HEAD") return void res.end();
   const write = async (bytes: string | Buffer) => {
@@ -42,11 +36,8 @@ export async function sendValues(x: Exchange): Promise<void> {
     for (const key of keys) {
       if (res.destroyed) return;
       const value = await ctx.store.get(key);
-      if (value === null) {
-        await write(`${key} -\n`);
-        continue;
-      }
-      await write(`${key} ${value.entry.size} ${value.entry.mtimeMs}\n`);
+      await write(valueLine(key, value?.entry ?? null));
+      if (value === null) continue;
       if (value.body) await write(value.body);
       else for await (const chunk of value.stream) await write(chunk as Buffer);
     }

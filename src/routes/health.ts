@@ -12,15 +12,15 @@ export function status(x: Exchange): void | Promise<void> {
   return readiness(x);
 }
 
-/** `GET /metrics`: request counters, the store's gauges and a follower's replication figures. */
+/** `GET /metrics`: request counters, the store's gauges and a follower's pollertion figures. */
 export function metrics(x: Exchange): void {
-  const { metrics, store, role, replica, followers, consistency } = x.ctx;
+  const { metrics, store, role, poller, followers, consistency } = x.ctx;
   const text = metrics.render() +
     sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
     sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
     sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
     sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
-    (replica ? replica.metrics() : "") +
+    (poller ? poller.metrics() : "") +
     (followers?.metrics() ?? "") +
     consistency.metrics();
   send(x, OK, text, "text/plain; version=0.0.4; charset=utf-8");
@@ -29,22 +29,22 @@ export function metrics(x: Exchange): void {
 async function readiness(x: Exchange): Promise<void> {
   const reason = await notReadyReason(x.ctx);
   if (reason !== null) return send(x, SERVICE_UNAVAILABLE, `not ready: ${reason}\n`);
-  return send(x, OK, `${x.ctx.store.count} keys${replicaDetail(x.ctx)}${x.ctx.followers?.summary() ?? ""}\n`);
+  return send(x, OK, `${x.ctx.store.count} keys${pollerDetail(x.ctx)}${x.ctx.followers?.summary() ?? ""}\n`);
 }
 
 /** Why this node is not ready, in one line; `null` when it is. */
-export async function notReadyReason({ store, replica, leaderUrl }: Context): Promise<string | null> {
+export async function notReadyReason({ store, poller, leaderUrl }: Context): Promise<string | null> {
   const unwritable = await store.probeWritable();
   if (unwritable !== null) return unwritable;
-  if (replica && !replica.synced) {
-    return `no complete sync with the leader at ${leaderUrl} yet${replica.lastError ? ` (${replica.lastError})` : ""}`;
+  if (poller && !poller.synced) {
+    return `no complete sync with the leader at ${leaderUrl} yet${poller.lastError ? ` (${poller.lastError})` : ""}`;
   }
   return null;
 }
 
-function replicaDetail({ replica }: Context): string {
-  if (!replica) return "";
-  const age = replica.secondsSinceSync();
+function pollerDetail({ poller }: Context): string {
+  if (!poller) return "";
+  const age = poller.secondsSinceSync();
   const since = age === null ? "" : `, last sync ${age.toFixed(1)} s ago`;
-  return `${since}${replica.lastError ? ` (${replica.lastError})` : ""}${replica.unheld ? `; ${replica.unheld}` : ""}`;
+  return `${since}${poller.lastError ? ` (${poller.lastError})` : ""}${poller.unheld ? `; ${poller.unheld}` : ""}`;
 }

@@ -5,7 +5,7 @@ import { notReadyReason } from "./health.ts";
 
 /** `GET|HEAD /`: a small self-contained HTML page of this node and, on a leader, its followers. */
 export async function statusPage(x: Exchange): Promise<void> {
-  const { host, role, store, leaderUrl, replica, followers } = x.ctx;
+  const { host, role, store, leaderUrl, poller, followers } = x.ctx;
   const page = renderPage({
     host,
     role,
@@ -14,8 +14,8 @@ export async function statusPage(x: Exchange): Promise<void> {
     notReady: await notReadyReason(x.ctx),
     leaderUrl,
     now: new Date(),
-    secondsSinceSync: replica?.secondsSinceSync() ?? null,
-    lastError: replica?.lastError ?? null,
+    secondsSinceSync: poller?.secondsSinceSync() ?? null,
+    lastError: poller?.lastError ?? null,
     followers: followers?.list() ?? null,
   });
   send(x, OK, page, "text/html; charset=utf-8");

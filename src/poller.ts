@@ -31,10 +31,10 @@ import { DEFAULTS } from "./config.ts";
 import { isValidKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { sample } from "./metrics.ts";
-import type { ReplicaState } from "./server.ts";
-import { ValueTooLargeError, type Changes, type PutItem, type Store } from "./store.ts";
+import { checkChanges, cursorReached, parseValues, ProtocolError, type Changes, type PollerState } from "./protocol.ts";
+import { ValueTooLargeError, type PutItem, type Store } from "./store.ts";
 import { authorizationHeader, leaderRefusal } from "./tokens.ts";
-import { cursorReached, SyncWaits } from "./watch.ts";
+import { SyncWaits } from "./watch.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {
@@ -111,7 +111,7 @@ class LeaderTimeoutError extends Error {
 }
 
 /** Copies a leader's keys on a timer; create one per follower, then {@link Poller.start}. */
-export class Poller implements ReplicaState {
+export class Poller implements PollerState {
   #options: Required<PollerOptions>;
   #agent: Agent;
   #abort = new AbortController();
@@ -508,39 +508,6 @@ function groups(listed: Listed[]): Listed[][] {
   return out;
 }
 
-/** Reads a `GET /values` answer: key → bytes and mtime; absent keys are left out. */
-export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs: number }> {
-  const values = new Map<string, { body: Buffer; mtimeMs: number }>();
-  let at = 0;
-  while (at < answer.length) {
-    const end = answer.indexOf(10, at);
-    if (end < 0) throw new LeaderAnswerError("leader's /values answer ends inside a header line");
-    const [key, size, mtime] = answer.toString("latin1", at, end).split(" ");
-    at = end + 1;
-    if (size === "-") continue;
-    const length = Number(size);
-    const mtimeMs = Number(mtime);
-    if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
-      throw new LeaderAnswerError("leader's /values answer is malformed or cut short");
-    }
-    values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
-    at += length;
-  }
-  return values;
-}
-
-/** Checks the shape of a change-feed answer. */
-function checkChanges(value: unknown): Changes {
-  const v = value as Partial<Changes> | null;
-  const ok = v !== null && typeof v === "object" && typeof v.cursor === "string" && typeof v.full === "boolean" &&
-    Array.isArray(v.keys) && Array.isArray(v.deleted) &&
-    (v.next === undefined || v.next === null || typeof v.next === "string") &&
-    v.keys.every((k) => Array.isArray(k) && typeof k[0] === "string" && Number.isFinite(k[1]) && Number.isFinite(k[2])) &&
-    v.deleted.every((k) => typeof k === "string");
-  if (!ok) throw new LeaderAnswerError("leader's GET /keys?since answer is not a change listing");
-  return v as Changes;
-}
-
 /** A `404` is a key gone meanwhile (`false`); any other status than `200` is the leader's error. */
 function isFound(res: IncomingMessage, key: string): boolean {
   if (res.statusCode === 200) return true;
@@ -577,7 +544,7 @@ async function* exactly(res: IncomingMessage): AsyncGenerator<Buffer> {
 /** Which side failed: the leader cannot be reached, the leader answered wrongly, or this follower. */
 function classify(error: unknown): FailureKind {
   if (error instanceof LeaderTimeoutError) return "unreachable";
-  if (error instanceof LeaderAnswerError) return "answer";
+  if (error instanceof LeaderAnswerError || error instanceof ProtocolError) return "answer";
   const code = String((error as NodeJS.ErrnoException)?.code ?? "");
   if (code.startsWith("HPE_")) return "answer"; // the leader's HTTP itself is malformed
   if (NETWORK_CODES.has(code)) return "unreachable";

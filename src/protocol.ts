@@ -1,0 +1,160 @@
+/**
+ * The wire protocol between a leader and its followers, in one place: the
+ * change-feed cursor (`EPOCH-SEQ`), the change-feed answer of
+ * `GET /keys?since=CURSOR[&limit=N[&from=NAME]]`, the `GET /values?keys=a,b,c`
+ * answer, the headers mehdb adds, and what a follower's poller tells its
+ * server ({@link PollerState}). The store, the server and the poller import
+ * it; none of them imports another for the protocol.
+ */
+import { isValidKey, KEY_RULE } from "./keys.ts";
+
+/** Sent by a follower on every request to its leader: its host name. */
+export const FOLLOWER_HEADER = "Mehdb-Follower";
+/** Answered by every successful `PUT` and `DELETE`: the cursor at which the change is visible. */
+export const CURSOR_HEADER = "Mehdb-Cursor";
+
+/** A change-feed cursor: the epoch of the store that made it, and the number of its changes so far. */
+export interface Cursor {
+  readonly epoch: string;
+  readonly seq: number;
+}
+
+/** The cursor format in words, for `400` answers. */
+export const CURSOR_RULE = "a cursor is EPOCH-SEQ, as in the Mehdb-Cursor header of a write or the cursor of GET /keys?since=";
+
+const CURSOR_PATTERN = /^([0-9A-Za-z]{1,64})-([0-9]{1,16})$/;
+
+/** `EPOCH-SEQ`. */
+export function formatCursor(epoch: string, seq: number): string {
+  return `${epoch}-${seq}`;
+}
+
+/** Reads `EPOCH-SEQ`; `null` when absent or malformed. */
+export function parseCursor(text: string | null): Cursor | null {
+  const match = text === null ? null : CURSOR_PATTERN.exec(text);
+  if (!match?.[1] || match[2] === undefined) return null;
+  const seq = Number(match[2]);
+  return Number.isSafeInteger(seq) ? { epoch: match[1], seq } : null;
+}
+
+/** True when a follower whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not beyond. */
+export function cursorReached(reached: string | null, wanted: string): boolean {
+  const have = parseCursor(reached);
+  const want = parseCursor(wanted);
+  return have !== null && want !== null && have.epoch === want.epoch && want.seq <= have.seq;
+}
+
+/** A key in a change-feed listing: `[name, size, mtimeMs]`. */
+export type ListedKey = [name: string, size: number, mtimeMs: number];
+
+/** The answer of `GET /keys?since=CURSOR`: what changed since the cursor, or the whole listing when it cannot be served. */
+export interface Changes {
+  /** The cursor to ask from next time. */
+  cursor: string;
+  /** True when `keys` is the complete set of keys (anything else should be removed). */
+  full: boolean;
+  /** Keys written since the cursor (or all keys, when `full`). */
+  keys: ListedKey[];
+  /** Keys deleted since the cursor (empty when `full`). */
+  deleted: string[];
+  /** Only in a paged full listing ({@link ListingPage}): the name to ask `from` for the next page, or `null` on the last page. */
+  next?: string | null;
+}
+
+/** Paging of the change feed (`&limit=N[&from=NAME]`): a full listing is cut into pages sorted by name. */
+export interface ListingPage {
+  /** Most keys in one answer. An incremental answer with more changes than this gets the first page of the full listing instead. */
+  limit: number;
+  /** Ask for the page of the full listing that starts after this name (whatever the cursor). Default: the first page. */
+  from?: string;
+}
+
+/** Largest page of a paged listing. */
+export const MAX_LISTING_LIMIT = 100_000;
+
+/**
+ * Reads the paging of a change-feed request: `limit=N` (1–100 000) cuts a full
+ * listing into pages sorted by name; `from=NAME` (with `limit`) asks for the
+ * page after NAME. `undefined` when unpaged; a one-line reason when malformed.
+ */
+export function parseListingPage(params: URLSearchParams): ListingPage | undefined | string {
+  const limit = params.get("limit");
+  const from = params.get("from");
+  if (limit === null && from === null) return undefined;
+  const n = limit !== null && /^[0-9]{1,6}$/.test(limit) ? Number(limit) : NaN;
+  if (!(n >= 1 && n <= MAX_LISTING_LIMIT)) {
+    return `limit must be a whole number from 1 to ${MAX_LISTING_LIMIT} (and is needed with from)`;
+  }
+  if (from !== null && !isValidKey(from)) return `from must be a key: ${KEY_RULE}`;
+  return from === null ? { limit: n } : { limit: n, from };
+}
+
+/** A leader's answer that breaks the protocol (its shape, not its status). */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+}
+
+/** Checks the shape of a change-feed answer; throws {@link ProtocolError}. */
+export function checkChanges(value: unknown): Changes {
+  const v = value as Partial<Changes> | null;
+  const ok = v !== null && typeof v === "object" && typeof v.cursor === "string" && typeof v.full === "boolean" &&
+    Array.isArray(v.keys) && Array.isArray(v.deleted) &&
+    (v.next === undefined || v.next === null || typeof v.next === "string") &&
+    v.keys.every((k) => Array.isArray(k) && typeof k[0] === "string" && Number.isFinite(k[1]) && Number.isFinite(k[2])) &&
+    v.deleted.every((k) => typeof k === "string");
+  if (!ok) throw new ProtocolError("leader's GET /keys?since answer is not a change listing");
+  return v as Changes;
+}
+
+/** The content type of a `GET /values` answer. */
+export const VALUES_TYPE = "application/vnd.mehdb.values";
+
+/** Most keys asked for in one `GET /values`. */
+export const MAX_VALUES_KEYS = 1000;
+
+/**
+ * The line before a value in a `GET /values` answer: `KEY SIZE MTIME_MS\n`,
+ * followed by SIZE bytes; `KEY -\n` for a key that is absent.
+ */
+export function valueLine(key: string, value: { size: number; mtimeMs: number } | null): string {
+  return value === null ? `${key} -\n` : `${key} ${value.size} ${value.mtimeMs}\n`;
+}
+
+/** Reads a `GET /values` answer: key → bytes and mtime; absent keys are left out. Throws {@link ProtocolError}. */
+export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs: number }> {
+  const values = new Map<string, { body: Buffer; mtimeMs: number }>();
+  let at = 0;
+  while (at < answer.length) {
+    const end = answer.indexOf(10, at);
+    if (end < 0) throw new ProtocolError("leader's /values answer ends inside a header line");
+    const [key = "", size, mtime] = answer.toString("latin1", at, end).split(" ");
+    at = end + 1;
+    if (size === "-") continue;
+    const length = Number(size);
+    const mtimeMs = Number(mtime);
+    if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
+      throw new ProtocolError("leader's /values answer is malformed or cut short");
+    }
+    values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
+    at += length;
+  }
+  return values;
+}
+
+/** What a follower's poller tells its server: readiness, staleness, read-your-writes, metrics. */
+export interface PollerState {
+  /** True once the follower has completed one sync with its leader. */
+  readonly synced: boolean;
+  /** Seconds since the last good sync; `null` before the first. */
+  secondsSinceSync(): number | null;
+  /** The last sync error, one line; `null` when the last tick went well. */
+  readonly lastError: string | null;
+  /** The leader's keys this follower cannot hold, one line; `null` when there are none. */
+  readonly unheld: string | null;
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
+  reached(cursor: string): boolean;
+  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
+  nextSync(maxStartMs: number): Promise<void>;
+  /** The poller's own metrics, Prometheus text. */
+  metrics(): string;
+}
