@@ -6,12 +6,13 @@
  * and rejects with that first error.
  */
 export async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {
-  let next = 0;
+  const queue = items.values(); // shared by the workers: each item is taken once
   let firstError: { error: unknown } | null = null;
   const worker = async () => {
-    while (firstError === null && next < items.length) {
+    for (const item of queue) {
+      if (firstError !== null) return;
       try {
-        await fn(items[next++]);
+        await fn(item);
       } catch (error) {
         firstError ??= { error };
       }

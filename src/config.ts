@@ -87,9 +87,8 @@ export interface PodName {
 
 /** Reads `NAME-N` as pod `N` of StatefulSet `NAME`; `null` when the hostname has no ordinal. */
 export function parsePodName(hostname: string): PodName | null {
-  const match = /^([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)-(0|[1-9][0-9]{0,8})$/i.exec(hostname);
-  if (!match) return null;
-  return { set: match[1], ordinal: Number(match[2]) };
+  const [, set, ordinal] = /^([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)-(0|[1-9][0-9]{0,8})$/i.exec(hostname) ?? [];
+  return set === undefined ? null : { set, ordinal: Number(ordinal) };
 }
 
 /** The parts of a leader's cluster address. */

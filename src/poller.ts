@@ -290,7 +290,9 @@ export class Poller implements PollerState {
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
       const gone: string[] = [];
-      for (; at < local.length && (next === null || local[at] <= next); at++) if (!listed.has(local[at])) gone.push(local[at]);
+      for (let name = local[at]; name !== undefined && (next === null || name <= next); name = local[++at]) {
+        if (!listed.has(name)) gone.push(name);
+      }
       for (const key of this.#unheld.keys()) if (inPage(key) && !listed.has(key)) this.#unheld.delete(key);
       await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
       await this.#copy(fetch);

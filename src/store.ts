@@ -30,6 +30,7 @@ import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
 import { DEFAULTS } from "./config.ts";
 import { isValidKey } from "./keys.ts";
+import { partitionPoint } from "./sorted.ts";
 import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "./protocol.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
@@ -309,7 +310,7 @@ export class Store {
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
     const [result] = await this.putMany([{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }], options);
-    if (result.error) throw result.error;
+    if (!result?.entry) throw result?.error ?? new Error(`the write of ${key} gave no result`);
     return result.entry;
   }
 
@@ -501,8 +502,7 @@ export class Store {
     const deleted: string[] = [];
     if (since === this.#seq) return { cursor: next, full: false, keys, deleted };
     const seen = new Set<string>();
-    for (let i = lowerBound(this.#logSeq, since + 1); i < this.#logKeys.length; i++) {
-      const key = this.#logKeys[i];
+    for (const key of this.#logKeys.slice(partitionPoint(this.#logSeq, (seq) => seq <= since))) {
       if (seen.has(key)) continue;
       seen.add(key);
       if (page && seen.size > page.limit) return this.#fullListing(next, page);
@@ -521,13 +521,14 @@ export class Store {
       return { cursor, full: true, keys, deleted: [] };
     }
     const names = this.list();
-    const start = page.from === undefined ? 0 : firstAfter(names, page.from);
+    const { from } = page;
+    const start = from === undefined ? 0 : partitionPoint(names, (name) => name <= from);
     const end = Math.min(names.length, start + page.limit);
-    for (let i = start; i < end; i++) {
-      const entry = this.#index.get(names[i])!;
-      keys.push([names[i], entry.size, entry.mtimeMs]);
+    for (const name of names.slice(start, end)) {
+      const entry = this.#index.get(name);
+      if (entry) keys.push([name, entry.size, entry.mtimeMs]);
     }
-    return { cursor, full: true, keys, deleted: [], next: end < names.length ? names[end - 1] : null };
+    return { cursor, full: true, keys, deleted: [], next: end < names.length ? names[end - 1] ?? null : null };
   }
 
   /** How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys found at open included). */
@@ -618,13 +619,13 @@ export class Store {
   /** Keeps the newest change per key, and at most `maxTombstones` deletions (raising the floor). */
   #compactLog(): void {
     const newest = new Map<string, number>();
-    this.#logKeys.forEach((key, i) => newest.set(key, this.#logSeq[i]));
+    this.#logKeys.forEach((key, i) => newest.set(key, this.#logSeq[i] ?? 0));
     let tombstones = 0;
     for (const key of newest.keys()) if (!this.#index.has(key)) tombstones++;
     const keys: string[] = [];
     const seqs: number[] = [];
     this.#logKeys.forEach((key, i) => {
-      const seq = this.#logSeq[i];
+      const seq = this.#logSeq[i] ?? 0;
       if (newest.get(key) !== seq) return;
       if (!this.#index.has(key) && tombstones > this.#maxTombstones) {
         tombstones--;
@@ -731,10 +732,15 @@ async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void>
   let rest = chunks;
   while (rest.length > 0) {
     let { bytesWritten } = await handle.writev(rest);
-    let i = 0;
-    while (i < rest.length && bytesWritten >= rest[i].length) bytesWritten -= rest[i++].length;
-    rest = rest.slice(i);
-    if (bytesWritten > 0) rest[0] = rest[0].subarray(bytesWritten);
+    let whole = 0; // chunks written whole
+    for (const chunk of rest) {
+      if (bytesWritten < chunk.length) break;
+      bytesWritten -= chunk.length;
+      whole++;
+    }
+    rest = rest.slice(whole);
+    const [first] = rest;
+    if (first && bytesWritten > 0) rest[0] = first.subarray(bytesWritten);
   }
 }
 
@@ -754,30 +760,6 @@ async function readExactly(handle: FileHandle, size: number): Promise<Buffer | n
 function seqOf(cursor: string | null, epoch: string): number | null {
   const parsed = parseCursor(cursor);
   return parsed?.epoch === epoch ? parsed.seq : null;
-}
-
-/** The first index of sorted `values` holding a number ≥ `target`. */
-function lowerBound(values: number[], target: number): number {
-  let low = 0;
-  let high = values.length;
-  while (low < high) {
-    const mid = (low + high) >>> 1;
-    if (values[mid] < target) low = mid + 1;
-    else high = mid;
-  }
-  return low;
-}
-
-/** The first index of sorted `names` holding a name after `name`. */
-function firstAfter(names: readonly string[], name: string): number {
-  let low = 0;
-  let high = names.length;
-  while (low < high) {
-    const mid = (low + high) >>> 1;
-    if (names[mid] <= name) low = mid + 1;
-    else high = mid;
-  }
-  return low;
 }
 
 /** Errors of a rename that concern only this key: something other than a file is in the way. */

@@ -5,6 +5,7 @@
  * and the follower's "next sync" signal ({@link SyncWaits}) that `?after=` waits on.
  */
 import { isValidKey } from "./keys.ts";
+import { partitionPoint } from "./sorted.ts";
 import type { Changes } from "./protocol.ts";
 
 /** Longest `wait` of `GET /keys?since=…&wait=MS`, in milliseconds. */
@@ -28,15 +29,9 @@ export function isValidPrefix(prefix: string): boolean {
 /** The names of sorted `names` that start with `prefix` (a binary search, then a scan of the matches). */
 export function withPrefix(names: readonly string[], prefix: string): readonly string[] {
   if (prefix === "") return names;
-  let low = 0;
-  let high = names.length;
-  while (low < high) {
-    const mid = (low + high) >>> 1;
-    if (names[mid] < prefix) low = mid + 1;
-    else high = mid;
-  }
+  const low = partitionPoint(names, (name) => name < prefix);
   let end = low;
-  while (end < names.length && names[end].startsWith(prefix)) end++;
+  while (names[end]?.startsWith(prefix)) end++;
   return names.slice(low, end);
 }
 
