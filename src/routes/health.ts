@@ -12,7 +12,7 @@ export function status(x: Exchange): void | Promise<void> {
   return readiness(x);
 }
 
-/** `GET /metrics`: request counters, the store's gauges and a follower's pollertion figures. */
+/** `GET /metrics`: request counters, the store's gauges and a follower's poller's figures. */
 export function metrics(x: Exchange): void {
   const { metrics, store, role, poller, followers, consistency } = x.ctx;
   const text = metrics.render() +
