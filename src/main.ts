@@ -19,23 +19,21 @@ import { TokenFileError, Tokens } from "./tokens.ts";
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;
 
+/** The checked configuration and the token files, or a one-line error and exit 2. */
+function configure(log: Logger): { config: Config; tokens: Tokens | undefined } {
+  try {
+    const config = loadConfig(process.env, hostname());
+    const tokens = Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
+    return { config, tokens };
+  } catch (error) {
+    if (!(error instanceof ConfigError || error instanceof TokenFileError)) throw error;
+    process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
+    process.exit(2);
+  }
+}
+
 async function main(log: Logger): Promise<void> {
-  let config: Config;
-  try {
-    config = loadConfig(process.env, hostname());
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
-    process.exit(2);
-  }
-  let tokens: Tokens | undefined; // tokens: read the token files, exit 2 if one cannot be used
-  try {
-    tokens = Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
-  } catch (error) {
-    if (!(error instanceof TokenFileError)) throw error;
-    process.stderr.write(`mehdb: bad configuration: ${error.message}\n`);
-    process.exit(2);
-  }
+  const { config, tokens } = configure(log);
 
   // What is running so far; a stop signal may come at any point of the start-up.
   const parts: { store?: Store; server?: Server; poller?: Poller } = {};
@@ -57,6 +55,7 @@ async function main(log: Logger): Promise<void> {
       await closed;
     }
     await parts.store?.close();
+    tokens?.close();
     log("stopped", { signal });
     process.exit(0);
   };
@@ -83,7 +82,16 @@ async function main(log: Logger): Promise<void> {
   if (stopping) return;
 
   const poller = config.role === "follower" && config.leaderUrl !== null
-    ? new Poller({ store, leaderUrl: config.leaderUrl, intervalMs: config.syncIntervalMs, timeoutMs: config.syncTimeoutMs, maxValueBytes: config.maxValueBytes, log, host: config.host, authorization: () => tokens?.leaderAuthorization() })
+    ? new Poller({
+      store,
+      leaderUrl: config.leaderUrl,
+      intervalMs: config.syncIntervalMs,
+      timeoutMs: config.syncTimeoutMs,
+      maxValueBytes: config.maxValueBytes,
+      log,
+      host: config.host,
+      authorization: () => tokens?.leaderAuthorization(),
+    })
     : undefined;
   const server = createMehdbServer({
     store,
@@ -103,7 +111,8 @@ async function main(log: Logger): Promise<void> {
   await once(server, "listening");
   parts.server = server;
   const address = server.address();
-  log("listening", { port: typeof address === "object" && address ? address.port : config.port, address: config.listen ?? "*" });
+  const port = typeof address === "object" && address ? address.port : config.port;
+  log("listening", { port, address: config.listen ?? "*" });
   if (stopping) return;
   parts.poller = poller;
   poller?.start();
