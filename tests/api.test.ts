@@ -329,7 +329,7 @@ describe("process", () => {
       timeout: 15_000,
     });
     assert.notEqual(result.status, 0);
-    assert.equal(result.stderr, 'mehdb: bad configuration: MEHDB_PORT must be a whole number from 0 to 65535, got "not-a-port"\n');
+    assert.equal(result.stderr, `mehdb: bad configuration: MEHDB_PORT must be a whole number from 0 to 65535, got "not-a-port"\n`);
   });
 
   test("SIGTERM and SIGINT stop the server cleanly with exit code 0", async () => {

@@ -121,20 +121,20 @@ describe("preconditions on a real leader", () => {
   test("a 412 names the current tag or the key's absence, and leaves the value untouched", async () => {
     assert.equal((await put(leader.url, "kept", "original")).status, 200);
     const tag = await etagOf(leader.url, "kept");
-    for (const ifMatch of ['"nope"', 'W/"nope"', `W/${tag}`, '"a", "b"']) {
+    for (const ifMatch of [`"nope"`, `W/"nope"`, `W/${tag}`, `"a", "b"`]) {
       const refused = await put(leader.url, "kept", "overwritten", { "If-Match": ifMatch });
       assert.equal(refused.status, 412, `If-Match: ${ifMatch}`);
       assertOneLine(refused);
       assert.ok(refused.text.includes(tag), refused.text);
     }
-    const refusedDelete = await del(leader.url, "kept", { "If-Match": '"nope"' });
+    const refusedDelete = await del(leader.url, "kept", { "If-Match": `"nope"` });
     assert.equal(refusedDelete.status, 412);
     assert.ok(refusedDelete.text.includes(tag), refusedDelete.text);
     const got = await fetchText(`${leader.url}/get/kept`);
     assert.equal(got.text, "original");
     assert.equal(got.headers.etag, tag);
 
-    for (const ifMatch of ["*", '"x"']) {
+    for (const ifMatch of ["*", `"x"`]) {
       const absent = await put(leader.url, "never-written", "v", { "If-Match": ifMatch });
       assert.equal(absent.status, 412, `If-Match: ${ifMatch} on an absent key`);
       assertOneLine(absent);
@@ -182,7 +182,7 @@ describe("preconditions on a real leader", () => {
   test("malformed If-Match / If-None-Match: 400 in one line, never 5xx; huge lists are judged", async () => {
     assert.equal((await put(leader.url, "bad-headers", "v")).status, 200);
     const tag = await etagOf(leader.url, "bad-headers");
-    const bad = ["garbage", '"unterminated', 'W/"unterminated', '"a" "b"', '*, "a"', 'w/"a"', "W/", '"a"x', "'single'", '"\u00ff', "\u00e9"];
+    const bad = ["garbage", `"unterminated`, `W/"unterminated`, `"a" "b"`, `*, "a"`, `w/"a"`, "W/", `"a"x`, "'single'", `"\u00ff`, "\u00e9"];
     for (const value of bad) {
       for (const header of ["If-Match", "If-None-Match"]) {
         for (const method of ["PUT", "DELETE"]) {
@@ -206,7 +206,7 @@ describe("preconditions on a real leader", () => {
     assert.equal(tooLarge.status, 431, tooLarge.text);
     assert.equal((await fetchText(`${leader.url}/get/bad-headers`)).text, "changed");
     // Raw requests: repeated headers (joined into one list by node:http), odd bytes.
-    for (const lines of ['If-Match: "x"\r\nIf-Match: garbage', 'If-Match: "x\x01"', "If-None-Match: \x7f", 'If-Match: "x"\r\nIf-Match: *']) {
+    for (const lines of [`If-Match: "x"\r\nIf-Match: garbage`, `If-Match: "x\x01"`, "If-None-Match: \x7f", `If-Match: "x"\r\nIf-Match: *`]) {
       const answer = await rawRequest(leader.port, `PUT /set/bad-headers HTTP/1.1\r\nHost: x\r\n${lines}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nz`);
       assert.ok(answer.status >= 400 && answer.status < 500, `${JSON.stringify(lines)} → ${answer.status}`);
     }
@@ -214,7 +214,7 @@ describe("preconditions on a real leader", () => {
   });
 
   test("a follower redirects every write, conditional or not, malformed or not: the leader judges", async () => {
-    for (const headers of [{ "If-Match": '"x"' }, { "If-None-Match": "*" }, { "If-Match": "garbage" }] as Record<string, string>[]) {
+    for (const headers of [{ "If-Match": `"x"` }, { "If-None-Match": "*" }, { "If-Match": "garbage" }] as Record<string, string>[]) {
       const answer = await put(follower.url, "via-follower", "v", headers);
       assert.equal(answer.status, 307, `${JSON.stringify(headers)}: ${answer.text}`);
       assert.equal(answer.headers.location, `${leader.url}/set/via-follower`);

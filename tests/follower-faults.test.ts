@@ -151,7 +151,7 @@ test("a leader listing 300 MB: the follower reads a bounded part, refuses it in 
       sent += chunk.length;
       if (!res.write(chunk)) await drained(res);
     }
-    if (!closed) res.end('"last"]');
+    if (!closed) res.end(`"last"]`);
   });
   const own = manyKeys(5);
   const follower = await startFollower(url, { dataDir: await volumeWith(own), env: { MEHDB_SYNC_TIMEOUT_MS: "20000" } });

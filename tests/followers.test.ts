@@ -158,7 +158,7 @@ describe("a leader and two followers", () => {
   test("a follower whose host name is no valid host name still syncs, and is not listed", async () => {
     const leader = await startMehdb({ waitReady: true });
     await put(leader.url, "k", "v");
-    const odd = await startMehdb({ host: 'odd name"} 1\nevil_metric 1', leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
+    const odd = await startMehdb({ host: `odd name"} 1\nevil_metric 1`, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
     assert.equal((await fetchText(`${odd.url}/get/k`)).text, "v");
     assert.deepEqual([...(await followerFigures(leader.url)).keys()], []);
     assert.doesNotMatch((await fetchText(`${leader.url}/metrics`)).text, /evil|odd/);
@@ -170,7 +170,7 @@ describe("the Mehdb-Follower header is input", () => {
     const leader = await startMehdb({ waitReady: true });
     const bad = [
       "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64), `${"a".repeat(62)}.`.repeat(5),
-      'x"} 1 evil_metric 1', 'x"}', "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
+      `x"} 1 evil_metric 1`, `x"}`, "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
     ];
     for (const name of bad) {
       for (const path of ["/keys?since=", "/values?keys=k", "/get/k"]) {
@@ -180,9 +180,9 @@ describe("the Mehdb-Follower header is input", () => {
     }
     // What a client library would refuse to send: line breaks (a second header, a folded line), two headers.
     for (const head of [
-      'Mehdb-Follower: x"} 1\r\nevil_metric: 1',
-      'Mehdb-Follower: x"} 1\nevil_metric 1',
-      'Mehdb-Follower: x"} 1\r\n evil_metric 1',
+      `Mehdb-Follower: x"} 1\r\nevil_metric: 1`,
+      `Mehdb-Follower: x"} 1\nevil_metric 1`,
+      `Mehdb-Follower: x"} 1\r\n evil_metric 1`,
       "Mehdb-Follower: good-one\r\nMehdb-Follower: evil-two",
     ]) {
       const answer = await rawRequest(leader.port, `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
@@ -199,7 +199,7 @@ describe("the Mehdb-Follower header is input", () => {
     assert.equal([...metricsText.matchAll(/follower="/g)].length, 4, "two samples for each of the two good names");
     assert.match(status, /^0 keys, followers: good-name\.example \(lag 0 changes, last poll [0-9.]+ s ago\), upper-case \(lag 0 changes, last poll [0-9.]+ s ago\)\n$/);
     for (const [where, text] of [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]]) {
-      for (const echo of ["evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two", "x&#34;", 'x"'] as const) {
+      for (const echo of ["evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two", "x&#34;", `x"`] as const) {
         assert.ok(!text.includes(echo), `${where} does not echo ${echo}`);
       }
     }

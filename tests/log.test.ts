@@ -10,8 +10,8 @@ test("formatLine: time and event first, then fields; undefined fields left out",
 
 test("formatLine quotes values with spaces, quotes, '=' or backslashes, and empty ones", () => {
   const now = new Date(0);
-  const line = formatLine("role", { reason: 'has "no" ordinal', eq: "a=b", empty: "", path: "a\\b", plain: "x" }, now);
-  assert.equal(line, 'time=1970-01-01T00:00:00.000Z event=role reason="has \\"no\\" ordinal" eq="a=b" empty="" path="a\\\\b" plain=x');
+  const line = formatLine("role", { reason: `has "no" ordinal`, eq: "a=b", empty: "", path: "a\\b", plain: "x" }, now);
+  assert.equal(line, `time=1970-01-01T00:00:00.000Z event=role reason="has \\"no\\" ordinal" eq="a=b" empty="" path="a\\\\b" plain=x`);
 });
 
 test("createLogger writes one line per event", () => {

@@ -65,7 +65,7 @@ function tokenEnv(dir: string, which: { write?: boolean; read?: boolean } = { wr
 /** A 401 as the contract wants it: one line, the challenge, no value stored. */
 function assert401(answer: Answer, what: string, hint?: RegExp): void {
   assert.equal(answer.status, 401, `${what}: ${answer.status} ${answer.text}`);
-  assert.equal(answer.headers["www-authenticate"], 'Bearer realm="mehdb"', what);
+  assert.equal(answer.headers["www-authenticate"], `Bearer realm="mehdb"`, what);
   assert.match(answer.text, /^unauthorized: [^\n]+\n$/, `${what}: one line`);
   if (hint) assert.match(answer.text, hint, what);
 }
@@ -168,7 +168,7 @@ describe("a leader with a write token only", () => {
 
   test("reads stay open (no read token set); /status and /metrics too", async () => {
     assert.equal((await call(`${leader.url}/get/a`)).status, 200);
-    assert.equal((await call(`${leader.url}/keys`)).text, '["a"]');
+    assert.equal((await call(`${leader.url}/keys`)).text, `["a"]`);
     assert.equal((await call(`${leader.url}/status?level=full`)).status, 200);
     const metrics = await call(`${leader.url}/metrics`);
     assert.equal(metrics.status, 200);
@@ -194,7 +194,7 @@ describe("a leader with write and read tokens", () => {
     }
     const head = await call(`${leader.url}/get/k`, { method: "HEAD" });
     assert.equal(head.status, 401);
-    assert.equal(head.headers["www-authenticate"], 'Bearer realm="mehdb"');
+    assert.equal(head.headers["www-authenticate"], `Bearer realm="mehdb"`);
     assert.equal((await call(`${leader.url}/get/k`, { headers: bearer(READ) })).text, "value");
   });
 
