@@ -16,14 +16,13 @@ import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { isValidKey } from "../src/keys.ts";
-import { ROOT, fetchText, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
-import { RawConnection, pool, rawExchange, type RawResponse } from "./helpers/wire.ts";
-import { closeHttpAgent, http, randomInt, sleep } from "./helpers/reliability.ts";
+import { randomInt } from "./helpers/data.ts";
+import { http } from "./helpers/http.ts";
+import { openFiles, ROOT, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { RawConnection, rawExchange, type RawResponse } from "./helpers/raw.ts";
+import { pool, sleep, waitFor } from "./helpers/wait.ts";
 
-after(async () => {
-  await stopAll();
-  closeHttpAgent();
-});
+after(stopAll);
 
 /** Requests per server; two servers. */
 const PER_SERVER = 2600;
@@ -296,7 +295,7 @@ describe("malformed requests against a leader and a follower", () => {
     const leaderDir = join(deep, "leader-data");
     const followerDir = join(deep, "follower-data");
     const leader = await startMehdb({ host: "mehdb-0", dataDir: leaderDir });
-    const follower = await startMehdb({ host: "mehdb-1", dataDir: followerDir, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true });
+    const follower = await startFollower(leader.url, { dataDir: followerDir, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true });
     const before = await tree(sandbox, [leaderDir, followerDir]);
     const outside = [ROOT, dirname(sandbox), "/", "/etc"];
     const outsideBefore = await Promise.all(outside.map((dir) => readdir(dir)));
@@ -360,7 +359,7 @@ describe("slow clients", () => {
           // A liveness bound stated by the issue, not a speed measurement: the normal request must simply get
           // through while the slow ones hold their connections; 1 s is far above its usual few milliseconds.
           const started = performance.now();
-          const res = await fetchText(`${server.url}/status`, { timeoutMs: 5_000 });
+          const res = await http(`${server.url}/status`, { timeoutMs: 5_000 });
           const elapsed = performance.now() - started;
           assert.equal(res.status, 200);
           assert.ok(elapsed < 1000, `a normal request took ${elapsed.toFixed(0)} ms among 300 slow clients`);
@@ -378,9 +377,7 @@ describe("slow clients", () => {
 
   test("clients that keep their side open after a refusal do not pin the server's sockets", async () => {
     const leader = await startMehdb({ host: "mehdb-0" });
-    const pid = leader.child.pid!;
-    const openFiles = async () => (await readdir(`/proc/${pid}/fd`)).length;
-    const before = await openFiles();
+    const before = await openFiles(leader.pid);
     const refusals = ["garbage\r\n\r\n", "CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n", `GET / HTTP/1.1\r\nX-A: ${"a".repeat(20_000)}\r\n\r\n`];
     const held: Socket[] = [];
     try {
@@ -395,7 +392,7 @@ describe("slow clients", () => {
         socket.write(refusals[i % refusals.length]);
       })));
       // The server lets go of them after its keep-alive timeout (5 s) instead of holding a descriptor each forever.
-      await waitFor(async () => (await openFiles()) <= before + 2, "the server to release the refused connections", 15_000);
+      await waitFor(async () => (await openFiles(leader.pid)) <= before + 2, "the server to release the refused connections", 15_000);
     } finally {
       for (const socket of held) socket.destroy();
     }

@@ -12,7 +12,9 @@ import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fetchText, ROOT, stopAll, tempDir, waitFor } from "./helpers/mehdb.ts";
+import { http } from "./helpers/http.ts";
+import { ROOT, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 let cluster: ChildProcess | null = null;
 after(async () => {
@@ -62,27 +64,27 @@ test("npm run cluster: three pods start and replicate, a killed pod comes back, 
   for (const name of ["mehdb-0", "mehdb-1", "mehdb-2"]) assert.match(output, new RegExp(`^${name} \\| .* event=listening `, "m"));
 
   // A write through a follower is redirected to the leader (curl -L), and read back from the other follower.
-  const redirect = await fetchText(`http://127.0.0.1:${base + 1}/set/hello`, { method: "PUT", body: "world" });
+  const redirect = await http(`http://127.0.0.1:${base + 1}/set/hello`, { method: "PUT", body: "world" });
   assert.equal(redirect.status, 307);
   assert.equal(redirect.headers.location, `http://localhost:${base}/set/hello`);
-  const write = await fetchText(`http://127.0.0.1:${base}/set/hello`, { method: "PUT", body: "world" });
+  const write = await http(`http://127.0.0.1:${base}/set/hello`, { method: "PUT", body: "world" });
   assert.equal(write.status, 200);
-  await waitFor(async () => (await fetchText(`http://127.0.0.1:${base + 2}/get/hello`)).text === "world", "the value on mehdb-2");
+  await waitFor(async () => (await http(`http://127.0.0.1:${base + 2}/get/hello`)).text === "world", "the value on mehdb-2");
   assert.equal(await readFile(join(cwd, "data", "mehdb-2", "hello"), "utf8"), "world");
 
   // Kill mehdb-1; it is started again on its data and catches up with what it missed.
   const pid = Number(/^mehdb-1 \| .* event=start pid=(\d+)/m.exec(output)![1]);
   process.kill(pid, "SIGKILL");
   await waitFor(() => output.includes("mehdb-1 killed by SIGKILL"), "the cluster to notice");
-  assert.equal((await fetchText(`http://127.0.0.1:${base}/set/missed`, { method: "PUT", body: "while down" })).status, 200);
-  await waitFor(async () => (await fetchText(`http://127.0.0.1:${base + 1}/get/missed`)).text === "while down", "mehdb-1 back and caught up");
-  assert.equal((await fetchText(`http://127.0.0.1:${base + 1}/get/hello`)).text, "world");
+  assert.equal((await http(`http://127.0.0.1:${base}/set/missed`, { method: "PUT", body: "while down" })).status, 200);
+  await waitFor(async () => (await http(`http://127.0.0.1:${base + 1}/get/missed`)).text === "while down", "mehdb-1 back and caught up");
+  assert.equal((await http(`http://127.0.0.1:${base + 1}/get/hello`)).text, "world");
 
   process.kill(-cluster.pid!, "SIGINT");
   const [code, signal] = await exited;
   assert.deepEqual({ code, signal }, { code: 0, signal: null }, output.slice(-2000));
   assert.match(output, /cluster \| all pods stopped/);
   for (let port = base; port < base + 3; port++) {
-    await assert.rejects(fetchText(`http://127.0.0.1:${port}/status`), "every pod stopped");
+    await assert.rejects(http(`http://127.0.0.1:${port}/status`), "every pod stopped");
   }
 });

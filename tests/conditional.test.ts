@@ -5,9 +5,11 @@ import assert from "node:assert/strict";
 import { request } from "node:http";
 import { after, before, describe, test } from "node:test";
 import { PreconditionFailedError, Store } from "../src/store.ts";
-import { fetchText, startMehdb, stopAll, tempDir, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
+import { checkedValue, verifyValue } from "./helpers/data.ts";
+import { assertOneLine, del, http, put, readAnswer, type Answer } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
-import { checkedValue, verifyValue } from "./helpers/reliability.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { evaluatePreconditions, readPreconditions } from "../src/preconditions.ts";
 
 let leader: Mehdb;
@@ -16,20 +18,12 @@ let follower: Mehdb;
 before(async () => {
   const env = { MEHDB_SYNC_INTERVAL_MS: "100" };
   leader = await startMehdb({ env, waitReady: true });
-  follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, env, waitReady: true });
+  follower = await startFollower(leader.url, { env, waitReady: true });
 });
 after(stopAll);
 
-const put = (base: string, key: string, body: string | Buffer, headers?: Record<string, string>) =>
-  fetchText(`${base}/set/${key}`, { method: "PUT", body, headers });
-const del = (base: string, key: string, headers?: Record<string, string>) => fetchText(`${base}/set/${key}`, { method: "DELETE", headers });
-
-function assertOneLine(answer: Answer): void {
-  assert.match(answer.text, /^[^\n]+\n$/, `one line: ${JSON.stringify(answer.text)}`);
-}
-
 async function etagOf(base: string, key: string): Promise<string> {
-  const head = await fetchText(`${base}/get/${key}`, { method: "HEAD" });
+  const head = await http(`${base}/get/${key}`, { method: "HEAD" });
   assert.equal(head.status, 200, `HEAD ${key}`);
   return head.headers.etag as string;
 }
@@ -49,13 +43,7 @@ function gatedPut(url: string, body: Buffer, headers: Record<string, string>, ga
       headers: { ...headers, Expect: "100-continue", "Content-Length": String(body.length) },
     }, (res) => {
       continued(false);
-      const chunks: Buffer[] = [];
-      res.on("data", (chunk: Buffer) => chunks.push(chunk));
-      res.on("end", () => {
-        const all = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: all, text: all.toString("utf8") });
-      });
-      res.on("error", reject);
+      readAnswer(res).then(resolve, reject);
     });
     req.on("continue", () => {
       continued(true);
@@ -97,7 +85,7 @@ describe("preconditions on a real leader", () => {
       assert.ok(answer.text.includes(newTag), `the 412 line names the current tag ${newTag}: ${answer.text}`);
       assert.equal(answer.headers["mehdb-cursor"], undefined, "no cursor on a failed write");
     }
-    const got = await fetchText(`${leader.url}/get/race`);
+    const got = await http(`${leader.url}/get/race`);
     assert.ok(got.body.equals(bodies[winners[0]]), "the value is the winner's");
     assert.equal(got.headers.etag, newTag, "and its tag is the one the winner was given");
   });
@@ -112,37 +100,37 @@ describe("preconditions on a real leader", () => {
       assert.match(answer.text, /created exists/);
       assert.ok(answer.text.includes(tag), answer.text);
     }
-    assert.ok((await fetchText(`${leader.url}/get/created`)).body.equals(bodies[winners[0]]));
-    const again = await put(leader.url, "created", "x", { "If-None-Match": "*" });
+    assert.ok((await http(`${leader.url}/get/created`)).body.equals(bodies[winners[0]]));
+    const again = await put(leader.url, "created", "x", { headers: { "If-None-Match": "*" } });
     assert.equal(again.status, 412);
-    assert.ok((await fetchText(`${leader.url}/get/created`)).body.equals(bodies[winners[0]]), "value untouched after 412");
+    assert.ok((await http(`${leader.url}/get/created`)).body.equals(bodies[winners[0]]), "value untouched after 412");
   });
 
   test("a 412 names the current tag or the key's absence, and leaves the value untouched", async () => {
     assert.equal((await put(leader.url, "kept", "original")).status, 200);
     const tag = await etagOf(leader.url, "kept");
     for (const ifMatch of [`"nope"`, `W/"nope"`, `W/${tag}`, `"a", "b"`]) {
-      const refused = await put(leader.url, "kept", "overwritten", { "If-Match": ifMatch });
+      const refused = await put(leader.url, "kept", "overwritten", { headers: { "If-Match": ifMatch } });
       assert.equal(refused.status, 412, `If-Match: ${ifMatch}`);
       assertOneLine(refused);
       assert.ok(refused.text.includes(tag), refused.text);
     }
-    const refusedDelete = await del(leader.url, "kept", { "If-Match": `"nope"` });
+    const refusedDelete = await del(leader.url, "kept", { headers: { "If-Match": `"nope"` } });
     assert.equal(refusedDelete.status, 412);
     assert.ok(refusedDelete.text.includes(tag), refusedDelete.text);
-    const got = await fetchText(`${leader.url}/get/kept`);
+    const got = await http(`${leader.url}/get/kept`);
     assert.equal(got.text, "original");
     assert.equal(got.headers.etag, tag);
 
     for (const ifMatch of ["*", `"x"`]) {
-      const absent = await put(leader.url, "never-written", "v", { "If-Match": ifMatch });
+      const absent = await put(leader.url, "never-written", "v", { headers: { "If-Match": ifMatch } });
       assert.equal(absent.status, 412, `If-Match: ${ifMatch} on an absent key`);
       assertOneLine(absent);
       assert.match(absent.text, /never-written is absent/);
     }
-    assert.equal((await fetchText(`${leader.url}/get/never-written`)).status, 404, "nothing was created");
+    assert.equal((await http(`${leader.url}/get/never-written`)).status, 404, "nothing was created");
     // RFC 9110, 13.2.1: a DELETE of an absent key is a 404, whatever its preconditions.
-    assert.equal((await del(leader.url, "never-written", { "If-Match": "*" })).status, 404);
+    assert.equal((await del(leader.url, "never-written", { headers: { "If-Match": "*" } })).status, 404);
   });
 
   test("If-Match with the current tag writes; DELETE with it removes; both answer Mehdb-Cursor", async () => {
@@ -150,21 +138,21 @@ describe("preconditions on a real leader", () => {
     const cursor1 = first.headers["mehdb-cursor"] as string;
     assert.match(cursor1, /^[0-9a-f]+-\d+$/);
     assert.equal(first.headers.etag, await etagOf(leader.url, "cas"), "the PUT's ETag is the one GET answers");
-    const second = await put(leader.url, "cas", "v2", { "If-Match": first.headers.etag as string });
+    const second = await put(leader.url, "cas", "v2", { headers: { "If-Match": first.headers.etag as string } });
     assert.equal(second.status, 200, second.text);
     const cursor2 = second.headers["mehdb-cursor"] as string;
     assert.equal(cursor2.split("-")[0], cursor1.split("-")[0], "same epoch");
     assert.ok(Number(cursor2.split("-")[1]) > Number(cursor1.split("-")[1]), `${cursor2} after ${cursor1}`);
-    const starTag = await put(leader.url, "cas", "v3", { "If-Match": `"x", ${second.headers.etag as string}` });
+    const starTag = await put(leader.url, "cas", "v3", { headers: { "If-Match": `"x", ${second.headers.etag as string}` } });
     assert.equal(starTag.status, 200, "any tag of a list may match");
-    const star = await put(leader.url, "cas", "v4", { "If-Match": "*" });
+    const star = await put(leader.url, "cas", "v4", { headers: { "If-Match": "*" } });
     assert.equal(star.status, 200, "If-Match: * on an existing key");
-    const removed = await del(leader.url, "cas", { "If-Match": star.headers.etag as string });
+    const removed = await del(leader.url, "cas", { headers: { "If-Match": star.headers.etag as string } });
     assert.equal(removed.status, 200, removed.text);
     const cursor3 = removed.headers["mehdb-cursor"] as string;
     assert.ok(Number(cursor3.split("-")[1]) > Number((star.headers["mehdb-cursor"] as string).split("-")[1]));
     // The change feed from just before the delete lists it, and the delete's cursor is where it ends.
-    const feed = JSON.parse((await fetchText(`${leader.url}/keys?since=${star.headers["mehdb-cursor"]}`)).text);
+    const feed = JSON.parse((await http(`${leader.url}/keys?since=${star.headers["mehdb-cursor"]}`)).text);
     assert.ok(feed.deleted.includes("cas"), JSON.stringify(feed));
   });
 
@@ -176,7 +164,7 @@ describe("preconditions on a real leader", () => {
     );
     assert.equal(answer.status, 412, answer.raw);
     assert.ok(!answer.raw.includes("100 Continue"), "no 100 Continue: the body was never asked for");
-    assert.equal((await fetchText(`${leader.url}/get/early`)).text, "v");
+    assert.equal((await http(`${leader.url}/get/early`)).text, "v");
   });
 
   test("malformed If-Match / If-None-Match: 400 in one line, never 5xx; huge lists are judged", async () => {
@@ -186,7 +174,7 @@ describe("preconditions on a real leader", () => {
     for (const value of bad) {
       for (const header of ["If-Match", "If-None-Match"]) {
         for (const method of ["PUT", "DELETE"]) {
-          const answer = await fetchText(`${leader.url}/set/bad-headers`, { method, body: method === "PUT" ? "changed" : undefined, headers: { [header]: value } });
+          const answer = await http(`${leader.url}/set/bad-headers`, { method, body: method === "PUT" ? "changed" : undefined, headers: { [header]: value } });
           assert.equal(answer.status, 400, `${method} ${header}: ${JSON.stringify(value)} → ${answer.status} ${answer.text}`);
           assertOneLine(answer);
           assert.match(answer.text, new RegExp(`^malformed ${header}`));
@@ -195,30 +183,30 @@ describe("preconditions on a real leader", () => {
     }
     // A list of about 14 KB (under the 16 KiB header limit): judged whole, in order.
     const many = Array.from({ length: 1500 }, (_, i) => `"t${i}"`).join(",");
-    const missing = await put(leader.url, "bad-headers", "changed", { "If-Match": many });
+    const missing = await put(leader.url, "bad-headers", "changed", { headers: { "If-Match": many } });
     assert.equal(missing.status, 412, missing.text);
-    const found = await put(leader.url, "bad-headers", "changed", { "If-Match": `${many},${tag}` });
+    const found = await put(leader.url, "bad-headers", "changed", { headers: { "If-Match": `${many},${tag}` } });
     assert.equal(found.status, 200, found.text);
     // Past the header limit: node:http's 431, given one line.
     const huge = Array.from({ length: 4000 }, (_, i) => `"t${i}"`).join(",");
-    const tooLarge = await put(leader.url, "bad-headers", "changed-again", { "If-Match": huge }).catch((error: Error) => error);
+    const tooLarge = await put(leader.url, "bad-headers", "changed-again", { headers: { "If-Match": huge } }).catch((error: Error) => error);
     if (tooLarge instanceof Error) assert.fail(`a huge If-Match closed the connection without an answer: ${tooLarge.message}`);
     assert.equal(tooLarge.status, 431, tooLarge.text);
-    assert.equal((await fetchText(`${leader.url}/get/bad-headers`)).text, "changed");
+    assert.equal((await http(`${leader.url}/get/bad-headers`)).text, "changed");
     // Raw requests: repeated headers (joined into one list by node:http), odd bytes.
     for (const lines of [`If-Match: "x"\r\nIf-Match: garbage`, `If-Match: "x\x01"`, "If-None-Match: \x7f", `If-Match: "x"\r\nIf-Match: *`]) {
       const answer = await rawRequest(leader.port, `PUT /set/bad-headers HTTP/1.1\r\nHost: x\r\n${lines}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nz`);
       assert.ok(answer.status >= 400 && answer.status < 500, `${JSON.stringify(lines)} → ${answer.status}`);
     }
-    assert.equal((await fetchText(`${leader.url}/get/bad-headers`)).text, "changed");
+    assert.equal((await http(`${leader.url}/get/bad-headers`)).text, "changed");
   });
 
   test("a follower redirects every write, conditional or not, malformed or not: the leader judges", async () => {
     for (const headers of [{ "If-Match": `"x"` }, { "If-None-Match": "*" }, { "If-Match": "garbage" }] as Record<string, string>[]) {
-      const answer = await put(follower.url, "via-follower", "v", headers);
+      const answer = await put(follower.url, "via-follower", "v", { headers });
       assert.equal(answer.status, 307, `${JSON.stringify(headers)}: ${answer.text}`);
       assert.equal(answer.headers.location, `${leader.url}/set/via-follower`);
-      assert.equal((await del(follower.url, "via-follower", headers)).status, 307);
+      assert.equal((await del(follower.url, "via-follower", { headers })).status, 307);
     }
   });
 });
@@ -271,7 +259,7 @@ async function pairing(readFrom: string, key: string, size: number, writes: numb
   })();
   const reader = async () => {
     while (!done) {
-      const got = await fetchText(`${readFrom}/get/${key}`, { timeoutMs: 30_000 });
+      const got = await http(`${readFrom}/get/${key}`, { timeoutMs: 30_000 });
       if (got.status === 404) continue; // the follower has not copied it yet
       reads++;
       const tag = got.headers.etag as string;
@@ -308,8 +296,8 @@ describe("an entity tag never names two different values (same-size overwrites u
       const { reads, tags } = await pairing(follower.url, key, size, writes);
       assert.ok(reads > 0 && tags > 0, `${reads} reads of ${tags} versions`);
       // And the follower ends with the last value, under one tag.
-      const last = await fetchText(`${leader.url}/get/${key}`);
-      await waitFor(async () => (await fetchText(`${follower.url}/get/${key}`)).body.equals(last.body), `${key} on the follower`);
+      const last = await http(`${leader.url}/get/${key}`);
+      await waitFor(async () => (await http(`${follower.url}/get/${key}`)).body.equals(last.body), `${key} on the follower`);
     });
   }
 });

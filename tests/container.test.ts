@@ -16,22 +16,13 @@ import { describe, it, before, after, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import os from "node:os";
 import path from "node:path";
-import {
-  RUN_LIMITS,
-  describeRun,
-  ensureNodeBase,
-  http,
-  mustPodman,
-  podman,
-  podmanMissing,
-  run,
-  waitFor,
-} from "./helpers/podman.ts";
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+import { describeRun, run } from "./helpers/commands.ts";
+import { http } from "./helpers/http.ts";
+import { ROOT } from "./helpers/mehdb.ts";
+import { RUN_LIMITS, ensureNodeBase, mustPodman, podman, podmanMissing } from "./helpers/podman.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const NAMESPACE = "default";
 const LEADER_HOST = `mehdb-0.mehdb.${NAMESPACE}.svc.cluster.local`;
@@ -130,14 +121,14 @@ async function waitReady(pod: Pod): Promise<void> {
   const started = Date.now();
   try {
     await waitFor(
-      `${pod.name} to be ready (GET /status?level=full = 200)`,
       async () => {
         const state = (await podman(["inspect", "-f", "{{.State.Status}}", pod.name])).stdout.trim();
         if (state !== "running") throw new Error(`${pod.name} is ${state}`);
         const r = await http(`${pod.url}/status?level=full`, { timeoutMs: 2_000 });
         if (r.status === 200) return true;
-        throw new Error(`readiness ${r.status} ${r.body.trim()}`);
+        throw new Error(`readiness ${r.status} ${r.text.trim()}`);
       },
+      `${pod.name} to be ready (GET /status?level=full = 200)`,
       READY_WITHIN_MS,
       250,
     );
@@ -183,25 +174,25 @@ async function curlPutFollowing(via: Pod, key: string, file: string): Promise<st
 
 async function get(pod: Pod, key: string, headers?: Record<string, string>): Promise<{ status: number; body: string }> {
   const r = await http(`${pod.url}/get/${key}`, { headers });
-  return { status: r.status, body: r.body };
+  return { status: r.status, body: r.text };
 }
 
 /** Waits until pod serves `value` for `key` (a follower copies within its poll interval, 1 s by default). */
 async function waitValue(pod: Pod, key: string, value: string, timeoutMs = 15_000, headers?: Record<string, string>): Promise<void> {
   await waitFor(
-    `${pod.name} to serve ${key}`,
     async () => {
       const r = await get(pod, key, headers);
       if (r.status === 200 && r.body === value) return true;
       throw new Error(`GET /get/${key} on ${pod.name}: ${r.status} ${JSON.stringify(r.body.slice(0, 80))}`);
     },
+    `${pod.name} to serve ${key}`,
     timeoutMs,
   );
 }
 
 // What can be checked without podman: the Containerfile's shape.
 describe("Containerfile", () => {
-  const text = readFileSync(path.join(root, "Containerfile"), "utf8");
+  const text = readFileSync(path.join(ROOT, "Containerfile"), "utf8");
   const lines = text
     .replace(/\\\n/g, " ")
     .split("\n")
@@ -245,7 +236,7 @@ if (skipReason) {
         made.images.add(image);
         const b0 = Date.now();
         await mustPodman(
-          ["build", "--pull=never", "--layers=false", "--build-arg", `NODE_IMAGE=${base}`, "-f", path.join(root, "Containerfile"), "-t", image, root],
+          ["build", "--pull=never", "--layers=false", "--build-arg", `NODE_IMAGE=${base}`, "-f", path.join(ROOT, "Containerfile"), "-t", image, ROOT],
           { timeoutMs: 300_000 },
         );
         log(`podman build of the Containerfile: ${Date.now() - b0} ms`);
@@ -317,15 +308,15 @@ if (skipReason) {
       await createVolume(volumeName(1));
       const leader = await startPod(0);
       const follower = await startPod(1);
-      assert.match((await http(`${leader.url}/status`)).body, /leader/);
-      assert.match((await http(`${follower.url}/status`)).body, /follower/);
+      assert.match((await http(`${leader.url}/status`)).text, /leader/);
+      assert.match((await http(`${follower.url}/status`)).text, /follower/);
     });
 
     step("a PUT to the follower is redirected (307) to the leader by its cluster name", async () => {
       const follower = pods.get(1)!;
       const r = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n" });
       assert.equal(r.status, 307);
-      assert.equal(r.headers.get("location"), `http://${LEADER_HOST}:${PORT}/set/test`);
+      assert.equal(r.headers.location, `http://${LEADER_HOST}:${PORT}/set/test`);
     });
 
     step("the jump pod writes through the follower: curl -L -XPUT -T /tmp/test prints WRITE completed", async () => {
@@ -346,7 +337,7 @@ if (skipReason) {
     step("reading from the follower (curl mehdb-1.mehdb:9876/get/test) returns the data", async () => {
       await waitValue(pods.get(1)!, "test", "test data\n");
       await waitValue(pods.get(1)!, "big", "mehdb ".repeat(2 * 2 ** 20 / 6 + 1).slice(0, 2 * 2 ** 20));
-      const keys = JSON.parse((await http(`${pods.get(1)!.url}/keys`)).body);
+      const keys = JSON.parse((await http(`${pods.get(1)!.url}/keys`)).text);
       assert.ok(keys.includes("test") && keys.includes("big"), `follower keys ${JSON.stringify(keys)}`);
     });
 
@@ -429,12 +420,12 @@ if (skipReason) {
       const follower = pods.get(1)!;
       const none = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n" });
       assert.equal(none.status, 401);
-      assert.equal(none.headers.get("www-authenticate"), `Bearer realm="mehdb"`);
-      assert.match(none.body, /^unauthorized: [^\n]*--location-trusted[^\n]*\n$/);
-      assert.equal(none.headers.get("location"), null);
+      assert.equal(none.headers["www-authenticate"], `Bearer realm="mehdb"`);
+      assert.match(none.text, /^unauthorized: [^\n]*--location-trusted[^\n]*\n$/);
+      assert.equal(none.headers.location, undefined);
       const good = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n", headers: auth(WRITE) });
       assert.equal(good.status, 307);
-      assert.equal(good.headers.get("location"), `http://${LEADER_HOST}:${PORT}/set/test`);
+      assert.equal(good.headers.location, `http://${LEADER_HOST}:${PORT}/set/test`);
       assert.equal((await http(`${follower.url}/status?level=full`)).status, 200, "/status stays open");
     });
 
@@ -456,10 +447,10 @@ if (skipReason) {
         renameSync(path.join(tokenDir, `.${name}.new`), path.join(tokenDir, name));
       }
       const leader = pods.get(0)!;
-      await waitFor("the new write token to work on the leader", async () => {
+      await waitFor(async () => {
         const r = await http(`${leader.url}/set/rotated`, { method: "PUT", body: "after rotation\n", headers: auth(WRITE_2) });
-        return r.status === 200 ? true : undefined;
-      }, 15_000);
+        return r.status === 200;
+      }, "the new write token to work on the leader", 15_000);
       assert.equal((await http(`${leader.url}/set/rotated`, { method: "PUT", body: "old\n", headers: auth(WRITE) })).status, 401);
       assert.equal((await get(leader, "rotated", auth(READ))).status, 401, "the old read token is refused");
       // The follower polls with its new read token and copies the new value.

@@ -16,23 +16,12 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { after, describe, test } from "node:test";
-import { startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
-import {
-  checkedValue,
-  closeHttpAgent,
-  converged,
-  http,
-  randomInt,
-  readDirFiles,
-  sleep,
-  snapshot,
-  verifyValue,
-} from "./helpers/reliability.ts";
+import { checkedValue, converged, dirData, randomInt, snapshot, strayFiles, verifyValue } from "./helpers/data.ts";
+import { del, http, put } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { sleep } from "./helpers/wait.ts";
 
-after(async () => {
-  await stopAll();
-  closeHttpAgent();
-});
+after(stopAll);
 
 /** One PUT as the client saw it. */
 interface Write {
@@ -83,7 +72,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
           const write: Write = { id: `r${round}w${w}n${n}`, key, start: performance.now(), acked: null };
           writes.get(key)!.push(write);
           try {
-            const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(write.id, randomInt(4096, 65536)) });
+            const res = await put(leader.url, key, checkedValue(write.id, randomInt(4096, 65536)), { keepAlive: true });
             if (res.status === 200) write.acked = performance.now();
             else unexpected.push(`PUT ${key}: ${res.status} ${res.body}`);
           } catch {
@@ -95,7 +84,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       const lister = async () => {
         while (!killed) {
           try {
-            const listed = JSON.parse((await http(`${leader.url}/keys`)).body.toString()) as string[];
+            const listed = JSON.parse((await http(`${leader.url}/keys`, { keepAlive: true })).text) as string[];
             const odd = listed.filter((name) => !KEYS.includes(name));
             if (odd.length > 0) unexpected.push(`GET /keys listed ${odd.join(", ")}`);
           } catch {
@@ -112,9 +101,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       assert.deepEqual(unexpected, [], `round ${round}: refused writes or odd names`);
 
       // Straight from the files, before anything repairs them: every key file is whole.
-      const files = await readDirFiles(dataDir);
-      for (const [name, bytes] of files) {
-        if (name.startsWith(".")) continue;
+      for (const [name, bytes] of await dirData(dataDir)) {
         const check = verifyValue(bytes);
         if (!check.ok) {
           torn++;
@@ -123,9 +110,8 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       }
 
       const restarted = await startMehdb({ host: "mehdb-0", dataDir, waitReady: true });
-      const names = await readdir(dataDir);
-      assert.deepEqual(names.filter((name) => name.startsWith(".")), [], `round ${round}: temp files left after restart`);
-      const listed = JSON.parse((await http(`${restarted.url}/keys`)).body.toString()) as string[];
+      assert.deepEqual(await strayFiles(dataDir), [], `round ${round}: temp files left after restart`);
+      const listed = JSON.parse((await http(`${restarted.url}/keys`)).text) as string[];
       assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
 
       const held = new Map<string, string | null>();
@@ -168,9 +154,8 @@ describe("a follower killed with SIGKILL while it copies", () => {
   test(`never holds a torn value, and converges exactly after ${FOLLOWER_ROUNDS} kills`, async () => {
     const leader = await startMehdb({ host: "mehdb-0" });
     const followerDir = await tempDir();
-    const startFollower = () =>
-      startMehdb({ host: "mehdb-1", dataDir: followerDir, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "50" } });
-    let follower: Mehdb = await startFollower();
+    const start = () => startFollower(leader.url, { dataDir: followerDir, env: { MEHDB_SYNC_INTERVAL_MS: "50" } });
+    let follower: Mehdb = await start();
 
     let stopping = false;
     let writes = 0;
@@ -178,8 +163,8 @@ describe("a follower killed with SIGKILL while it copies", () => {
       for (let n = 0; !stopping; n++) {
         const key = KEYS[randomInt(0, KEYS.length - 1)];
         const res = Math.random() < 0.1
-          ? await http(`${leader.url}/set/${key}`, { method: "DELETE" })
-          : await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`f${w}n${n}`, randomInt(4096, 65536)) });
+          ? await del(leader.url, key, { keepAlive: true })
+          : await put(leader.url, key, checkedValue(`f${w}n${n}`, randomInt(4096, 65536)), { keepAlive: true });
         assert.ok(res.status === 200 || res.status === 404, `leader answered ${res.status}`);
         writes++;
       }
@@ -189,8 +174,7 @@ describe("a follower killed with SIGKILL while it copies", () => {
     let scans = 0;
     const scanner = async () => {
       while (!stopping) {
-        for (const [name, bytes] of await readDirFiles(followerDir)) {
-          if (name.startsWith(".")) continue;
+        for (const [name, bytes] of await dirData(followerDir)) {
           const check = verifyValue(bytes);
           if (!check.ok) torn.push(`${name}: ${check.reason}`);
         }
@@ -205,11 +189,11 @@ describe("a follower killed with SIGKILL while it copies", () => {
       for (let round = 0; round < FOLLOWER_ROUNDS; round++) {
         await sleep(randomInt(200, 900));
         assert.equal(await follower.stop("SIGKILL"), "SIGKILL");
-        const leftovers = (await readdir(followerDir)).filter((name) => name.startsWith("."));
-        follower = await startFollower();
+        const leftovers = await strayFiles(followerDir);
+        follower = await start();
         const now = new Set(await readdir(followerDir));
         assert.deepEqual(leftovers.filter((name) => now.has(name)), [], `round ${round}: temp files of the killed follower survived its restart`);
-        const listed = JSON.parse((await http(`${follower.url}/keys`)).body.toString()) as string[];
+        const listed = JSON.parse((await http(`${follower.url}/keys`)).text) as string[];
         assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
       }
     } finally {
@@ -217,7 +201,7 @@ describe("a follower killed with SIGKILL while it copies", () => {
       await Promise.all([...writers, scanning]);
     }
 
-    await converged(leader.url, follower.url);
+    await converged(follower.url, leader.url);
     const names = await readdir(followerDir);
     assert.deepEqual(names.sort(), [...(await snapshot(leader.url)).keys()].sort(), "the follower's directory holds exactly the leader's keys");
     console.log(`follower crash: ${FOLLOWER_ROUNDS} kills, ${writes} leader writes meanwhile, ${scans} scans of its files, ${torn.length} torn values`);

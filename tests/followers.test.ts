@@ -9,17 +9,12 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { Followers, followerHeaders, isHostName } from "../src/followers.ts";
-import { fetchText, startMehdb, stopAll, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { assertStatus, del, http, put } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
-
-/** Short ticks keep the suite fast; nothing below depends on their exact length. */
-const INTERVAL_MS = "100";
-
-function startFollower(host: string, leaderUrl: string): Promise<Mehdb> {
-  return startMehdb({ host, leaderUrl, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
-}
 
 /** One follower's figures as the leader's `/metrics` gives them. */
 interface Figures {
@@ -29,7 +24,7 @@ interface Figures {
 
 /** Every follower in the leader's `/metrics`: name → lag and seconds since its last poll. */
 async function followerFigures(url: string): Promise<Map<string, Figures>> {
-  const res = await fetchText(`${url}/metrics`);
+  const res = await http(`${url}/metrics`);
   assert.equal(res.status, 200);
   const figures = new Map<string, Figures>();
   for (const [, metric, name, value] of res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm)) {
@@ -39,11 +34,6 @@ async function followerFigures(url: string): Promise<Map<string, Figures>> {
     figures.set(name, f);
   }
   return figures;
-}
-
-async function put(url: string, key: string, value: string): Promise<void> {
-  const res = await fetchText(`${url}/set/${key}`, { method: "PUT", body: value });
-  assert.equal(res.status, 200, res.text);
 }
 
 describe("Followers, on its own", () => {
@@ -110,8 +100,11 @@ describe("Followers, on its own", () => {
 describe("a leader and two followers", () => {
   test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; resumed, it catches up", async () => {
     const leader = await startMehdb({ waitReady: true });
-    await put(leader.url, "before", "x");
-    const [, paused] = await Promise.all([startFollower("mehdb-1", leader.url), startFollower("mehdb-2", leader.url)]);
+    assertStatus(await put(leader.url, "before", "x"), 200);
+    const [, paused] = await Promise.all([
+      startFollower(leader.url, { host: "mehdb-1", waitReady: true }),
+      startFollower(leader.url, { host: "mehdb-2", waitReady: true }),
+    ]);
     await waitFor(async () => {
       const f = await followerFigures(leader.url);
       return f.get("mehdb-1")?.lag === 0 && f.get("mehdb-2")?.lag === 0;
@@ -122,8 +115,8 @@ describe("a leader and two followers", () => {
     let figures = new Map<string, Figures>();
     let aged = Infinity;
     try {
-      for (let i = 0; i < WRITES; i++) await put(leader.url, `key-${i}`, `value ${i}`);
-      await fetchText(`${leader.url}/set/before`, { method: "DELETE" });
+      for (let i = 0; i < WRITES; i++) assertStatus(await put(leader.url, `key-${i}`, `value ${i}`), 200);
+      await del(leader.url, "before");
       // The running follower polls again and is back at 0; the paused one asked from before every write.
       await waitFor(async () => {
         figures = await followerFigures(leader.url);
@@ -140,11 +133,11 @@ describe("a leader and two followers", () => {
       assert.equal(figures.get("mehdb-1")?.lag, 0);
       aged = figures.get("mehdb-2")!.lastPoll;
 
-      const status = await fetchText(`${leader.url}/status?level=full`);
+      const status = await http(`${leader.url}/status?level=full`);
       assert.equal(status.status, 200);
       assert.equal(parseInt(status.text, 10), WRITES, "the line still starts with the key count");
       assert.match(status.text, /^30 keys, followers: mehdb-1 \(lag 0 changes, last poll [0-9.]+ s ago\), mehdb-2 \(lag 31 changes, last poll [0-9.]+ s ago\)\n$/);
-      const page = await fetchText(`${leader.url}/`);
+      const page = await http(`${leader.url}/`);
       assert.match(page.text, /<td class="name">mehdb-2<\/td><td class="num">31<\/td>/);
     } finally {
       paused.child.kill("SIGCONT");
@@ -157,11 +150,11 @@ describe("a leader and two followers", () => {
 
   test("a follower whose host name is no valid host name still syncs, and is not listed", async () => {
     const leader = await startMehdb({ waitReady: true });
-    await put(leader.url, "k", "v");
-    const odd = await startMehdb({ host: `odd name"} 1\nevil_metric 1`, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
-    assert.equal((await fetchText(`${odd.url}/get/k`)).text, "v");
+    assertStatus(await put(leader.url, "k", "v"), 200);
+    const odd = await startFollower(leader.url, { host: `odd name"} 1\nevil_metric 1`, waitReady: true });
+    assert.equal((await http(`${odd.url}/get/k`)).text, "v");
     assert.deepEqual([...(await followerFigures(leader.url)).keys()], []);
-    assert.doesNotMatch((await fetchText(`${leader.url}/metrics`)).text, /evil|odd/);
+    assert.doesNotMatch((await http(`${leader.url}/metrics`)).text, /evil|odd/);
   });
 });
 
@@ -174,7 +167,7 @@ describe("the Mehdb-Follower header is input", () => {
     ];
     for (const name of bad) {
       for (const path of ["/keys?since=", "/values?keys=k", "/get/k"]) {
-        const res = await fetchText(`${leader.url}${path}`, { headers: { "Mehdb-Follower": name } });
+        const res = await http(`${leader.url}${path}`, { headers: { "Mehdb-Follower": name } });
         assert.ok(res.status === 200 || res.status === 404, `${path} with ${JSON.stringify(name)}: ${res.status}`);
       }
     }
@@ -189,13 +182,13 @@ describe("the Mehdb-Follower header is input", () => {
       assert.ok(answer.status >= 200, `an answer to ${JSON.stringify(head)}`);
     }
     for (const name of ["good-name.example", "UPPER-case"]) {
-      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+      assert.equal((await http(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
     }
 
     assert.deepEqual([...(await followerFigures(leader.url)).keys()], ["good-name.example", "upper-case"]);
-    const metricsText = (await fetchText(`${leader.url}/metrics`)).text;
-    const status = (await fetchText(`${leader.url}/status?level=full`)).text;
-    const page = (await fetchText(`${leader.url}/`)).text;
+    const metricsText = (await http(`${leader.url}/metrics`)).text;
+    const status = (await http(`${leader.url}/status?level=full`)).text;
+    const page = (await http(`${leader.url}/`)).text;
     assert.equal([...metricsText.matchAll(/follower="/g)].length, 4, "two samples for each of the two good names");
     assert.match(status, /^0 keys, followers: good-name\.example \(lag 0 changes, last poll [0-9.]+ s ago\), upper-case \(lag 0 changes, last poll [0-9.]+ s ago\)\n$/);
     for (const [where, text] of [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]]) {
@@ -210,11 +203,11 @@ describe("the Mehdb-Follower header is input", () => {
     const leader = await startMehdb({ waitReady: true });
     const names = Array.from({ length: 150 }, (_, i) => `follower-${String(i).padStart(3, "0")}`);
     for (const name of names) {
-      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+      assert.equal((await http(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
     }
     const listed = [...(await followerFigures(leader.url)).keys()];
     assert.deepEqual(listed, names.slice(50));
-    const page = (await fetchText(`${leader.url}/`)).text;
+    const page = (await http(`${leader.url}/`)).text;
     assert.equal([...page.matchAll(/<td class="name">/g)].length, 100, "the page lists the same 100");
     assert.ok(!page.includes("follower-049") && page.includes("follower-149"));
   });

@@ -5,8 +5,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, test } from "node:test";
+import { checkedValue, verifyValue } from "./helpers/data.ts";
+import { http, put } from "./helpers/http.ts";
 import { startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
-import { checkedValue, closeHttpAgent, http, verifyValue } from "./helpers/reliability.ts";
 
 let leader: Mehdb;
 
@@ -14,10 +15,7 @@ before(async () => {
   leader = await startMehdb();
 });
 
-after(async () => {
-  closeHttpAgent();
-  await stopAll();
-});
+after(stopAll);
 
 const WRITERS = 4;
 const READERS = 8;
@@ -83,7 +81,7 @@ async function hotKey(size: number): Promise<Seen> {
   };
   // Half of the versions are 8 bytes longer: an overwrite is then as often the same size as not.
   const value = (id: string, n: number) => checkedValue(id, size - 100 + (n % 2) * 8);
-  const first = await http(`${leader.url}/set/${key}`, { method: "PUT", body: value("init-00000", 0) });
+  const first = await put(leader.url, key, value("init-00000", 0));
   assert.equal(first.status, 200);
 
   const started = Date.now();
@@ -93,7 +91,7 @@ async function hotKey(size: number): Promise<Seen> {
   const writer = async (w: number) => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: value(`w${w}-${String(n).padStart(5, "0")}`, n) });
+        const res = await put(leader.url, key, value(`w${w}-${String(n).padStart(5, "0")}`, n), { keepAlive: true });
         count(seen, `PUT ${res.status}`);
         seen.writes++;
       } catch (error) {
@@ -104,7 +102,7 @@ async function hotKey(size: number): Promise<Seen> {
   const reader = async () => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/get/${key}`);
+        const res = await http(`${leader.url}/get/${key}`, { keepAlive: true });
         count(seen, `GET ${res.status}`);
         seen.reads++;
         if (res.status !== 200) {
@@ -126,7 +124,7 @@ async function hotKey(size: number): Promise<Seen> {
   const valuesReader = async () => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/values?keys=${key},${key},${key}`);
+        const res = await http(`${leader.url}/values?keys=${key},${key},${key}`, { keepAlive: true });
         count(seen, `VALUES ${res.status}`);
         seen.valueReads++;
         if (res.status !== 200) continue;

@@ -7,13 +7,16 @@
  * it skipped and why.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { inflateSync } from "node:zlib";
 import { renderPage, type PageState } from "../src/page.ts";
-import { fetchText, freePort, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { missingTool } from "./helpers/commands.ts";
+import { assertStatus, http, put } from "./helpers/http.ts";
+import { freePort, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 /** A host name the configuration accepts (no ordinal: a standalone leader) that is also HTML and script. */
 const HOSTILE = `mehdb <b>bold</b> & "quoted" 'single' <script>document.title="pwned"</script>`;
@@ -26,14 +29,13 @@ let followers: Mehdb[];
 before(async () => {
   leader = await startMehdb({ host: HOSTILE, waitReady: true });
   for (let i = 0; i < KEYS; i++) {
-    const res = await fetchText(`${leader.url}/set/key-${i}`, { method: "PUT", body: "v".repeat(VALUE_BYTES) });
-    assert.equal(res.status, 200);
+    assertStatus(await put(leader.url, `key-${i}`, "v".repeat(VALUE_BYTES)), 200);
   }
   followers = await Promise.all(["mehdb-1", "mehdb-2"].map((host) =>
-    startMehdb({ host, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" }, waitReady: true })
+    startFollower(leader.url, { host, waitReady: true })
   ));
   await waitFor(async () => {
-    const metrics = (await fetchText(`${leader.url}/metrics`)).text;
+    const metrics = (await http(`${leader.url}/metrics`)).text;
     return /follower="mehdb-1"\} 0$/m.test(metrics) && /follower="mehdb-2"\} 0$/m.test(metrics);
   }, "both followers listed at lag 0");
 });
@@ -107,7 +109,7 @@ describe("renderPage", () => {
 
 describe("over HTTP", () => {
   test("the leader: role, counts, both followers, its hostile name escaped; HEAD gives the headers; other methods 405", async () => {
-    const res = await fetchText(`${leader.url}/`);
+    const res = await http(`${leader.url}/`);
     assert.equal(res.status, 200);
     assert.equal(res.headers["content-type"], "text/html; charset=utf-8");
     assert.match(res.text, /<span class="role leader">leader<\/span>/);
@@ -119,19 +121,19 @@ describe("over HTTP", () => {
     assert.ok(res.text.includes("<h1><span class=\"host\">mehdb &#60;b&#62;bold&#60;/b&#62; &#38; &#34;quoted&#34; &#39;single&#39; &#60;script&#62;"));
     assert.ok(!res.text.includes("<b>bold") && !res.text.includes("<script"), "nothing of the host name is markup");
 
-    const head = await fetchText(`${leader.url}/`, { method: "HEAD" });
+    const head = await http(`${leader.url}/`, { method: "HEAD" });
     assert.equal(head.status, 200);
     assert.equal(head.headers["content-type"], "text/html; charset=utf-8");
     assert.ok(Number(head.headers["content-length"]) > 1000);
     assert.equal(head.body.length, 0);
 
-    const post = await fetchText(`${leader.url}/`, { method: "POST", body: "x" });
+    const post = await http(`${leader.url}/`, { method: "POST", body: "x" });
     assert.equal(post.status, 405);
     assert.equal(post.headers.allow, "GET, HEAD");
   });
 
   test("a follower: role, counts, its leader, last sync and readiness", async () => {
-    const res = await fetchText(`${followers[0].url}/`);
+    const res = await http(`${followers[0].url}/`);
     assert.equal(res.status, 200);
     assert.match(res.text, /<span class="host">mehdb-1<\/span> <span class="role follower">follower<\/span>/);
     assert.match(res.text, new RegExp(`<div class="label">keys</div><div class="value">${KEYS}</div>`));
@@ -141,9 +143,9 @@ describe("over HTTP", () => {
   });
 
   test("a follower whose leader is unreachable: not ready, and why", async () => {
-    const lonely = await startMehdb({ host: "mehdb-3", leaderUrl: `http://127.0.0.1:${await freePort()}`, env: { MEHDB_SYNC_INTERVAL_MS: "100" } });
-    await waitFor(async () => (await fetchText(`${lonely.url}/`)).text.includes("last error"), "the follower's first failed tick");
-    const res = await fetchText(`${lonely.url}/`);
+    const lonely = await startFollower(`http://127.0.0.1:${await freePort()}`, { host: "mehdb-3" });
+    await waitFor(async () => (await http(`${lonely.url}/`)).text.includes("last error"), "the follower's first failed tick");
+    const res = await http(`${lonely.url}/`);
     assert.equal(res.status, 200, "the page answers whether or not the node is ready");
     assert.match(res.text, /<dt>readiness<\/dt><dd><span class="pill bad">not ready<\/span> <span class="error">no complete sync with the leader/);
     assert.match(res.text, /<dt>last sync<\/dt><dd>not yet<\/dd>/);
@@ -153,10 +155,7 @@ describe("over HTTP", () => {
 
 /** The headless browser to use: Debian's `chromium` (or `chromium-browser`); `null` when none runs. */
 function findBrowser(): string | null {
-  for (const name of ["chromium", "chromium-browser"]) {
-    if (spawnSync(name, ["--version"], { stdio: "ignore", timeout: 30_000 }).status === 0) return name;
-  }
-  return null;
+  return ["chromium", "chromium-browser"].find((name) => missingTool(name) === undefined) ?? null;
 }
 
 /**

@@ -6,8 +6,6 @@
  * token files at start, and no token in any log line or answer.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
 import { chmod, mkdir, readdir, rename, symlink, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
@@ -20,9 +18,12 @@ import {
   tokenProblem,
   type Secrets,
 } from "../src/tokens.ts";
-import { fetchText, mehdbCommand, ROOT, startMehdb, stopAll, tempDir, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
 import { accessOf } from "../src/server.ts";
+import { missingTool, run } from "./helpers/commands.ts";
+import { assertOneLine, http, type Answer, type HttpOptions } from "./helpers/http.ts";
+import { runMehdb, startMehdb, stopAll, tempDir, type Mehdb, type StartOptions } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const WRITE = "w-7hQz3KpL9xVb2Nc5Rt8Yd1Fg4Hj6Mn0S";
 const READ = "r-Jk2Lp4Qs6Tv8Xz0Bd3Fh5Gm7Nq9Rw1Y";
@@ -35,13 +36,13 @@ const started: Mehdb[] = [];
 const answers: string[] = [];
 after(stopAll);
 
-async function call(url: string, options: Parameters<typeof fetchText>[1] = {}): Promise<Answer> {
-  const answer = await fetchText(url, options);
+async function call(url: string, options: HttpOptions = {}): Promise<Answer> {
+  const answer = await http(url, options);
   answers.push(JSON.stringify(answer.headers) + answer.text);
   return answer;
 }
 
-async function start(options: Parameters<typeof startMehdb>[0]): Promise<Mehdb> {
+async function start(options: StartOptions): Promise<Mehdb> {
   const mehdb = await startMehdb(options);
   started.push(mehdb);
   return mehdb;
@@ -227,9 +228,9 @@ describe("a leader with write and read tokens", () => {
     for (const [headers, status] of cases) {
       const answer = await rawRequest(leader.port, get(headers));
       answers.push(answer.raw);
-      assert.equal(answer.status, status, `${headers.slice(0, 80)}: ${answer.head}`);
-      assert.match(answer.body, /^[^\n]+\n$/, "one line");
-      if (status === 401) assert.match(answer.head, /\r\nWWW-Authenticate: Bearer realm="mehdb"\r\n/i);
+      assert.equal(answer.status, status, `${headers.slice(0, 80)}: ${answer.raw.slice(0, 300)}`);
+      assertOneLine(answer);
+      if (status === 401) assert.equal(answer.headers["www-authenticate"], `Bearer realm="mehdb"`);
     }
     // Bytes outside ASCII in the header.
     const latin = await rawRequest(leader.port, Buffer.concat([
@@ -317,23 +318,23 @@ describe("a follower and its leader, both with tokens", () => {
   });
 
   test("curl -L with a token but without --location-trusted ends in the leader's 401; with it, the write goes through", async (t) => {
-    const curl = spawnSync("curl", ["--version"]);
-    if (curl.error) return t.skip("curl is not installed; the README's curl -L lines cannot be checked here");
+    const noCurl = missingTool("curl");
+    if (noCurl !== undefined) return t.skip(`${noCurl}; the README's curl -L lines cannot be checked here`);
     // curl sends a custom Authorization header only to the host (and port) it was given.
-    const dropped = spawnSync("curl", [
+    const dropped = await run("curl", [
       "-sS", "-L", "-XPUT", "--data-binary", "through", "-H", `Authorization: Bearer ${WRITE}`,
       "-w", "%{http_code} %{url_effective}\\n", `${follower.url}/set/curl`,
-    ], { encoding: "utf8", timeout: 20_000 });
+    ], { timeoutMs: 20_000 });
     answers.push(dropped.stdout + dropped.stderr);
-    assert.equal(dropped.status, 0, dropped.stderr);
+    assert.equal(dropped.code, 0, dropped.stderr);
     assert.match(dropped.stdout, NO_HEADER_HINT, "the leader says why");
     assert.match(dropped.stdout, new RegExp(`\\n401 ${leader.url}/set/curl\\n$`), "the 401 came from the leader");
     assert.equal((await call(`${leader.url}/get/curl`, { headers: bearer(READ) })).status, 404);
 
-    const trusted = spawnSync("curl", [
+    const trusted = await run("curl", [
       "-sS", "--location-trusted", "-XPUT", "--data-binary", "through", "-H", `Authorization: Bearer ${WRITE}`,
       "-w", "%{http_code}\\n", `${follower.url}/set/curl`,
-    ], { encoding: "utf8", timeout: 20_000 });
+    ], { timeoutMs: 20_000 });
     answers.push(trusted.stdout + trusted.stderr);
     assert.equal(trusted.stdout, "WRITE completed\n200\n", trusted.stderr);
     assert.equal((await call(`${leader.url}/get/curl`, { headers: bearer(READ) })).text, "through");
@@ -427,23 +428,12 @@ describe("rotation without restart", () => {
 });
 
 describe("bad token files at start", () => {
-  /** Runs mehdb to its exit; resolves with the code and what it printed. */
-  async function run(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
-    const [node, ...args] = mehdbCommand();
-    const child = spawn(node, args, {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH ?? "", MEHDB_HOST: "mehdb-0", MEHDB_PORT: "0", MEHDB_LISTEN: "127.0.0.1", MEHDB_DATADIR: await tempDir(), ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let output = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (output += chunk));
-    child.stderr.on("data", (chunk: Buffer) => ((output += chunk), (stderr += chunk)));
-    const killer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-    const [code] = await once(child, "exit");
-    clearTimeout(killer);
-    answers.push(output);
-    return { code, output: stderr };
+  /** Runs mehdb to its exit; resolves with the code and what it printed on stderr. */
+  async function runToExit(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+    const dataDir = await tempDir();
+    const result = await runMehdb({ MEHDB_HOST: "mehdb-0", MEHDB_PORT: "0", MEHDB_LISTEN: "127.0.0.1", MEHDB_DATADIR: dataDir, ...env });
+    answers.push(result.stdout + result.stderr);
+    return { code: result.code, output: result.stderr };
   }
 
   test("missing, a directory, unreadable, empty or blank: exit 2 with one line naming the variable and the path", async (t) => {
@@ -474,7 +464,7 @@ describe("bad token files at start", () => {
     for (const [variable, path, reason] of cases) {
       // The other variable names a good file: the bad one alone stops the start.
       const other = variable === "MEHDB_WRITE_TOKEN_FILE" ? "MEHDB_READ_TOKEN_FILE" : "MEHDB_WRITE_TOKEN_FILE";
-      const { code, output } = await run({ [variable]: path, [other]: join(dir, "good") });
+      const { code, output } = await runToExit({ [variable]: path, [other]: join(dir, "good") });
       assert.equal(code, 2, `${variable}=${path}: ${output}`);
       assert.equal(output.split("\n").filter(Boolean).length, 1, `one line: ${output}`);
       assert.ok(output.includes(`${variable}=${path}`), `names the variable and the path: ${output}`);

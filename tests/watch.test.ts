@@ -1,9 +1,7 @@
 // Reading your writes through any pod (?after=), watching changes (?since=&wait=), prefix listing (issue 13):
 // the pure parts of src/watch.ts in-process, then real leaders and followers on 127.0.0.1 (and curl, when installed).
 import assert from "node:assert/strict";
-import { execFile, spawnSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
 import {
   changesWithPrefix,
   cursorReached,
@@ -15,11 +13,10 @@ import {
   Watches,
   withPrefix,
 } from "../src/watch.ts";
-import { metric } from "./helpers/data.ts";
-import { fetchText, startMehdb, stopAll, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
-
-const run = promisify(execFile);
-const hasCurl = spawnSync("curl", ["--version"]).status === 0;
+import { missingTool, must } from "./helpers/commands.ts";
+import { del, header, http, metric, put, type Answer } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
 
@@ -102,12 +99,10 @@ describe("watch.ts, in-process", () => {
   });
 });
 
-const put = (base: string, key: string, body: string) => fetchText(`${base}/set/${key}`, { method: "PUT", body });
+/** The `Mehdb-Cursor` of a successful write. */
 const cursorOf = (answer: Answer) => {
   assert.equal(answer.status, 200, answer.text);
-  const cursor = answer.headers["mehdb-cursor"];
-  assert.equal(typeof cursor, "string", "a successful write answers Mehdb-Cursor");
-  return cursor as string;
+  return header(answer, "Mehdb-Cursor");
 };
 
 describe("read-your-writes through a follower with a long sync interval (?after=)", () => {
@@ -119,58 +114,58 @@ describe("read-your-writes through a follower with a long sync interval (?after=
     leader = await startMehdb({ waitReady: true });
     synced = cursorOf(await put(leader.url, "ryw", "before"));
     // One sync at start, then none for a minute: every later write is ahead of this follower.
-    follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "60000" }, waitReady: true });
+    follower = await startFollower(leader.url, { env: { MEHDB_SYNC_INTERVAL_MS: "60000" }, waitReady: true });
   });
 
   test("a cursor the follower reached is answered from its copy", async () => {
-    const got = await fetchText(`${follower.url}/get/ryw?after=${synced}`);
+    const got = await http(`${follower.url}/get/ryw?after=${synced}`);
     assert.equal(got.status, 200);
     assert.equal(got.text, "before");
-    const keys = await fetchText(`${follower.url}/keys?after=${synced}`);
+    const keys = await http(`${follower.url}/keys?after=${synced}`);
     assert.deepEqual(JSON.parse(keys.text), ["ryw"]);
   });
 
   test("a cursor it has not reached: 307 to the leader, same path and query", async () => {
     const cursor = cursorOf(await put(leader.url, "ryw", "after"));
-    const got = await fetchText(`${follower.url}/get/ryw?after=${cursor}`);
+    const got = await http(`${follower.url}/get/ryw?after=${cursor}`);
     assert.equal(got.status, 307, got.text);
     assert.equal(got.headers.location, `${leader.url}/get/ryw?after=${cursor}`);
     assert.match(got.text, /^[^\n]+\n$/);
-    const head = await fetchText(`${follower.url}/get/ryw?after=${cursor}`, { method: "HEAD" });
+    const head = await http(`${follower.url}/get/ryw?after=${cursor}`, { method: "HEAD" });
     assert.equal(head.status, 307);
-    const keys = await fetchText(`${follower.url}/keys?since=&prefix=ry&after=${cursor}`);
+    const keys = await http(`${follower.url}/keys?since=&prefix=ry&after=${cursor}`);
     assert.equal(keys.status, 307);
     assert.equal(keys.headers.location, `${leader.url}/keys?since=&prefix=ry&after=${cursor}`, "every parameter is kept");
     // Following it by hand reads the write.
-    const followed = await fetchText(got.headers.location as string);
+    const followed = await http(got.headers.location as string);
     assert.equal(followed.text, "after");
     // Without after=, the follower answers from its copy, as before.
-    assert.equal((await fetchText(`${follower.url}/get/ryw`)).text, "before");
+    assert.equal((await http(`${follower.url}/get/ryw`)).text, "before");
   });
 
-  test("curl -L reads its own write through the follower; without -L it sees the 307", { skip: hasCurl ? false : "curl is not installed" }, async () => {
+  test("curl -L reads its own write through the follower; without -L it sees the 307", { skip: missingTool("curl") }, async () => {
     const cursor = cursorOf(await put(leader.url, "ryw-curl", "mine"));
-    const { stdout } = await run("curl", ["-sS", "-L", `${follower.url}/get/ryw-curl?after=${cursor}`]);
+    const { stdout } = await must("curl", ["-sS", "-L", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(stdout, "mine");
-    const noL = await run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
+    const noL = await must("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(noL.stdout, `307 ${leader.url}/get/ryw-curl?after=${cursor}`);
-    const keys = await run("curl", ["-sS", "-L", `${follower.url}/keys?after=${cursor}&prefix=ryw-`]);
+    const keys = await must("curl", ["-sS", "-L", `${follower.url}/keys?after=${cursor}&prefix=ryw-`]);
     assert.deepEqual(JSON.parse(keys.stdout), ["ryw-curl"]);
   });
 
   test("a cursor of another epoch: the follower redirects, the leader answers", async () => {
     const foreign = "0123456789ab-1";
-    assert.equal((await fetchText(`${follower.url}/get/ryw?after=${foreign}`)).status, 307);
-    const onLeader = await fetchText(`${leader.url}/get/ryw?after=${foreign}`);
+    assert.equal((await http(`${follower.url}/get/ryw?after=${foreign}`)).status, 307);
+    const onLeader = await http(`${leader.url}/get/ryw?after=${foreign}`);
     assert.equal(onLeader.status, 200, "the leader has every write it acknowledged");
-    assert.equal((await fetchText(`${leader.url}/keys?after=${foreign}`)).status, 200);
+    assert.equal((await http(`${leader.url}/keys?after=${foreign}`)).status, 200);
   });
 
   test("malformed after=: one-line 400 on the leader and on the follower", async () => {
     for (const base of [leader.url, follower.url]) {
       for (const bad of ["x", "-1", "abc-", "a-1.5", "%ff", "a-1-2", ""]) {
         for (const path of ["/get/ryw", "/keys"]) {
-          const got = await fetchText(`${base}${path}?after=${bad}`);
+          const got = await http(`${base}${path}?after=${bad}`);
           assert.equal(got.status, 400, `${base}${path}?after=${bad}: ${got.status} ${got.text}`);
           assert.match(got.text, /^malformed after=.*\n$/);
         }
@@ -182,11 +177,11 @@ describe("read-your-writes through a follower with a long sync interval (?after=
 describe("read-your-writes through a follower with a short interval: it waits for its next sync", () => {
   test("the answer comes from the follower's copy, after its next sync", async () => {
     const leader = await startMehdb({ waitReady: true });
-    const follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" }, waitReady: true });
+    const follower = await startFollower(leader.url, { waitReady: true });
     for (let i = 0; i < 5; i++) {
       const cursor = cursorOf(await put(leader.url, "soon", `v${i}`));
       // The follower waits for a tick that starts within 1 s (it ticks every 100 ms), then answers.
-      const got = await fetchText(`${follower.url}/get/soon?after=${cursor}`);
+      const got = await http(`${follower.url}/get/soon?after=${cursor}`);
       assert.equal(got.status, 200, `a 307 means the follower did not wait for its next tick: ${got.text}`);
       assert.equal(got.text, `v${i}`);
     }
@@ -203,7 +198,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   });
 
   const feed = async (query: string) => {
-    const answer = await fetchText(`${leader.url}/keys?${query}`, { timeoutMs: 70_000 });
+    const answer = await http(`${leader.url}/keys?${query}`, { timeoutMs: 70_000 });
     assert.equal(answer.status, 200, answer.text);
     return JSON.parse(answer.text) as { cursor: string; full: boolean; keys: [string, number, number][]; deleted: string[] };
   };
@@ -242,7 +237,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
 
   test("prefix: the plain listing, the full feed and the incremental feed keep only matching names", async () => {
     for (const key of ["p-1", "p-2", "pq", "q-1"]) await put(leader.url, key, "v");
-    const plain = await fetchText(`${leader.url}/keys?prefix=p-`);
+    const plain = await http(`${leader.url}/keys?prefix=p-`);
     assert.deepEqual(JSON.parse(plain.text), ["p-1", "p-2"]);
     assert.equal(plain.headers["content-type"], "application/json");
     const full = await feed("since=&prefix=p");
@@ -250,11 +245,11 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
     assert.deepEqual(full.keys.map(([name]) => name).sort(), ["p-1", "p-2", "pq"]);
     await put(leader.url, "p-3", "v");
     await put(leader.url, "q-2", "v");
-    await fetchText(`${leader.url}/set/p-1`, { method: "DELETE" });
+    await del(leader.url, "p-1");
     const incremental = await feed(`since=${full.cursor}&prefix=p-`);
     assert.deepEqual(incremental.keys.map(([name]) => name), ["p-3"]);
     assert.deepEqual(incremental.deleted, ["p-1"]);
-    assert.deepEqual(JSON.parse((await fetchText(`${leader.url}/keys?prefix=nothing-`)).text), []);
+    assert.deepEqual(JSON.parse((await http(`${leader.url}/keys?prefix=nothing-`)).text), []);
   });
 
   test("a watch with a prefix stays held through changes outside it", async () => {
@@ -269,7 +264,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   });
 
   test("plain GET /keys is still the bare sorted JSON array", async () => {
-    const answer = await fetchText(`${leader.url}/keys`);
+    const answer = await http(`${leader.url}/keys`);
     assert.equal(answer.headers["content-type"], "application/json");
     const names = JSON.parse(answer.text) as unknown;
     assert.ok(Array.isArray(names) && names.every((name) => typeof name === "string"));
@@ -285,7 +280,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
       "prefix=%C3%A9", `prefix=${"x".repeat(201)}`, "since=&prefix=..", "after=zz",
     ];
     for (const query of bad) {
-      const answer = await fetchText(`${leader.url}/keys?${query}`);
+      const answer = await http(`${leader.url}/keys?${query}`);
       assert.equal(answer.status, 400, `?${query}: ${answer.status} ${answer.text}`);
       assert.match(answer.text, /^[^\n]+\n$/);
     }
@@ -295,8 +290,8 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
 describe("a held watch across SIGTERM", () => {
   test("the watch is answered at once and the process exits promptly with 0", async () => {
     const leader = await startMehdb({ waitReady: true });
-    const { cursor } = JSON.parse((await fetchText(`${leader.url}/keys?since=`)).text) as { cursor: string };
-    const watching = fetchText(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
+    const { cursor } = JSON.parse((await http(`${leader.url}/keys?since=`)).text) as { cursor: string };
+    const watching = http(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
     await waitFor(async () => (await metric(leader.url, "mehdb_watches_held")) === 1, "the watch to be held");
     const started = performance.now();
     const code = await leader.stop("SIGTERM", 30_000);

@@ -12,8 +12,10 @@
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startMehdb, stopAll, type Mehdb } from "../helpers/mehdb.ts";
-import { checkedValue, closeHttpAgent, difference, http, randomInt, rssKiB, sleep, snapshot, staleRetries, verifyValue } from "../helpers/reliability.ts";
+import { checkedValue, converged, randomInt, snapshot, verifyValue } from "../helpers/data.ts";
+import { del, http, put, staleRetries } from "../helpers/http.ts";
+import { memoryKiB, startFollower, startMehdb, stopAll, type Mehdb } from "../helpers/mehdb.ts";
+import { sleep } from "../helpers/wait.ts";
 
 /** Options of {@link runSoak}. */
 export interface SoakOptions {
@@ -78,7 +80,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const leader = await startMehdb({ host: "mehdb-0" });
   const followers: Mehdb[] = [];
   for (const host of ["mehdb-1", "mehdb-2"]) {
-    followers.push(await startMehdb({ host, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true }));
+    followers.push(await startFollower(leader.url, { host, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true }));
   }
   const servers = [leader, ...followers];
   const byOp: Record<string, number> = { get: 0, put: 0, delete: 0, keys: 0 };
@@ -100,27 +102,27 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       try {
         if (roll < 0.55) {
           const server = servers[randomInt(0, 2)];
-          const res = await http(`${server.url}/get/${key}`);
+          const res = await http(`${server.url}/get/${key}`, { keepAlive: true });
           byOp.get++;
           if (res.status === 200) {
             const check = verifyValue(res.body);
             if (!check.ok) fail(`GET ${key} from ${server.url}: ${check.reason}`);
           } else if (res.status !== 404) {
-            fail(`GET ${key} from ${server.url}: ${res.status} ${res.body}`);
+            fail(`GET ${key} from ${server.url}: ${res.status} ${res.text}`);
           }
         } else if (roll < 0.88) {
-          const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`w${w}n${n}`, randomInt(64, 32 * 1024)) });
+          const res = await put(leader.url, key, checkedValue(`w${w}n${n}`, randomInt(64, 32 * 1024)), { keepAlive: true });
           byOp.put++;
-          if (res.status !== 200) fail(`PUT ${key}: ${res.status} ${res.body}`);
+          if (res.status !== 200) fail(`PUT ${key}: ${res.status} ${res.text}`);
         } else if (roll < 0.98) {
-          const res = await http(`${leader.url}/set/${key}`, { method: "DELETE" });
+          const res = await del(leader.url, key, { keepAlive: true });
           byOp.delete++;
-          if (res.status !== 200 && res.status !== 404) fail(`DELETE ${key}: ${res.status} ${res.body}`);
+          if (res.status !== 200 && res.status !== 404) fail(`DELETE ${key}: ${res.status} ${res.text}`);
         } else {
           const server = servers[randomInt(0, 2)];
-          const res = await http(`${server.url}/keys`);
+          const res = await http(`${server.url}/keys`, { keepAlive: true });
           byOp.keys++;
-          if (res.status !== 200 || !Array.isArray(JSON.parse(res.body.toString()))) fail(`GET /keys from ${server.url}: ${res.status}`);
+          if (res.status !== 200 || !Array.isArray(JSON.parse(res.text))) fail(`GET /keys from ${server.url}: ${res.status}`);
         }
       } catch (error) {
         fail(`${key}: ${(error as Error).message}`);
@@ -139,7 +141,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      const rss = await Promise.all(servers.map((s) => rssKiB(s.child.pid!)));
+      const rss = await Promise.all(servers.map((s) => memoryKiB(s.pid)));
       const sample = { atSeconds: (performance.now() - started) / 1000, requests, errors, rssKiB: rss.map((k) => k ?? 0) };
       samples.push(sample);
       if (samples.length % printEvery === 0) print(row(sample));
@@ -153,20 +155,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   print(row(samples[samples.length - 1]));
 
   // The followers must end with exactly the leader's keys and bytes.
-  let converged = false;
-  let last: string | null = null;
-  let leaderSnapshot = new Map<string, Buffer>();
-  for (const until = performance.now() + 20_000; performance.now() < until;) {
-    leaderSnapshot = await snapshot(leader.url);
-    const diffs = await Promise.all(followers.map(async (f) => difference(leaderSnapshot, await snapshot(f.url))));
-    last = diffs.find((d) => d !== null) ?? null;
-    if (last === null) {
-      converged = true;
-      break;
-    }
-    await sleep(200);
+  let exact = true;
+  for (const follower of followers) {
+    await converged(follower.url, leader.url, 20_000).catch((error: Error) => {
+      exact = false;
+      fail(`followers did not converge: ${error.message}`);
+    });
   }
-  if (!converged) fail(`followers did not converge within 20 s: ${last}`);
+  const leaderSnapshot = await snapshot(leader.url);
   for (const server of servers) {
     if (server.child.exitCode !== null || server.child.signalCode !== null) fail(`${server.url} exited: ${server.output().slice(-500)}`);
   }
@@ -183,12 +179,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const retried = staleRetries.count - retriesBefore;
   print(`requests ${requests} (${Object.entries(byOp).map(([op, n]) => `${op} ${n}`).join(", ")}), ${(requests / options.seconds).toFixed(0)}/s, ` +
     `errors ${errors}, sent again after a keep-alive close race ${retried}`);
-  print(`followers ${converged ? "exact" : "NOT exact"}: ${leaderSnapshot.size} keys, ${bytes} bytes`);
+  print(`followers ${exact ? "exact" : "NOT exact"}: ${leaderSnapshot.size} keys, ${bytes} bytes`);
   print(`RSS growth after warm-up: ${servers.map((_, i) => `${NAMES[i]} ${(rssGrowthKiB[i] / 1024).toFixed(1)} MiB (${rssFlat[i] ? "flat" : "GROWING"})`).join(", ")}`);
   for (const error of firstErrors) print(`error: ${error}`);
 
   await Promise.all(servers.map((s) => s.stop()));
-  return { seconds, requests, byOp, errors, firstErrors, staleRetries: retried, converged, keys: leaderSnapshot.size, bytes, samples, rssGrowthKiB, rssFlat };
+  return { seconds, requests, byOp, errors, firstErrors, staleRetries: retried, converged: exact, keys: leaderSnapshot.size, bytes, samples, rssGrowthKiB, rssFlat };
 }
 
 /** `--seconds N` from the command line (default 60). */
@@ -212,7 +208,6 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     console.log(ok ? "soak: PASS" : "soak: FAIL");
   } finally {
     await stopAll();
-    closeHttpAgent();
   }
   process.exit(ok ? 0 : 1);
 }
