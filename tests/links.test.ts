@@ -1,5 +1,7 @@
-// Only regular files are keys: a link in the data directory is never listed, served or copied, whether
-// it was there at start or put there while running; nor is a directory or a FIFO found in a key's place.
+/**
+ * Only regular files are keys: a link in the data directory is never listed, served or copied, whether it was
+ * there at start or put there while running; nor is a directory or a FIFO found in a key's place.
+ */
 import assert from "node:assert/strict";
 import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -17,7 +19,8 @@ assert.equal(SECRET.length, VALUE.length);
 
 const keys = async (url: string) => JSON.parse((await http(`${url}/keys`)).text) as string[];
 
-test("a link in the data directory at start is not a key: not listed, not served, not copied by a follower", async () => {
+test("a link in the data directory at start is not a key: " +
+  "not listed, not served, not copied by a follower", async () => {
   const outside = await tempDir();
   await writeFile(join(outside, "secret"), SECRET);
   const dataDir = await tempDir();
@@ -39,7 +42,8 @@ test("a link in the data directory at start is not a key: not listed, not served
     assert.ok(!res.text.includes("secret"), key);
   }
   const values = await http(`${leader.url}/values?keys=pw,alias,real`);
-  assert.equal(values.text, `pw -\nalias -\nreal ${VALUE.length} ${/^real \d+ (\d+)$/m.exec(values.text)?.[1]}\n${VALUE}`);
+  const mtime = /^real \d+ (\d+)$/m.exec(values.text)?.[1];
+  assert.equal(values.text, `pw -\nalias -\nreal ${VALUE.length} ${mtime}\n${VALUE}`);
   assert.equal((await http(`${leader.url}/get/real`)).text, VALUE);
 
   const follower = await startFollower(leader.url, { dataDir: followerDir, waitReady: true });
@@ -78,7 +82,9 @@ test("a link or a directory put in a key's place while running is not served (40
   assert.equal(await readFile(join(outside, "secret"), "utf8"), SECRET);
 });
 
-test("a FIFO put in a key's place is not served and does not hang the read", { skip: missingTool("mkfifo") }, async () => {
+const noMkfifo = missingTool("mkfifo");
+
+test("a FIFO put in a key's place is not served and does not hang the read", { skip: noMkfifo }, async () => {
   const dataDir = await tempDir();
   const leader = await startMehdb({ dataDir, env: { MEHDB_CACHE_BYTES: "0" } });
   assert.equal((await put(leader.url, "fifo", VALUE)).status, 200);

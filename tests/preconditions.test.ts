@@ -1,4 +1,4 @@
-// If-Match / If-None-Match (RFC 9110): the pure parser and judge of src/preconditions.ts.
+/** If-Match / If-None-Match (RFC 9110): the pure parser and judge of src/preconditions.ts. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { evaluatePreconditions, parseTagList, readPreconditions, type Preconditions } from "../src/preconditions.ts";
@@ -10,7 +10,8 @@ const tags = (value: string) => {
 };
 const malformed = (value: string) => {
   const parsed = parseTagList(value);
-  assert.ok(typeof parsed === "object" && !Array.isArray(parsed) && "error" in parsed, `${JSON.stringify(value)} is malformed`);
+  const isError = typeof parsed === "object" && !Array.isArray(parsed) && "error" in parsed;
+  assert.ok(isError, `${JSON.stringify(value)} is malformed`);
   assert.match(parsed.error, /^[^\n]+$/, "one line");
   return parsed.error;
 };
@@ -25,15 +26,18 @@ test("parseTagList: *, one tag, lists, weak tags, spaces and empty elements", ()
     { opaque: `"b"`, weak: true },
     { opaque: `"c"`, weak: false },
   ]);
-  assert.deepEqual(tags(`,, "a" ,,`), [{ opaque: `"a"`, weak: false }], "empty list elements are ignored (RFC 9110, 5.6.1)");
+  assert.deepEqual(tags(`,, "a" ,,`), [{ opaque: `"a"`, weak: false }],
+    "empty list elements are ignored (RFC 9110, 5.6.1)");
   assert.deepEqual(tags(`""`), [{ opaque: `""`, weak: false }], "an empty opaque tag is valid");
-  assert.deepEqual(tags(`"a!#~\u0080\u00ff"`), [{ opaque: `"a!#~\u0080\u00ff"`, weak: false }], "etagc includes ! #-~ and obs-text");
+  assert.deepEqual(tags(`"a!#~\u0080\u00ff"`), [{ opaque: `"a!#~\u0080\u00ff"`, weak: false }],
+    "etagc includes ! #-~ and obs-text");
   assert.deepEqual(tags(""), [], "an empty field is an empty list");
 });
 
 test("parseTagList: malformed values are refused with one line", () => {
   for (const value of [
-    "garbage", `"abc`, `W/"abc`, `"a" "b"`, `"a";"b"`, `*, "a"`, `"a", *`, "**", `w/"a"`, "W/", `W/ "a"`, `"a b"`, `"a\u0001"`,
+    "garbage", `"abc`, `W/"abc`, `"a" "b"`, `"a";"b"`, `*, "a"`, `"a", *`, "**", `w/"a"`, "W/", `W/ "a"`, `"a b"`,
+    `"a\u0001"`,
     `"a"x`, "'a'", `"a\\"b"`, `"\u0100"`, `"a",garbage`, `"ключ"`,
   ]) {
     malformed(value);
@@ -62,7 +66,10 @@ test("readPreconditions: none, parsed, or the header named in the error", () => 
 });
 
 const pre = (ifMatch: string | null, ifNoneMatch: string | null): Preconditions => {
-  const read = readPreconditions({ ...(ifMatch === null ? {} : { "if-match": ifMatch }), ...(ifNoneMatch === null ? {} : { "if-none-match": ifNoneMatch }) });
+  const read = readPreconditions({
+    ...(ifMatch === null ? {} : { "if-match": ifMatch }),
+    ...(ifNoneMatch === null ? {} : { "if-none-match": ifNoneMatch }),
+  });
   assert.ok(read !== null && !("error" in read));
   return read;
 };

@@ -1,4 +1,4 @@
-// The route table and its handlers in-process: a Store and a server in this process, no child process.
+/** The route table and its handlers in-process: a Store and a server in this process, no child process. */
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
@@ -12,7 +12,10 @@ after(stopAll);
 /** Log lines of one server, as `event key=value…` strings. */
 function recorder(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
-  return { lines, log: (event, fields = {}) => lines.push([event, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(" ")) };
+  const log: Logger = (event, fields = {}) => {
+    lines.push([event, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(" "));
+  };
+  return { lines, log };
 }
 
 async function serve(role: "leader" | "follower", replica?: ReplicaState) {
@@ -37,7 +40,9 @@ describe("route table, in-process", () => {
     assert.equal(store.stat("k1")?.size, 2);
     const got = await http(`${url}/get/k1`);
     assert.equal(got.text, "v1");
-    assert.equal(got.headers.etag, store.etag(store.stat("k1")!));
+    const entry = store.stat("k1");
+    assert.ok(entry);
+    assert.equal(got.headers.etag, store.etag(entry));
     assert.ok(lines.includes("write key=k1 bytes=2"), lines.join("\n"));
   });
 
