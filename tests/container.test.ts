@@ -1,25 +1,27 @@
-// The image, run the way a StatefulSet runs it, on one machine with podman
-// (../shared/CONTAINERS.md; the README's "Run with podman" is this test):
-// builds the real Containerfile on a local Node 24 base, runs mehdb-0 (leader)
-// and mehdb-1 (follower) on their own volumes, writes through the follower
-// with `curl -L`, reads from the follower, scales to 4, deletes and re-creates
-// mehdb-1 on its volume, and stops every container with a 10 s grace. Then
-// once more with tokens (issue 12): a token directory mounted read-only into
-// a new leader and follower, writes and reads with and without the tokens,
-// curl -L with and without --location-trusted, and a rotation of the files.
-//
-// Skipped, with the reason printed, where podman (or runc, curl) is missing.
-// Every container, volume and image tag it makes carries this run's id and is
-// removed in `after`, also when a step fails. The Node base image and the npm
-// tarball it is made from are a cache kept between runs (tests/helpers/podman.ts).
-import { describe, it, before, after, type TestContext } from "node:test";
+/**
+ * The image, run the way a StatefulSet runs it, on one machine with podman
+ * (../shared/CONTAINERS.md; the README's "Run with podman" is this test):
+ * builds the real Containerfile on a local Node 24 base, runs mehdb-0 (leader)
+ * and mehdb-1 (follower) on their own volumes, writes through the follower
+ * with `curl -L`, reads from the follower, scales to 4, deletes and re-creates
+ * mehdb-1 on its volume, and stops every container with a 10 s grace. Then
+ * once more with tokens (issue 12): a token directory mounted read-only into
+ * a new leader and follower, writes and reads with and without the tokens,
+ * curl -L with and without --location-trusted, and a rotation of the files.
+ *
+ * Skipped, with the reason printed, where podman (or runc, curl) is missing.
+ * Every container, volume and image tag it makes carries this run's id and is
+ * removed in `after`, also when a step fails. The Node base image and the npm
+ * tarball it is made from are a cache kept between runs (tests/helpers/podman.ts).
+ */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { after, before, describe, test, type TestContext } from "node:test";
 import { describeRun, run } from "./helpers/commands.ts";
-import { http } from "./helpers/http.ts";
+import { http, put } from "./helpers/http.ts";
 import { ROOT } from "./helpers/mehdb.ts";
 import { RUN_LIMITS, ensureNodeBase, mustPodman, podman, podmanMissing } from "./helpers/podman.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -53,6 +55,13 @@ interface Pod {
 }
 const pods = new Map<number, Pod>();
 
+/** Pod `n`, which must have been started. */
+function runningPod(n: number): Pod {
+  const pod = pods.get(n);
+  assert.ok(pod, `mehdb-${n} was started`);
+  return pod;
+}
+
 let broken: string | undefined; // the first step that failed: later steps skip
 let failed = false;
 const log = (msg: string): void => {
@@ -62,7 +71,7 @@ let tmp = "";
 
 /** A step of the walkthrough: skipped (saying why) once an earlier one failed. */
 function step(name: string, fn: (t: TestContext) => Promise<void>, timeoutMs = 120_000): void {
-  it(name, { timeout: timeoutMs }, async (t) => {
+  test(name, { timeout: timeoutMs }, async (t) => {
     if (broken) {
       t.skip(`an earlier step failed: ${broken}`);
       return;
@@ -153,7 +162,8 @@ async function stopPod(n: number): Promise<void> {
   const state = (await mustPodman(["inspect", "-f", "{{.State.ExitCode}} {{.State.Status}}", pod.name])).stdout.trim();
   log(`podman stop -t ${GRACE_S} ${pod.name}: ${ms} ms, exit code and state: ${state}`);
   assert.equal(state, "0 exited", `${pod.name} exits 0 on SIGTERM\n${await logsOf(pod.name)}`);
-  assert.ok(ms < STOP_WITHIN_MS, `${pod.name} stopped in ${ms} ms, more than ${STOP_WITHIN_MS} ms of a ${GRACE_S} s grace`);
+  assert.ok(ms < STOP_WITHIN_MS,
+    `${pod.name} stopped in ${ms} ms, more than ${STOP_WITHIN_MS} ms of a ${GRACE_S} s grace`);
 }
 
 /** The jump pod's write: `curl -sS -L -XPUT -T FILE mehdb:9876/set/KEY`, here through a follower's published port. */
@@ -178,7 +188,13 @@ async function get(pod: Pod, key: string, headers?: Record<string, string>): Pro
 }
 
 /** Waits until pod serves `value` for `key` (a follower copies within its poll interval, 1 s by default). */
-async function waitValue(pod: Pod, key: string, value: string, timeoutMs = 15_000, headers?: Record<string, string>): Promise<void> {
+async function waitValue(
+  pod: Pod,
+  key: string,
+  value: string,
+  timeoutMs = 15_000,
+  headers?: Record<string, string>,
+): Promise<void> {
   await waitFor(
     async () => {
       const r = await get(pod, key, headers);
@@ -198,14 +214,14 @@ describe("Containerfile", () => {
     .split("\n")
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith("#"));
-  const instr = (l: string): string => l.split(/\s+/)[0]!.toUpperCase();
+  const instr = (l: string): string => (l.split(/\s+/)[0] ?? "").toUpperCase();
 
-  it("takes its base from ARG NODE_IMAGE (a public Node 24 image by default)", () => {
-    assert.match(lines[0]!, /^ARG NODE_IMAGE=\S*node:24\S*$/);
+  test("takes its base from ARG NODE_IMAGE (a public Node 24 image by default)", () => {
+    assert.match(lines[0] ?? "", /^ARG NODE_IMAGE=\S*node:24\S*$/);
     assert.deepEqual(lines.filter((l) => instr(l) === "FROM"), ["FROM ${NODE_IMAGE}"]);
   });
 
-  it("copies only package.json and src/, installs nothing, needs no shell", () => {
+  test("copies only package.json and src/, installs nothing, needs no shell", () => {
     const copies = lines.filter((l) => ["COPY", "ADD"].includes(instr(l)));
     assert.deepEqual(copies, ["COPY package.json ./", "COPY src/ ./src/"]);
     for (const l of lines.filter((l) => instr(l) === "RUN")) {
@@ -214,7 +230,7 @@ describe("Containerfile", () => {
     assert.ok(!lines.some((l) => /npm (ci|install)/.test(l)), "no npm install");
   });
 
-  it("runs `node src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876", () => {
+  test("runs `node src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876", () => {
     assert.ok(lines.includes("USER 1000:1000"));
     assert.ok(lines.some((l) => /^ENV\s.*\bMEHDB_DATADIR=\/data\b/.test(l)));
     assert.ok(lines.includes("EXPOSE 9876"));
@@ -225,7 +241,7 @@ describe("Containerfile", () => {
 const skipReason = podmanMissing();
 if (skipReason) {
   // A test, not a suite, so that the summary counts it as skipped.
-  it("the image, run as a StatefulSet with podman", { skip: skipReason }, () => {});
+  test("the image, run as a StatefulSet with podman", { skip: skipReason }, () => {});
 } else {
   describe("the image, run as a StatefulSet with podman", { timeout: 600_000 }, () => {
     before(async () => {
@@ -236,7 +252,10 @@ if (skipReason) {
         made.images.add(image);
         const b0 = Date.now();
         await mustPodman(
-          ["build", "--pull=never", "--layers=false", "--build-arg", `NODE_IMAGE=${base}`, "-f", path.join(ROOT, "Containerfile"), "-t", image, ROOT],
+          [
+            "build", "--pull=never", "--layers=false", "--build-arg", `NODE_IMAGE=${base}`,
+            "-f", path.join(ROOT, "Containerfile"), "-t", image, ROOT,
+          ],
           { timeoutMs: 300_000 },
         );
         log(`podman build of the Containerfile: ${Date.now() - b0} ms`);
@@ -258,7 +277,9 @@ if (skipReason) {
       const problems: string[] = [];
       const note = async (args: string[]): Promise<void> => {
         const r = await podman(args, { timeoutMs: 60_000 });
-        if (r.code !== 0 && !/no such|not found|no container|no volume/i.test(r.stderr)) problems.push(describeRun("podman", args, r));
+        if (r.code !== 0 && !/no such|not found|no container|no volume/i.test(r.stderr)) {
+          problems.push(describeRun("podman", args, r));
+        }
       };
       // Only what this run made, by name.
       for (const name of made.containers) await note(["rm", "-f", "-t", "0", name]);
@@ -268,7 +289,8 @@ if (skipReason) {
       if (problems.length) console.log(`# container test clean-up problems:\n${problems.join("\n")}`);
     });
 
-    step("the image runs as uid 1000 on a read-only root, holds only package.json and src/, and /data on a fresh volume is writable", async () => {
+    step("the image runs as uid 1000 on a read-only root, holds only package.json and src/, " +
+      "and /data on a fresh volume is writable", async () => {
       const cfg = JSON.parse((await mustPodman(["image", "inspect", "-f", "{{json .Config}}", image])).stdout);
       assert.equal(cfg.User, "1000:1000");
       assert.ok(cfg.Env.includes("MEHDB_DATADIR=/data"), `Env ${cfg.Env}`);
@@ -279,9 +301,11 @@ if (skipReason) {
       // No --user here: the image's own USER must be non-root.
       const script = [
         "const fs = require('node:fs');",
-        `const out = { uid: process.getuid(), gid: process.getgid(), node: process.version, cwd: process.cwd(), app: fs.readdirSync(".").sort() };`,
+        "const out = { uid: process.getuid(), gid: process.getgid(), node: process.version, cwd: process.cwd(),",
+        `app: fs.readdirSync(".").sort() };`,
         "out.dataOwner = fs.statSync('/data').uid;",
-        "fs.writeFileSync('/data/probe', 'x'); out.dataWritable = fs.readFileSync('/data/probe', 'utf8') === 'x'; fs.rmSync('/data/probe');",
+        "fs.writeFileSync('/data/probe', 'x');",
+        "out.dataWritable = fs.readFileSync('/data/probe', 'utf8') === 'x'; fs.rmSync('/data/probe');",
         "try { fs.writeFileSync('/app/probe', 'x'); out.rootWrite = 'allowed'; } catch (e) { out.rootWrite = e.code; }",
         "console.log(JSON.stringify(out));",
       ].join(" ");
@@ -292,7 +316,7 @@ if (skipReason) {
         "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-v", `${probeVolume}:/data`, image, "node", "-e", script,
       ]);
-      const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
+      const out = JSON.parse(r.stdout.trim().split("\n").pop() ?? "");
       assert.equal(out.uid, 1000);
       assert.equal(out.gid, 1000);
       assert.match(out.node, /^v2[4-9]\./);
@@ -313,8 +337,8 @@ if (skipReason) {
     });
 
     step("a PUT to the follower is redirected (307) to the leader by its cluster name", async () => {
-      const follower = pods.get(1)!;
-      const r = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n" });
+      const follower = runningPod(1);
+      const r = await put(follower.url, "test", "not stored\n");
       assert.equal(r.status, 307);
       assert.equal(r.headers.location, `http://${LEADER_HOST}:${PORT}/set/test`);
     });
@@ -322,22 +346,22 @@ if (skipReason) {
     step("the jump pod writes through the follower: curl -L -XPUT -T /tmp/test prints WRITE completed", async () => {
       const file = path.join(tmp, "test");
       writeFileSync(file, "test data\n");
-      const out = await curlPutFollowing(pods.get(1)!, "test", file);
+      const out = await curlPutFollowing(runningPod(1), "test", file);
       assert.match(out, /WRITE completed/);
-      assert.deepEqual(await get(pods.get(0)!, "test"), { status: 200, body: "test data\n" }, "the leader has it");
+      assert.deepEqual(await get(runningPod(0), "test"), { status: 200, body: "test data\n" }, "the leader has it");
       // A value large enough that curl sends `Expect: 100-continue` (the follower answers 307 instead of 100).
       const big = path.join(tmp, "big");
       writeFileSync(big, Buffer.alloc(2 * 2 ** 20, "mehdb "));
-      assert.match(await curlPutFollowing(pods.get(1)!, "big", big), /WRITE completed/);
-      const r = await get(pods.get(0)!, "big");
+      assert.match(await curlPutFollowing(runningPod(1), "big", big), /WRITE completed/);
+      const r = await get(runningPod(0), "big");
       assert.equal(r.status, 200);
       assert.equal(r.body.length, 2 * 2 ** 20);
     });
 
     step("reading from the follower (curl mehdb-1.mehdb:9876/get/test) returns the data", async () => {
-      await waitValue(pods.get(1)!, "test", "test data\n");
-      await waitValue(pods.get(1)!, "big", "mehdb ".repeat(2 * 2 ** 20 / 6 + 1).slice(0, 2 * 2 ** 20));
-      const keys = JSON.parse((await http(`${pods.get(1)!.url}/keys`)).text);
+      await waitValue(runningPod(1), "test", "test data\n");
+      await waitValue(runningPod(1), "big", "mehdb ".repeat(2 * 2 ** 20 / 6 + 1).slice(0, 2 * 2 ** 20));
+      const keys = JSON.parse((await http(`${runningPod(1).url}/keys`)).text);
       assert.ok(keys.includes("test") && keys.includes("big"), `follower keys ${JSON.stringify(keys)}`);
     });
 
@@ -350,7 +374,8 @@ if (skipReason) {
       }
     }, 180_000);
 
-    step("delete pod mehdb-1: it stops gracefully, its volume keeps the data, re-created it serves it again", async () => {
+    step("delete pod mehdb-1: it stops gracefully, its volume keeps the data, " +
+      "re-created it serves it again", async () => {
       await stopPod(1);
       await mustPodman(["rm", containerName(1)]);
       pods.delete(1);
@@ -364,7 +389,7 @@ if (skipReason) {
       assert.equal(r.stdout, "test data\n");
       // A write while mehdb-1 is away reaches it once it is back.
       writeFileSync(path.join(tmp, "later"), "written while mehdb-1 was away\n");
-      assert.match(await curlPutFollowing(pods.get(2)!, "later", path.join(tmp, "later")), /WRITE completed/);
+      assert.match(await curlPutFollowing(runningPod(2), "later", path.join(tmp, "later")), /WRITE completed/);
       const pod = await startPod(1);
       assert.deepEqual(await get(pod, "test"), { status: 200, body: "test data\n" });
       await waitValue(pod, "later", "written while mehdb-1 was away\n");
@@ -383,9 +408,9 @@ if (skipReason) {
     const auth = (token: string): Record<string, string> => ({ Authorization: `Bearer ${token}` });
     let tokenDir = "";
 
-    /** The jump pod's `curl -L -XPUT -T FILE -H "Authorization: Bearer TOKEN"` through a follower, with `extra` flags. */
+    /** The jump pod's `curl -XPUT -T FILE -H "Authorization: Bearer TOKEN"` through a follower, with `extra` flags. */
     async function curlWithToken(via: Pod, key: string, file: string, token: string, extra: string[]): Promise<string> {
-      const leader = pods.get(0)!;
+      const leader = runningPod(0);
       const args = [
         "-sS", "--max-time", "20", "-XPUT", "-T", file, "-H", `Authorization: Bearer ${token}`, ...extra,
         "--connect-to", `${LEADER_HOST}:${PORT}:127.0.0.1:${leader.port}`,
@@ -396,7 +421,8 @@ if (skipReason) {
       return r.stdout;
     }
 
-    step("with tokens: a new leader and follower start with the token files mounted read-only; the follower syncs with its read token", async () => {
+    step("with tokens: a new leader and follower start with the token files mounted read-only; " +
+      "the follower syncs with its read token", async () => {
       variant = "tok-";
       pods.clear();
       tokenDir = path.join(tmp, "tokens");
@@ -411,54 +437,62 @@ if (skipReason) {
       await createVolume(volumeName(1));
       const leader = await startPod(0, env, mount);
       await startPod(1, env, mount); // ready = synced once, through the leader's read check
-      const mounts = JSON.parse((await mustPodman(["inspect", "-f", "{{json .Mounts}}", leader.name])).stdout) as { Destination: string; RW: boolean }[];
-      assert.equal(mounts.find((m) => m.Destination === TOKEN_DIR)?.RW, false, "the token directory is mounted read-only");
+      const inspected = await mustPodman(["inspect", "-f", "{{json .Mounts}}", leader.name]);
+      const mounts = JSON.parse(inspected.stdout) as { Destination: string; RW: boolean }[];
+      const tokens = mounts.find((m) => m.Destination === TOKEN_DIR);
+      assert.equal(tokens?.RW, false, "the token directory is mounted read-only");
       assert.match(await logsOf(leader.name), /event=access writes=write-token reads=read-or-write-token/);
     });
 
-    step("with tokens: the follower answers 401 (one line, WWW-Authenticate) without a token, the 307 with the write token", async () => {
-      const follower = pods.get(1)!;
-      const none = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n" });
+    step("with tokens: the follower answers 401 (one line, WWW-Authenticate) without a token, " +
+      "the 307 with the write token", async () => {
+      const follower = runningPod(1);
+      const none = await put(follower.url, "test", "not stored\n");
       assert.equal(none.status, 401);
       assert.equal(none.headers["www-authenticate"], `Bearer realm="mehdb"`);
       assert.match(none.text, /^unauthorized: [^\n]*--location-trusted[^\n]*\n$/);
       assert.equal(none.headers.location, undefined);
-      const good = await http(`${follower.url}/set/test`, { method: "PUT", body: "not stored\n", headers: auth(WRITE) });
+      const good = await put(follower.url, "test", "not stored\n", { headers: auth(WRITE) });
       assert.equal(good.status, 307);
       assert.equal(good.headers.location, `http://${LEADER_HOST}:${PORT}/set/test`);
       assert.equal((await http(`${follower.url}/status?level=full`)).status, 200, "/status stays open");
     });
 
-    step("with tokens: curl -L drops the token on the redirect (the leader says 401); --location-trusted writes through the follower", async () => {
+    step("with tokens: curl -L drops the token on the redirect (the leader says 401); " +
+      "--location-trusted writes through the follower", async () => {
       const file = path.join(tmp, "secret-test");
       writeFileSync(file, "token data\n");
-      const dropped = await curlWithToken(pods.get(1)!, "tok", file, WRITE, ["-L"]);
-      assert.match(dropped, /no Authorization header[^\n]*--location-trusted[^\n]*\n401\n$/, "the leader's 401, with the hint");
-      assert.equal((await get(pods.get(0)!, "tok", auth(READ))).status, 404);
-      assert.equal(await curlWithToken(pods.get(1)!, "tok", file, WRITE, ["--location-trusted"]), "WRITE completed\n200\n");
-      await waitValue(pods.get(1)!, "tok", "token data\n", 15_000, auth(READ));
-      assert.equal((await get(pods.get(1)!, "tok")).status, 401, "reads need the read token");
-      assert.equal((await get(pods.get(1)!, "tok", auth(WRITE))).status, 200, "or the write token");
+      const dropped = await curlWithToken(runningPod(1), "tok", file, WRITE, ["-L"]);
+      assert.match(dropped, /no Authorization header[^\n]*--location-trusted[^\n]*\n401\n$/,
+        "the leader's 401, with the hint");
+      assert.equal((await get(runningPod(0), "tok", auth(READ))).status, 404);
+      const trusted = await curlWithToken(runningPod(1), "tok", file, WRITE, ["--location-trusted"]);
+      assert.equal(trusted, "WRITE completed\n200\n");
+      await waitValue(runningPod(1), "tok", "token data\n", 15_000, auth(READ));
+      assert.equal((await get(runningPod(1), "tok")).status, 401, "reads need the read token");
+      assert.equal((await get(runningPod(1), "tok", auth(WRITE))).status, 200, "or the write token");
     });
 
-    step("with tokens: new token files renamed into the mounted directory apply without a restart, the old ones stop working", async () => {
+    step("with tokens: new token files renamed into the mounted directory apply without a restart, " +
+      "the old ones stop working", async () => {
       for (const [name, token] of [["write", WRITE_2], ["read", READ_2]] as const) {
         writeFileSync(path.join(tokenDir, `.${name}.new`), token, { mode: 0o644 });
         renameSync(path.join(tokenDir, `.${name}.new`), path.join(tokenDir, name));
       }
-      const leader = pods.get(0)!;
+      const leader = runningPod(0);
       await waitFor(async () => {
-        const r = await http(`${leader.url}/set/rotated`, { method: "PUT", body: "after rotation\n", headers: auth(WRITE_2) });
-        return r.status === 200;
+        return (await put(leader.url, "rotated", "after rotation\n", { headers: auth(WRITE_2) })).status === 200;
       }, "the new write token to work on the leader", 15_000);
-      assert.equal((await http(`${leader.url}/set/rotated`, { method: "PUT", body: "old\n", headers: auth(WRITE) })).status, 401);
+      assert.equal((await put(leader.url, "rotated", "old\n", { headers: auth(WRITE) })).status, 401);
       assert.equal((await get(leader, "rotated", auth(READ))).status, 401, "the old read token is refused");
       // The follower polls with its new read token and copies the new value.
-      await waitValue(pods.get(1)!, "rotated", "after rotation\n", 15_000, auth(READ_2));
+      await waitValue(runningPod(1), "rotated", "after rotation\n", 15_000, auth(READ_2));
       for (const n of [0, 1]) {
-        const logs = await logsOf(pods.get(n)!.name);
+        const logs = await logsOf(runningPod(n).name);
         assert.match(logs, /event=token-changed variable=MEHDB_WRITE_TOKEN_FILE/);
-        for (const token of [WRITE, READ, WRITE_2, READ_2]) assert.ok(!logs.includes(token), `no token in ${pods.get(n)!.name}'s log`);
+        for (const token of [WRITE, READ, WRITE_2, READ_2]) {
+          assert.ok(!logs.includes(token), `no token in ${runningPod(n).name}'s log`);
+        }
       }
     });
 

@@ -59,7 +59,8 @@ describe("a leader that stops answering (SIGSTOP)", () => {
     leader.child.kill("SIGSTOP");
     try {
       // Ticks keep ending in errors (each request gives up after 400 ms) instead of hanging on the first one.
-      await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 3, "three timed-out ticks", 15_000);
+      await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 3,
+        "three timed-out ticks", 15_000);
       const status = await http(`${follower.url}/status?level=full`);
       assert.equal(status.status, 200, "a follower that synced once stays ready while its leader is away");
       assert.match(status.text, /20 keys.*(within 400 ms|timed out)/);
@@ -74,7 +75,8 @@ describe("a leader that stops answering (SIGSTOP)", () => {
       const redirect = await put(follower.url, "stop-new", "x");
       assert.equal(redirect.status, 307);
       assert.equal(redirect.headers.location, `${leader.url}/set/stop-new`);
-      assert.equal(follower.output().match(/event=leader-unreachable/g)?.length, 1, "the outage is logged once, not every tick");
+      assert.equal(follower.output().match(/event=leader-unreachable/g)?.length, 1,
+        "the outage is logged once, not every tick");
     } finally {
       leader.child.kill("SIGCONT");
     }
@@ -85,7 +87,8 @@ describe("a leader that stops answering (SIGSTOP)", () => {
       const res = await http(`${follower.url}/get/stop-new`);
       return res.status === 200 && res.body.equals(fresh);
     }, "the follower to copy a write made after SIGCONT");
-    await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).text.includes("("), "the error to clear");
+    await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).text.includes("("),
+      "the error to clear");
     assert.match(follower.output(), /event=sync-recovered .*after=leader-unreachable /);
     assert.equal(difference(await snapshot(leader.url), await snapshot(follower.url)), null);
     await leader.stop();
@@ -98,7 +101,9 @@ describe("a leader restarted many times while a follower copies from it", () => 
     const port = await freePort();
     const dataDir = await tempDir();
     let leader = await startMehdb({ host: "mehdb-0", port, dataDir });
-    const follower = await startFollower(leader.url, { env: { MEHDB_SYNC_INTERVAL_MS: "50", MEHDB_SYNC_TIMEOUT_MS: "2000" } });
+    const follower = await startFollower(leader.url, {
+      env: { MEHDB_SYNC_INTERVAL_MS: "50", MEHDB_SYNC_TIMEOUT_MS: "2000" },
+    });
     let writes = 0;
     let running = true;
     const writer = async (w: number) => {
@@ -106,8 +111,9 @@ describe("a leader restarted many times while a follower copies from it", () => 
       while (running) {
         const key = `restart-${randomInt(0, 59)}`;
         try {
-          if (Math.random() < 0.15) await del(leader.url, key, { keepAlive: true, timeoutMs: 3000 });
-          else await put(leader.url, key, checkedValue(`${w}.${n++}`, randomInt(1, 64 * 1024)), { keepAlive: true, timeoutMs: 3000 });
+          const options = { keepAlive: true, timeoutMs: 3000 };
+          if (Math.random() < 0.15) await del(leader.url, key, options);
+          else await put(leader.url, key, checkedValue(`${w}.${n++}`, randomInt(1, 64 * 1024)), options);
           writes++;
         } catch {
           await sleep(20); // the leader is down: try again shortly
@@ -152,7 +158,8 @@ async function rawPut(port: number, key: string, body: Buffer, chunked: boolean)
   const parts: (Buffer | string)[] = [head];
   for (let at = 0; at < body.length; at += 64 * 1024) {
     const piece = body.subarray(at, at + 64 * 1024);
-    parts.push(chunked ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]) : piece);
+    const chunk = Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]);
+    parts.push(chunked ? chunk : piece);
   }
   if (chunked) parts.push("0\r\n\r\n");
   return rawExchange(port, parts, { methods: ["PUT"], timeoutMs: 15_000, halfClose: false });
@@ -197,7 +204,8 @@ describe("a full disk during a PUT", () => {
 });
 
 describe("a data directory that turns read-only", () => {
-  test("/status?level=full answers 503 with the reason, reads go on, and it is ready again once writable", async (t) => {
+  test("/status?level=full answers 503 with the reason, reads go on, " +
+    "and it is ready again once writable", async (t) => {
     const disk = join(await tempDir(), "disk");
     await mkdir(disk);
     const failed = await tmpfs(disk, "4m");

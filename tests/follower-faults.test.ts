@@ -13,8 +13,18 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { missingTool } from "./helpers/commands.ts";
 import { difference, dirData, manyKeys, randomValue, strayFiles, writeDir, type Data } from "./helpers/data.ts";
-import { http, metric, metrics, put } from "./helpers/http.ts";
-import { freePort, listen, memoryKiB, openFiles, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { del, http, metric, metrics, put } from "./helpers/http.ts";
+import {
+  freePort,
+  listen,
+  memoryKiB,
+  openFiles,
+  startFollower,
+  startMehdb,
+  stopAll,
+  tempDir,
+  type Mehdb,
+} from "./helpers/mehdb.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 const PRLIMIT = "/usr/bin/prlimit";
@@ -34,10 +44,12 @@ async function volumeWith(data: Data): Promise<string> {
 }
 
 async function errorsAtLeast(follower: Mehdb, count: number, timeoutMs = 15_000): Promise<void> {
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= count, `${count} failed ticks`, timeoutMs);
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= count, `${count} failed ticks`,
+    timeoutMs);
 }
 
-test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed tick, exact convergence, stale keys removed across pages", {
+test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed tick, exact convergence, " +
+  "stale keys removed across pages", {
   skip: missingTool(PRLIMIT),
 }, async (t) => {
   const data = manyKeys(20_000, "key-", 48);
@@ -65,15 +77,18 @@ test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed
     mostFds = Math.max(mostFds, await openFiles(follower.pid));
     return (await http(`${follower.url}/status?level=full`)).status === 200;
   }, "the follower ready", 180_000);
-  t.diagnostic(`20 000 keys copied under 1 024 descriptors in ${((performance.now() - started) / 1000).toFixed(1)} s; at most ${mostFds} descriptors seen open`);
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  t.diagnostic(`20 000 keys copied under 1 024 descriptors in ${seconds} s; at most ${mostFds} descriptors seen open`);
   assert.ok(mostFds < 256, `the follower held ${mostFds} descriptors at once`);
-  assert.equal(await metric(follower.url, "mehdb_sync_errors_total"), 0, `no failed tick:\n${follower.output().slice(-2000)}`);
+  assert.equal(await metric(follower.url, "mehdb_sync_errors_total"), 0,
+    `no failed tick:\n${follower.output().slice(-2000)}`);
   assert.equal(difference(await dirData(follower.dataDir), data), null, "exactly the leader's keys and bytes");
   assert.deepEqual(await strayFiles(follower.dataDir), [], "no temporary file left");
   assert.equal(await metric(follower.url, "mehdb_sync_keys_deleted_total"), 4);
 });
 
-test("an address that is not a leader (a JSON endpoint answering [] to /keys) is not trusted: nothing deleted or copied, not ready, says why", async () => {
+test("an address that is not a leader (a JSON endpoint answering [] to /keys) is not trusted: " +
+  "nothing deleted or copied, not ready, says why", async () => {
   const asked: string[] = [];
   const url = await fakeLeader((req, res) => {
     asked.push(req.url ?? "");
@@ -89,14 +104,16 @@ test("an address that is not a leader (a JSON endpoint answering [] to /keys) is
   await errorsAtLeast(follower, 3);
   const status = await http(`${follower.url}/status?level=full`);
   assert.equal(status.status, 503);
-  assert.match(status.text, /^not ready: .*answers GET \/status with "<html><body>Welcome<\/body><\/html>", not "leader"[^\n]*\n$/);
+  assert.match(status.text,
+    /^not ready: .*answers GET \/status with "<html><body>Welcome<\/body><\/html>", not "leader"[^\n]*\n$/);
   assert.equal(difference(await dirData(follower.dataDir), own), null, "every key kept");
   assert.equal(await metric(follower.url, "mehdb_sync_keys_deleted_total"), 0);
   assert.deepEqual(asked.filter((path) => !path.startsWith("/status")), [], "nothing but GET /status asked of it");
   assert.equal(follower.logLines("leader-error").length, 1, "logged once");
 });
 
-test("a follower pointed at itself is not trusted: keeps its keys, not ready, says the address answers follower", async () => {
+test("a follower pointed at itself is not trusted: keeps its keys, not ready, " +
+  "says the address answers follower", async () => {
   const port = await freePort();
   const own = manyKeys(20, "key-", 48);
   const follower = await startFollower(`http://127.0.0.1:${port}`, { port, dataDir: await volumeWith(own) });
@@ -108,7 +125,8 @@ test("a follower pointed at itself is not trusted: keeps its keys, not ready, sa
   assert.equal(await metric(follower.url, "mehdb_sync_synced"), 0);
 });
 
-test("a leader listing 300 MB: the follower reads a bounded part, refuses it in one line, keeps its keys and its memory", async (t) => {
+test("a leader listing 300 MB: the follower reads a bounded part, refuses it in one line, " +
+  "keeps its keys and its memory", async (t) => {
   const chunk = Buffer.from(Array.from({ length: 65_536 }, (_, i) => `"k${String(i).padStart(7, "0")}",`).join(""));
   const total = 300 * 1024 * 1024;
   let sent = 0;
@@ -130,20 +148,24 @@ test("a leader listing 300 MB: the follower reads a bounded part, refuses it in 
     if (!closed) res.end(`"last"]`);
   });
   const own = manyKeys(5, "key-", 48);
-  const follower = await startFollower(url, { dataDir: await volumeWith(own), env: { MEHDB_SYNC_TIMEOUT_MS: "20000" } });
+  const dataDir = await volumeWith(own);
+  const follower = await startFollower(url, { dataDir, env: { MEHDB_SYNC_TIMEOUT_MS: "20000" } });
   await waitFor(() => follower.logLines("leader-error").length > 0, "the listing refused", 60_000);
-  assert.match(follower.logLines("leader-error")[0], /answer to GET \/keys is larger than \d+ bytes/);
+  const [refused = ""] = follower.logLines("leader-error");
+  assert.match(refused, /answer to GET \/keys is larger than \d+ bytes/);
   const peakKiB = await memoryKiB(follower.pid, "VmHWM");
   assert.ok(peakKiB !== null, "the follower's peak resident memory can be read");
   const peakMb = peakKiB / 1024;
-  t.diagnostic(`the follower's peak resident memory: ${peakMb.toFixed(0)} MB; ${(sent / 1048576).toFixed(0)} MiB of listing sent`);
+  const sentMib = (sent / 1048576).toFixed(0);
+  t.diagnostic(`the follower's peak resident memory: ${peakMb.toFixed(0)} MB; ${sentMib} MiB of listing sent`);
   assert.ok(peakMb < 200, `the follower's peak resident memory is ${peakMb.toFixed(0)} MB`);
-  assert.ok(sent < 64 * 1024 * 1024, `the follower stopped reading: ${(sent / 1048576).toFixed(0)} MiB sent`);
+  assert.ok(sent < 64 * 1024 * 1024, `the follower stopped reading: ${sentMib} MiB sent`);
   assert.equal((await http(`${follower.url}/status?level=full`)).status, 503);
   assert.equal(difference(await dirData(follower.dataDir), own), null, "every key kept");
 });
 
-test("a leader trickling its answer a byte every 500 ms: each request ends at MEHDB_SYNC_TIMEOUT_MS, logged as unreachable", async () => {
+test("a leader trickling its answer a byte every 500 ms: each request ends at MEHDB_SYNC_TIMEOUT_MS, " +
+  "logged as unreachable", async () => {
   const timers = new Set<NodeJS.Timeout>();
   const url = await fakeLeader((req, res) => {
     if (req.url === "/status") return res.end("leader\n");
@@ -163,7 +185,8 @@ test("a leader trickling its answer a byte every 500 ms: each request ends at ME
     assert.equal(status.status, 503);
     assert.match(status.text, /no complete answer to GET \/keys\S* within 1000 ms/);
     assert.equal(follower.logLines("leader-unreachable").length, 1, "logged once");
-    assert.match(follower.logLines("leader-unreachable")[0], /within 1000 ms/);
+    const [unreachable = ""] = follower.logLines("leader-unreachable");
+    assert.match(unreachable, /within 1000 ms/);
   } finally {
     for (const timer of timers) clearInterval(timer);
   }
@@ -182,9 +205,11 @@ function drained(res: ServerResponse): Promise<void> {
   });
 }
 
-test("keys the follower cannot hold (a directory in the way, a value over its limit) are skipped: the rest syncs, it is ready, they are named and retried", async () => {
+test("keys the follower cannot hold (a directory in the way, a value over its limit) are skipped: " +
+  "the rest syncs, it is ready, they are named and retried", async () => {
   const data = manyKeys(30, "key-", 48);
-  data.set("blocked", randomValue(10));
+  const blocked = randomValue(10);
+  data.set("blocked", blocked);
   data.set("blocked-large", randomValue(100_000)); // fetched on its own, not in a group
   data.set("big", randomValue(300_000));
   data.set("large-ok", randomValue(150_000));
@@ -195,7 +220,10 @@ test("keys the follower cannot hold (a directory in the way, a value over its li
     await mkdir(join(followerDir, name));
     await writeFile(join(followerDir, name, "inside"), "not a key");
   }
-  const follower = await startFollower(leader.url, { dataDir: followerDir, env: { MEHDB_MAX_VALUE_BYTES: "200000" } });
+  const follower = await startFollower(leader.url, {
+    dataDir: followerDir,
+    env: { MEHDB_MAX_VALUE_BYTES: "200000" },
+  });
   await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "the follower ready");
   const held = new Map(data);
   for (const key of ["blocked", "blocked-large", "big"]) held.delete(key);
@@ -213,26 +241,28 @@ test("keys the follower cannot hold (a directory in the way, a value over its li
 
   // The cursor moved: later writes arrive.
   assert.equal((await put(leader.url, "later", "after the skip")).status, 200);
-  await waitFor(async () => (await http(`${follower.url}/get/later`)).text === "after the skip", "a later write copied");
+  await waitFor(async () => (await http(`${follower.url}/get/later`)).text === "after the skip",
+    "a later write copied");
 
   // The way cleared, the next full reconcile (the leader restarts: a new epoch) copies the key.
   await rm(join(followerDir, "blocked"), { recursive: true });
   assert.equal(await leader.stop(), 0);
   const back = await startMehdb({ dataDir: leaderDir, port: leader.port, waitReady: true });
-  await waitFor(async () => (await http(`${follower.url}/get/blocked`)).body.equals(data.get("blocked")!), "blocked copied");
+  await waitFor(async () => (await http(`${follower.url}/get/blocked`)).body.equals(blocked), "blocked copied");
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_keys_unheld")) === 2, "two keys left unheld");
   // A key the leader deletes is no longer reported.
-  assert.equal((await http(`${back.url}/set/big`, { method: "DELETE" })).status, 200);
+  assert.equal((await del(back.url, "big")).status, 200);
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_keys_unheld")) === 1, "one key left unheld");
   assert.match((await http(`${follower.url}/status?level=full`)).text, /; 1 key not held: blocked-large \(EISDIR/);
 });
 
-test("the log tells apart a leader that answers an error, a leader that cannot be reached and a local failure, each once, and the recovery", async () => {
+test("the log tells apart a leader that answers an error, a leader that cannot be reached and a local failure, " +
+  "each once, and the recovery", async () => {
   let mode: "ok" | "error" | "down" = "ok";
   const values: Data = new Map([["a", Buffer.from("first")]]);
   const url = await fakeLeader((req, res) => {
     if (mode === "down") return req.socket.destroy();
-    const path = (req.url ?? "").split("?")[0];
+    const [path = ""] = (req.url ?? "").split("?");
     if (path === "/status") return res.end("leader\n");
     if (mode === "error") {
       res.writeHead(500);
@@ -249,17 +279,21 @@ test("the log tells apart a leader that answers an error, a leader that cannot b
   });
   const follower = await startFollower(url);
   await waitFor(async () => (await http(`${follower.url}/get/a`)).text === "first", "the first copy");
-  const failures = () => ["leader-error", "leader-unreachable", "local-error"].map((event) => follower.logLines(event).length);
+  const failures = () => {
+    return ["leader-error", "leader-unreachable", "local-error"].map((event) => follower.logLines(event).length);
+  };
   const recovered = () => follower.logLines("sync-recovered");
+  /** The `n`th recovery line ("" until there is one). */
+  const recovery = (n: number) => recovered()[n] ?? "";
   let errors = await metric(follower.url, "mehdb_sync_errors_total");
 
   mode = "error"; // the leader answers, with a 500
   await errorsAtLeast(follower, (errors += 3));
   assert.deepEqual(failures(), [1, 0, 0], "a 500 is the leader's error, logged once");
-  assert.match(follower.logLines("leader-error")[0], /error="leader answered 500 to GET \/keys"/);
+  assert.match(follower.logLines("leader-error")[0] ?? "", /error="leader answered 500 to GET \/keys"/);
   mode = "ok";
   await waitFor(() => recovered().length === 1, "recovery logged");
-  assert.match(recovered()[0], /after=leader-error down_seconds=[0-9.]+/);
+  assert.match(recovery(0), /after=leader-error down_seconds=[0-9.]+/);
 
   errors = await metric(follower.url, "mehdb_sync_errors_total");
   mode = "down"; // connections cut before any answer
@@ -267,17 +301,18 @@ test("the log tells apart a leader that answers an error, a leader that cannot b
   assert.deepEqual(failures(), [1, 1, 0], "a cut connection: the leader cannot be reached, logged once");
   mode = "ok";
   await waitFor(() => recovered().length === 2, "recovery logged");
-  assert.match(recovered()[1], /after=leader-unreachable /);
+  assert.match(recovery(1), /after=leader-unreachable /);
 
   errors = await metric(follower.url, "mehdb_sync_errors_total");
   await rm(follower.dataDir, { recursive: true }); // this follower's disk fails it
   values.set("b", Buffer.from("second"));
   await errorsAtLeast(follower, (errors += 3));
   assert.deepEqual(failures(), [1, 1, 1], "a local failure, logged once");
-  assert.match(follower.logLines("local-error")[0], /ENOENT/);
+  assert.match(follower.logLines("local-error")[0] ?? "", /ENOENT/);
   await mkdir(follower.dataDir);
-  await waitFor(async () => (await http(`${follower.url}/get/b`)).text === "second", "the copy once the disk is back");
+  await waitFor(async () => (await http(`${follower.url}/get/b`)).text === "second",
+    "the copy once the disk is back");
   await waitFor(() => recovered().length === 3, "recovery logged");
-  assert.match(recovered()[2], /after=local-error /);
+  assert.match(recovery(2), /after=local-error /);
   assert.equal((await http(`${follower.url}/status?level=full`)).status, 200);
 });

@@ -27,7 +27,8 @@ async function followerFigures(url: string): Promise<Map<string, Figures>> {
   const res = await http(`${url}/metrics`);
   assert.equal(res.status, 200);
   const figures = new Map<string, Figures>();
-  for (const [, metric, name, value] of res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm)) {
+  const samples = res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm);
+  for (const [, metric, name = "", value] of samples) {
     const f = figures.get(name) ?? { lag: NaN, lastPoll: NaN };
     if (metric === "lag_changes") f.lag = Number(value);
     else f.lastPoll = Number(value);
@@ -36,23 +37,44 @@ async function followerFigures(url: string): Promise<Map<string, Figures>> {
   return figures;
 }
 
+/** One follower's figures among `figures`; fails the test when the leader does not list it. */
+function figuresOf(figures: Map<string, Figures>, name: string): Figures {
+  const found = figures.get(name);
+  assert.ok(found, `the leader lists ${name}`);
+  return found;
+}
+
+/** The regular expression of one follower in the leader's `/status?level=full` line (`name` as a pattern). */
+const summaryOf = (name: string, lag: number) => `${name} \\(lag ${lag} changes, last poll [0-9.]+ s ago\\)`;
+
 describe("Followers, on its own", () => {
   test("isHostName: RFC 1123 host names only", () => {
-    for (const good of ["mehdb-1", "a", "1", "MEHDB-1", "mehdb-1.mehdb.default.svc.cluster.local", "a".repeat(63), `${"a".repeat(61)}.`.repeat(4) + "a"]) {
-      assert.ok(isHostName(good), good);
+    const good = [
+      "mehdb-1", "a", "1", "MEHDB-1", "mehdb-1.mehdb.default.svc.cluster.local", "a".repeat(63),
+      `${"a".repeat(61)}.`.repeat(4) + "a",
+    ];
+    for (const name of good) {
+      assert.ok(isHostName(name), name);
     }
-    for (const bad of ["", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a".repeat(64), `${"a".repeat(62)}.`.repeat(4) + "ab", "a\nb", "a\"b", "é", "a,b"]) {
-      assert.ok(!isHostName(bad), JSON.stringify(bad));
+    const bad = [
+      "", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a".repeat(64), `${"a".repeat(62)}.`.repeat(4) + "ab", "a\nb",
+      "a\"b", "é", "a,b",
+    ];
+    for (const name of bad) {
+      assert.ok(!isHostName(name), JSON.stringify(name));
     }
     assert.deepEqual(followerHeaders("mehdb-1"), { "Mehdb-Follower": "mehdb-1" });
-    assert.deepEqual(followerHeaders("mehdb-1\nevil: 1"), {}, "an invalid host name is not sent (a newline would even make the request throw)");
+    assert.deepEqual(followerHeaders("mehdb-1\nevil: 1"), {},
+      "an invalid host name is not sent (a newline would even make the request throw)");
     assert.deepEqual(followerHeaders(undefined), {});
   });
 
-  test("records the cursor of /keys?since=, the time of /values and /get/; forgets after 10 minutes; keeps the 100 seen last", () => {
+  test("records the cursor of /keys?since=, the time of /values and /get/; forgets after 10 minutes; " +
+    "keeps the 100 seen last", () => {
     let now = 0;
     const asked: (string | null)[] = [];
-    const followers = new Followers({ lag: (cursor) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1])), now: () => now });
+    const lag = (cursor: string | null) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1]));
+    const followers = new Followers({ lag, now: () => now });
     followers.record("Mehdb-1", "/keys", "since=e-7");
     now = 2_000;
     followers.record("mehdb-1", "/get/k", "");
@@ -66,14 +88,17 @@ describe("Followers, on its own", () => {
       { name: "mehdb-1", lagChanges: 7, lastPollSeconds: 1 },
       { name: "mehdb-2", lagChanges: 99, lastPollSeconds: 1 },
     ]);
-    assert.deepEqual(asked, ["e-7", null], "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
+    assert.deepEqual(asked, ["e-7", null],
+      "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
     followers.record("mehdb-2", "/keys", "");
     now = 2_000 + 600_000 + 1;
-    assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"], "mehdb-1, unseen for more than 10 minutes, is forgotten");
+    assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"],
+      "mehdb-1, unseen for more than 10 minutes, is forgotten");
     for (let i = 0; i < 150; i++) followers.record(`f-${String(i).padStart(3, "0")}`, "/keys", "since=e-1");
     const names = followers.list().map((f) => f.name);
     assert.equal(names.length, 100);
-    assert.deepEqual(names, Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`), "the 100 seen last");
+    const last100 = Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`);
+    assert.deepEqual(names, last100, "the 100 seen last");
   });
 
   test("a cursor too long to be real is not kept: the follower counts from the beginning", () => {
@@ -98,7 +123,8 @@ describe("Followers, on its own", () => {
 });
 
 describe("a leader and two followers", () => {
-  test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; resumed, it catches up", async () => {
+  test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; " +
+    "resumed, it catches up", async () => {
     const leader = await startMehdb({ waitReady: true });
     assertStatus(await put(leader.url, "before", "x"), 200);
     const [, paused] = await Promise.all([
@@ -123,20 +149,21 @@ describe("a leader and two followers", () => {
         return figures.get("mehdb-1")?.lag === 0;
       }, "mehdb-1 at lag 0 after the writes");
       assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1, "every write and the delete since mehdb-2 last asked");
-      const firstAge = figures.get("mehdb-2")!.lastPoll;
+      const firstAge = figuresOf(figures, "mehdb-2").lastPoll;
       await waitFor(async () => {
         figures = await followerFigures(leader.url);
-        const [running, stopped] = [figures.get("mehdb-1")!, figures.get("mehdb-2")!];
+        const [running, stopped] = [figuresOf(figures, "mehdb-1"), figuresOf(figures, "mehdb-2")];
         return stopped.lastPoll > firstAge + 1 && running.lastPoll < stopped.lastPoll;
       }, "mehdb-2's last poll to age past mehdb-1's");
       assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1);
       assert.equal(figures.get("mehdb-1")?.lag, 0);
-      aged = figures.get("mehdb-2")!.lastPoll;
+      aged = figuresOf(figures, "mehdb-2").lastPoll;
 
       const status = await http(`${leader.url}/status?level=full`);
       assert.equal(status.status, 200);
       assert.equal(parseInt(status.text, 10), WRITES, "the line still starts with the key count");
-      assert.match(status.text, /^30 keys, followers: mehdb-1 \(lag 0 changes, last poll [0-9.]+ s ago\), mehdb-2 \(lag 31 changes, last poll [0-9.]+ s ago\)\n$/);
+      const both = `${summaryOf("mehdb-1", 0)}, ${summaryOf("mehdb-2", 31)}`;
+      assert.match(status.text, new RegExp(`^30 keys, followers: ${both}\\n$`));
       const page = await http(`${leader.url}/`);
       assert.match(page.text, /<td class="name">mehdb-2<\/td><td class="num">31<\/td>/);
     } finally {
@@ -162,7 +189,8 @@ describe("the Mehdb-Follower header is input", () => {
   test("bad names are ignored and never echoed; valid ones are listed lower-cased", async () => {
     const leader = await startMehdb({ waitReady: true });
     const bad = [
-      "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64), `${"a".repeat(62)}.`.repeat(5),
+      "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64),
+      `${"a".repeat(62)}.`.repeat(5),
       `x"} 1 evil_metric 1`, `x"}`, "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
     ];
     for (const name of bad) {
@@ -178,7 +206,8 @@ describe("the Mehdb-Follower header is input", () => {
       `Mehdb-Follower: x"} 1\r\n evil_metric 1`,
       "Mehdb-Follower: good-one\r\nMehdb-Follower: evil-two",
     ]) {
-      const answer = await rawRequest(leader.port, `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
+      const answer = await rawRequest(leader.port,
+        `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
       assert.ok(answer.status >= 200, `an answer to ${JSON.stringify(head)}`);
     }
     for (const name of ["good-name.example", "UPPER-case"]) {
@@ -190,9 +219,15 @@ describe("the Mehdb-Follower header is input", () => {
     const status = (await http(`${leader.url}/status?level=full`)).text;
     const page = (await http(`${leader.url}/`)).text;
     assert.equal([...metricsText.matchAll(/follower="/g)].length, 4, "two samples for each of the two good names");
-    assert.match(status, /^0 keys, followers: good-name\.example \(lag 0 changes, last poll [0-9.]+ s ago\), upper-case \(lag 0 changes, last poll [0-9.]+ s ago\)\n$/);
-    for (const [where, text] of [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]]) {
-      for (const echo of ["evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two", "x&#34;", `x"`] as const) {
+    const both = `${summaryOf("good-name\\.example", 0)}, ${summaryOf("upper-case", 0)}`;
+    assert.match(status, new RegExp(`^0 keys, followers: ${both}\\n$`));
+    const shown: [string, string][] = [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]];
+    const echoes = [
+      "evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two",
+      "x&#34;", `x"`,
+    ];
+    for (const [where, text] of shown) {
+      for (const echo of echoes) {
         assert.ok(!text.includes(echo), `${where} does not echo ${echo}`);
       }
     }

@@ -1,5 +1,8 @@
-// Reading your writes through any pod (?after=), watching changes (?since=&wait=), prefix listing (issue 13):
-// the pure parts of src/watch.ts in-process, then real leaders and followers on 127.0.0.1 (and curl, when installed).
+/**
+ * Reading your writes through any pod (?after=), watching changes (?since=&wait=), prefix listing (issue 13):
+ * the pure parts of src/watch.ts in-process, then real leaders and followers on 127.0.0.1 (and curl, when
+ * installed).
+ */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
@@ -16,16 +19,34 @@ import {
 import { missingTool, must } from "./helpers/commands.ts";
 import { del, header, http, metric, put, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
-import { waitFor } from "./helpers/wait.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
+
+/** An answer of the change feed (`GET /keys?since=…`). */
+interface Feed {
+  cursor: string;
+  full: boolean;
+  keys: [string, number, number][];
+  deleted: string[];
+}
 
 after(stopAll);
+
+/** A watch `Watches.hold` took (not one it refused). */
+function accepted<T>(watch: T | null): T {
+  assert.ok(watch !== null, "the watch is held");
+  return watch;
+}
 
 describe("watch.ts, in-process", () => {
   test("parseCursor: EPOCH-SEQ, nothing else", () => {
     assert.deepEqual(parseCursor("3f9a1c2b7d4e-1042"), { epoch: "3f9a1c2b7d4e", seq: 1042 });
     assert.deepEqual(parseCursor("a-0"), { epoch: "a", seq: 0 });
-    for (const bad of ["", "x", "-1", "a-", "a--1", "a-1.5", "a-1e3", "a-+1", "a b-1", "a-1 ", "é-1", "a-99999999999999999", `${"a".repeat(65)}-1`, "a-1-2"]) {
-      assert.equal(parseCursor(bad), null, JSON.stringify(bad));
+    const bad = [
+      "", "x", "-1", "a-", "a--1", "a-1.5", "a-1e3", "a-+1", "a b-1", "a-1 ", "é-1", "a-99999999999999999",
+      `${"a".repeat(65)}-1`, "a-1-2",
+    ];
+    for (const cursor of bad) {
+      assert.equal(parseCursor(cursor), null, JSON.stringify(cursor));
     }
   });
 
@@ -41,31 +62,38 @@ describe("watch.ts, in-process", () => {
   test("parseWait: whole milliseconds from 1 to 60000", () => {
     assert.equal(parseWait("1"), 1);
     assert.equal(parseWait("60000"), 60000);
-    for (const bad of ["0", "60001", "-1", "1.5", "1e3", "", " 5", "abc", "0x10", "9999999"]) assert.equal(parseWait(bad), null, bad);
+    for (const bad of ["0", "60001", "-1", "1.5", "1e3", "", " 5", "abc", "0x10", "9999999"]) {
+      assert.equal(parseWait(bad), null, bad);
+    }
   });
 
   test("prefixes: empty or key-like; withPrefix finds the sorted range", () => {
     for (const good of ["", "a", "user-", "A.b_c", "x".repeat(200)]) assert.equal(isValidPrefix(good), true, good);
-    for (const bad of [".", ".tmp", "a/b", "é", "a b", "x".repeat(201), "%2F"]) assert.equal(isValidPrefix(bad), false, bad);
+    for (const bad of [".", ".tmp", "a/b", "é", "a b", "x".repeat(201), "%2F"]) {
+      assert.equal(isValidPrefix(bad), false, bad);
+    }
     const names = ["a", "ab", "abc", "abd", "b", "b-1", "c"];
     assert.deepEqual(withPrefix(names, "ab"), ["ab", "abc", "abd"]);
     assert.deepEqual(withPrefix(names, "b"), ["b", "b-1"]);
     assert.deepEqual(withPrefix(names, "z"), []);
     assert.deepEqual(withPrefix(names, ""), names);
-    const changes = { cursor: "e-9", full: false, keys: [["p-1", 1, 2], ["q-1", 1, 2]] as [string, number, number][], deleted: ["p-2", "q-2"] };
-    assert.deepEqual(changesWithPrefix(changes, "p-"), { cursor: "e-9", full: false, keys: [["p-1", 1, 2]], deleted: ["p-2"] });
+    const keys: [string, number, number][] = [["p-1", 1, 2], ["q-1", 1, 2]];
+    const changes = { cursor: "e-9", full: false, keys, deleted: ["p-2", "q-2"] };
+    assert.deepEqual(changesWithPrefix(changes, "p-"),
+      { cursor: "e-9", full: false, keys: [["p-1", 1, 2]], deleted: ["p-2"] });
     assert.equal(nothingChanged(changesWithPrefix(changes, "r")), true);
-    assert.equal(nothingChanged({ ...changes, keys: [], deleted: [], full: true }), false, "a full listing always tells something");
+    assert.equal(nothingChanged({ ...changes, keys: [], deleted: [], full: true }), false,
+      "a full listing always tells something");
   });
 
   test("Watches: woken by a change, a timeout, the client leaving, or close; bounded", async () => {
-    let change!: () => void;
+    let change = () => {};
     const nextChange = () => new Promise<void>((resolve) => (change = resolve));
     const watches = new Watches(nextChange, { max: 3 });
-    const changed = watches.hold(60_000)!;
+    const changed = accepted(watches.hold(60_000));
     const gone = new AbortController();
-    const left = watches.hold(60_000, gone.signal)!;
-    const timed = watches.hold(20)!;
+    const left = accepted(watches.hold(60_000, gone.signal));
+    const timed = accepted(watches.hold(20));
     assert.equal(watches.held, 3);
     assert.equal(watches.hold(60_000), null, "past the bound: answered at once by the caller");
     assert.equal(watches.refused, 1);
@@ -75,7 +103,7 @@ describe("watch.ts, in-process", () => {
     change();
     assert.equal(await changed, "change");
     assert.equal(watches.held, 0);
-    const held = [watches.hold(60_000)!, watches.hold(60_000)!];
+    const held = [accepted(watches.hold(60_000)), accepted(watches.hold(60_000))];
     watches.close();
     assert.deepEqual(await Promise.all(held), ["closed", "closed"]);
     assert.equal(await watches.hold(60_000), "closed", "after close, nothing is held");
@@ -91,7 +119,8 @@ describe("watch.ts, in-process", () => {
     assert.equal(resolved, false, "still waiting while the tick runs");
     ended();
     await waiting;
-    assert.equal(await Promise.race([later.then(() => "resolved"), new Promise((resolve) => setTimeout(resolve, 20, "pending"))]), "pending");
+    const pending = sleep(20).then(() => "pending");
+    assert.equal(await Promise.race([later.then(() => "resolved"), pending]), "pending");
     assert.equal(await waits.next(10), undefined, "no tick started within the limit");
     waits.close();
     await later;
@@ -135,7 +164,8 @@ describe("read-your-writes through a follower with a long sync interval (?after=
     assert.equal(head.status, 307);
     const keys = await http(`${follower.url}/keys?since=&prefix=ry&after=${cursor}`);
     assert.equal(keys.status, 307);
-    assert.equal(keys.headers.location, `${leader.url}/keys?since=&prefix=ry&after=${cursor}`, "every parameter is kept");
+    assert.equal(keys.headers.location, `${leader.url}/keys?since=&prefix=ry&after=${cursor}`,
+      "every parameter is kept");
     // Following it by hand reads the write.
     const followed = await http(got.headers.location as string);
     assert.equal(followed.text, "after");
@@ -143,11 +173,14 @@ describe("read-your-writes through a follower with a long sync interval (?after=
     assert.equal((await http(`${follower.url}/get/ryw`)).text, "before");
   });
 
-  test("curl -L reads its own write through the follower; without -L it sees the 307", { skip: missingTool("curl") }, async () => {
+  test("curl -L reads its own write through the follower; without -L it sees the 307", {
+    skip: missingTool("curl"),
+  }, async () => {
     const cursor = cursorOf(await put(leader.url, "ryw-curl", "mine"));
     const { stdout } = await must("curl", ["-sS", "-L", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(stdout, "mine");
-    const noL = await must("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
+    const noL = await must("curl",
+      ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(noL.stdout, `307 ${leader.url}/get/ryw-curl?after=${cursor}`);
     const keys = await must("curl", ["-sS", "-L", `${follower.url}/keys?after=${cursor}&prefix=ryw-`]);
     assert.deepEqual(JSON.parse(keys.stdout), ["ryw-curl"]);
@@ -200,7 +233,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   const feed = async (query: string) => {
     const answer = await http(`${leader.url}/keys?${query}`, { timeoutMs: 70_000 });
     assert.equal(answer.status, 200, answer.text);
-    return JSON.parse(answer.text) as { cursor: string; full: boolean; keys: [string, number, number][]; deleted: string[] };
+    return JSON.parse(answer.text) as Feed;
   };
   const held = () => metric(leader.url, "mehdb_watches_held");
 
@@ -275,8 +308,9 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   test("bad wait, since, prefix: one-line 400, never 5xx", async () => {
     const { cursor } = await feed("since=");
     const bad = [
-      `since=${cursor}&wait=0`, `since=${cursor}&wait=60001`, `since=${cursor}&wait=-1`, `since=${cursor}&wait=1.5`, `since=${cursor}&wait=abc`,
-      `since=${cursor}&wait=`, `since=${cursor}&wait=1e3`, "wait=100", "since=garbage", "since=a-b", "since=%ff", "prefix=.x", "prefix=a%2Fb",
+      `since=${cursor}&wait=0`, `since=${cursor}&wait=60001`, `since=${cursor}&wait=-1`, `since=${cursor}&wait=1.5`,
+      `since=${cursor}&wait=abc`, `since=${cursor}&wait=`, `since=${cursor}&wait=1e3`, "wait=100", "since=garbage",
+      "since=a-b", "since=%ff", "prefix=.x", "prefix=a%2Fb",
       "prefix=%C3%A9", `prefix=${"x".repeat(201)}`, "since=&prefix=..", "after=zz",
     ];
     for (const query of bad) {

@@ -3,7 +3,8 @@
  * its bytes read over HTTP ({@link snapshot}) or from the files
  * ({@link dirData}), the {@link difference} of two, and waiting until a server
  * holds what it should ({@link converged}). Also the values tests write:
- * random bytes, many small keys, values that carry their own checksum.
+ * random bytes, many small keys, values that carry their own checksum, and
+ * random picks.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { lstat, readdir, readFile, writeFile } from "node:fs/promises";
@@ -94,6 +95,13 @@ export function randomValue(size: number): Buffer {
 /** A whole number from `min` to `max`, inclusive. */
 export function randomInt(min: number, max: number): number {
   return min + Math.floor(Math.random() * (max - min + 1));
+}
+
+/** One of `items`, at random; throws when there is none. */
+export function pick<T>(items: readonly T[]): T {
+  const item = items[randomInt(0, items.length - 1)];
+  if (item === undefined) throw new Error("nothing to pick from");
+  return item;
 }
 
 /** `count` keys named `PREFIX000000`… with random values of 1 to `maxSize` bytes. */

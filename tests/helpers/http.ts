@@ -113,10 +113,15 @@ export function assertStatus(answer: Answer, status: number, what = "the answer"
   return answer;
 }
 
-/** Fails the test unless `body` is exactly one non-empty line ending in `\n` (how every error is answered). */
+/** Whether `text` is exactly one non-empty line ending in `\n` (how every error is answered). */
+export function isOneLine(text: string): boolean {
+  return /^[^\n]+\n$/.test(text);
+}
+
+/** Fails the test unless `body` is exactly one non-empty line ending in `\n` (see {@link isOneLine}). */
 export function assertOneLine(body: { text: string } | Buffer | string, what = "the body"): void {
   const text = typeof body === "string" ? body : Buffer.isBuffer(body) ? body.toString("utf8") : body.text;
-  assert.match(text, /^[^\n]+\n$/, `${what} is not one line: ${JSON.stringify(text)}`);
+  assert.ok(isOneLine(text), `${what} is not one line: ${JSON.stringify(text)}`);
 }
 
 /** The one value of header `name` in `answer`; fails the test when it is absent or repeated. */
