@@ -7,7 +7,7 @@ import { request } from "node:http";
 import { after, before, describe, test } from "node:test";
 import { missingTool, must } from "./helpers/commands.ts";
 import { strayFiles } from "./helpers/data.ts";
-import { assertOneLine, del, header, http, put, readAnswer } from "./helpers/http.ts";
+import { assertOneLine, del, header, http, listKeys, put, readAnswer, readFeed } from "./helpers/http.ts";
 import { runMehdb, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -16,15 +16,6 @@ import { parseValues } from "../src/sync.ts";
 const MAX = 64 * 1024;
 /** The one line every bad key is answered with. */
 const KEY_RULE = "invalid key: a key is 1-200 characters of A-Z a-z 0-9 . _ - and does not start with '.'";
-
-/** One page of the change feed (`GET /keys?since=…&limit=N`). */
-interface Page {
-  cursor: string;
-  full: boolean;
-  keys: [string, number, number][];
-  deleted: string[];
-  next: string | null;
-}
 
 let leader: Mehdb;
 let follower: Mehdb;
@@ -102,24 +93,22 @@ describe("leader", () => {
 
   test("/keys?since=…&limit=N pages the full listing by name (next, from=NAME); bad paging 400", async () => {
     for (const key of ["page-a", "page-b", "page-c"]) await put(leader.url, key, key);
-    const all = JSON.parse((await http(`${leader.url}/keys`)).text) as string[];
+    const all = await listKeys(leader.url);
     const seen: string[] = [];
     let from: string | null = null;
     let cursor: string | null = null;
     for (let pages = 0; pages < all.length; pages++) {
-      const res = await http(`${leader.url}/keys?since=&limit=2${from === null ? "" : `&from=${from}`}`);
-      assert.equal(res.status, 200);
-      const page = JSON.parse(res.text) as Page;
+      const page = await readFeed(leader.url, `since=&limit=2${from === null ? "" : `&from=${from}`}`);
       assert.equal(page.full, true);
       assert.ok(page.keys.length <= 2);
       cursor ??= page.cursor;
       seen.push(...page.keys.map(([key]) => key));
       if (page.next === null) break;
       assert.equal(page.next, page.keys.at(-1)?.[0]);
-      from = page.next;
+      from = page.next ?? null;
     }
     assert.deepEqual(seen, all, "the pages, in order, are the sorted listing");
-    const idle = JSON.parse((await http(`${leader.url}/keys?since=${cursor}&limit=2`)).text);
+    const idle = await readFeed(leader.url, `since=${cursor}&limit=2`);
     assert.deepEqual(idle, { cursor, full: false, keys: [], deleted: [] }, "an idle incremental answer is not paged");
     for (const bad of ["limit=0", "limit=100001", "limit=x", "from=a", "limit=2&from=..%2fx", "limit=2&from=.tmp-1"]) {
       const refused = await http(`${leader.url}/keys?since=&${bad}`);
@@ -152,7 +141,7 @@ describe("leader", () => {
     assert.equal(live.text, "leader\n");
     const ready = await http(`${leader.url}/status?level=full`);
     assert.equal(ready.status, 200);
-    const count = (JSON.parse((await http(`${leader.url}/keys`)).text) as string[]).length;
+    const count = (await listKeys(leader.url)).length;
     assert.equal(parseInt(ready.text, 10), count);
   });
 
@@ -164,7 +153,7 @@ describe("leader", () => {
     assert.match(res.text, /^# TYPE mehdb_http_requests_total counter$/m);
     assert.match(res.text, /^mehdb_http_requests_total\{route="get",status="404"\} [1-9]\d*$/m);
     assert.match(res.text, /^mehdb_http_requests_total\{route="set",status="200"\} [1-9]\d*$/m);
-    const keys = (JSON.parse((await http(`${leader.url}/keys`)).text) as string[]).length;
+    const keys = (await listKeys(leader.url)).length;
     assert.match(res.text, new RegExp(`^mehdb_keys ${keys}$`, "m"));
     assert.match(res.text, /^mehdb_bytes [1-9]\d*$/m);
     assert.match(res.text, /^process_resident_memory_bytes [1-9]\d*$/m);
@@ -312,7 +301,7 @@ describe("follower", () => {
     await put(leader.url, "copied", value);
     await waitFor(async () => (await http(`${follower.url}/get/copied`)).body.equals(value),
       "the copy on the follower");
-    const keys = JSON.parse((await http(`${follower.url}/keys`)).text) as string[];
+    const keys = await listKeys(follower.url);
     assert.ok(keys.includes("copied"));
   });
 

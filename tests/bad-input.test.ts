@@ -16,7 +16,7 @@ import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { isValidKey } from "../src/keys.ts";
 import { pick, randomInt } from "./helpers/data.ts";
-import { http, isOneLine } from "./helpers/http.ts";
+import { http, isOneLine, listKeys } from "./helpers/http.ts";
 import { openFiles, ROOT, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { RawConnection, rawExchange, type RawResponse } from "./helpers/raw.ts";
 import { pool, sleep, waitFor } from "./helpers/wait.ts";
@@ -386,7 +386,7 @@ describe("malformed requests against a leader and a follower", () => {
       assert.deepEqual(names.filter((name) => !isValidKey(name) || name.includes(MARK)), [], `odd names in ${dir}`);
       assert.ok(!names.some((name) => name.startsWith("trunc-")), "a truncated body was stored");
     }
-    const listed = JSON.parse((await http(`${leader.url}/keys`)).text) as string[];
+    const listed = await listKeys(leader.url);
     assert.ok(listed.every(isValidKey));
   });
 });

@@ -8,7 +8,7 @@ import { request } from "node:http";
 import { after, before, describe, test } from "node:test";
 import { PreconditionFailedError, Store } from "../src/store.ts";
 import { checkedValue, verifyValue } from "./helpers/data.ts";
-import { assertOneLine, del, header, http, put, readAnswer, type Answer } from "./helpers/http.ts";
+import { assertOneLine, del, header, http, put, readAnswer, readFeed, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -176,7 +176,7 @@ describe("preconditions on a real leader", () => {
     const cursor3 = header(removed, "Mehdb-Cursor");
     assert.ok(seqOf(cursor3) > seqOf(header(star, "Mehdb-Cursor")));
     // The change feed from just before the delete lists it, and the delete's cursor is where it ends.
-    const feed = JSON.parse((await http(`${leader.url}/keys?since=${header(star, "Mehdb-Cursor")}`)).text);
+    const feed = await readFeed(leader.url, `since=${header(star, "Mehdb-Cursor")}`);
     assert.ok(feed.deleted.includes("cas"), JSON.stringify(feed));
   });
 

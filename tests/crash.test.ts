@@ -26,7 +26,7 @@ import {
   strayFiles,
   verifyValue,
 } from "./helpers/data.ts";
-import { del, http, put } from "./helpers/http.ts";
+import { del, http, listKeys, put } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { sleep } from "./helpers/wait.ts";
 
@@ -95,7 +95,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       const lister = async () => {
         while (!killed) {
           try {
-            const listed = JSON.parse((await http(`${leader.url}/keys`, { keepAlive: true })).text) as string[];
+            const listed = await listKeys(leader.url, { keepAlive: true });
             const odd = listed.filter((name) => !KEYS.includes(name));
             if (odd.length > 0) unexpected.push(`GET /keys listed ${odd.join(", ")}`);
           } catch {
@@ -122,7 +122,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
 
       const restarted = await startMehdb({ host: "mehdb-0", dataDir, waitReady: true });
       assert.deepEqual(await strayFiles(dataDir), [], `round ${round}: temp files left after restart`);
-      const listed = JSON.parse((await http(`${restarted.url}/keys`)).text) as string[];
+      const listed = await listKeys(restarted.url);
       assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
 
       const held = new Map<string, string | null>();
@@ -205,7 +205,7 @@ describe("a follower killed with SIGKILL while it copies", () => {
         const now = new Set(await readdir(followerDir));
         assert.deepEqual(leftovers.filter((name) => now.has(name)), [],
           `round ${round}: temp files of the killed follower survived its restart`);
-        const listed = JSON.parse((await http(`${follower.url}/keys`)).text) as string[];
+        const listed = await listKeys(follower.url);
         assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
       }
     } finally {

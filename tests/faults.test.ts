@@ -7,11 +7,11 @@
 import assert from "node:assert/strict";
 import { mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { after, describe, test, type TestContext } from "node:test";
 import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
 import { must, mountTmpfs, unmount } from "./helpers/commands.ts";
 import { checkedValue, converged, difference, randomInt, snapshot, verifyValue } from "./helpers/data.ts";
-import { assertOneLine, del, http, metric, put } from "./helpers/http.ts";
+import { assertOneLine, del, http, listKeys, metric, put } from "./helpers/http.ts";
 import { freePort, onStopAll, startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
 import { rawExchange } from "./helpers/raw.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
@@ -19,11 +19,20 @@ import { sleep, waitFor } from "./helpers/wait.ts";
 // stopAll stops the processes before its clean-ups unmount the tmpfs they use, and removes its parent last.
 after(stopAll);
 
-/** Mounts a tmpfs of `size` on `dir` until stopAll; `null`, or why it could not. */
-async function tmpfs(dir: string, size: string): Promise<string | null> {
-  const failed = await mountTmpfs(dir, size);
-  if (failed === null) onStopAll(() => unmount(dir));
-  return failed;
+/**
+ * A new directory with a tmpfs of `size` mounted on it until stopAll; `null` once `t` is skipped, saying why,
+ * where none can be mounted.
+ */
+async function tmpfsDir(t: TestContext, size: string): Promise<string | null> {
+  const disk = join(await tempDir(), "disk");
+  await mkdir(disk);
+  const failed = await mountTmpfs(disk, size);
+  if (failed !== null) {
+    t.skip(`cannot mount a tmpfs here (${failed})`);
+    return null;
+  }
+  onStopAll(() => unmount(disk));
+  return disk;
 }
 
 describe("MEHDB_SYNC_TIMEOUT_MS", () => {
@@ -167,10 +176,8 @@ async function rawPut(port: number, key: string, body: Buffer, chunked: boolean)
 
 describe("a full disk during a PUT", () => {
   test("answers 507 in one line, keeps the old value, leaves no temp file, and keeps serving", async (t) => {
-    const disk = join(await tempDir(), "disk");
-    await mkdir(disk);
-    const failed = await tmpfs(disk, "2m");
-    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
+    const disk = await tmpfsDir(t, "2m");
+    if (disk === null) return;
     const dataDir = join(disk, "data");
     const leader = await startMehdb({ host: "mehdb-0", dataDir });
 
@@ -199,17 +206,15 @@ describe("a full disk during a PUT", () => {
     // Space is back once the failed write is gone: small writes succeed again.
     assert.equal((await put(leader.url, "after", "small")).status, 200);
     assert.equal((await http(`${leader.url}/get/after`)).text, "small");
-    assert.deepEqual(JSON.parse((await http(`${leader.url}/keys`)).text), ["after", "filler", "victim"]);
+    assert.deepEqual(await listKeys(leader.url), ["after", "filler", "victim"]);
   });
 });
 
 describe("a data directory that turns read-only", () => {
   test("/status?level=full answers 503 with the reason, reads go on, " +
     "and it is ready again once writable", async (t) => {
-    const disk = join(await tempDir(), "disk");
-    await mkdir(disk);
-    const failed = await tmpfs(disk, "4m");
-    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
+    const disk = await tmpfsDir(t, "4m");
+    if (disk === null) return;
     const leader = await startMehdb({ host: "mehdb-0", dataDir: join(disk, "data"), waitReady: true });
     assert.equal((await put(leader.url, "kept", "kept")).status, 200);
 

@@ -12,7 +12,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { missingTool } from "./helpers/commands.ts";
-import { difference, dirData, manyKeys, randomValue, strayFiles, writeDir, type Data } from "./helpers/data.ts";
+import { dataDirWith, difference, dirData, manyKeys, randomValue, strayFiles, type Data } from "./helpers/data.ts";
 import { del, http, metric, metrics, put } from "./helpers/http.ts";
 import {
   freePort,
@@ -36,13 +36,6 @@ function fakeLeader(handler: (req: IncomingMessage, res: ServerResponse) => void
   return listen(createServer(handler));
 }
 
-/** A data directory already holding `data`, as a follower's volume would after an earlier life. */
-async function volumeWith(data: Data): Promise<string> {
-  const dir = await tempDir();
-  await writeDir(dir, data);
-  return dir;
-}
-
 async function errorsAtLeast(follower: Mehdb, count: number, timeoutMs = 15_000): Promise<void> {
   await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= count, `${count} failed ticks`,
     timeoutMs);
@@ -53,7 +46,7 @@ test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed
   skip: missingTool(PRLIMIT),
 }, async (t) => {
   const data = manyKeys(20_000, "key-", 48);
-  const leader = await startMehdb({ dataDir: await volumeWith(data), waitReady: true });
+  const leader = await startMehdb({ dataDir: await dataDirWith(data), waitReady: true });
   // The follower's volume from an earlier life: keys the leader no longer has, sorting before, between and
   // after the listing's pages (10 000 keys each), and keys whose bytes differ.
   const stale: Data = new Map([
@@ -65,7 +58,7 @@ test("catch-up of 20 000 keys under a soft limit of 1 024 descriptors: no failed
     ["key-012345", randomValue(100)],
   ]);
   const follower = await startFollower(leader.url, {
-    dataDir: await volumeWith(stale),
+    dataDir: await dataDirWith(stale),
     wrapper: [PRLIMIT, "--nofile=1024:1024", "--"],
     env: { MEHDB_SYNC_INTERVAL_MS: "200" },
   });
@@ -100,7 +93,7 @@ test("an address that is not a leader (a JSON endpoint answering [] to /keys) is
     res.end("<html><body>Welcome</body></html>\n");
   });
   const own = manyKeys(20, "key-", 48);
-  const follower = await startFollower(url, { dataDir: await volumeWith(own) });
+  const follower = await startFollower(url, { dataDir: await dataDirWith(own) });
   await errorsAtLeast(follower, 3);
   const status = await http(`${follower.url}/status?level=full`);
   assert.equal(status.status, 503);
@@ -116,7 +109,7 @@ test("a follower pointed at itself is not trusted: keeps its keys, not ready, " 
   "says the address answers follower", async () => {
   const port = await freePort();
   const own = manyKeys(20, "key-", 48);
-  const follower = await startFollower(`http://127.0.0.1:${port}`, { port, dataDir: await volumeWith(own) });
+  const follower = await startFollower(`http://127.0.0.1:${port}`, { port, dataDir: await dataDirWith(own) });
   await errorsAtLeast(follower, 3);
   const status = await http(`${follower.url}/status?level=full`);
   assert.equal(status.status, 503);
@@ -148,7 +141,7 @@ test("a leader listing 300 MB: the follower reads a bounded part, refuses it in 
     if (!closed) res.end(`"last"]`);
   });
   const own = manyKeys(5, "key-", 48);
-  const dataDir = await volumeWith(own);
+  const dataDir = await dataDirWith(own);
   const follower = await startFollower(url, { dataDir, env: { MEHDB_SYNC_TIMEOUT_MS: "20000" } });
   await waitFor(() => follower.logLines("leader-error").length > 0, "the listing refused", 60_000);
   const [refused = ""] = follower.logLines("leader-error");
@@ -213,7 +206,7 @@ test("keys the follower cannot hold (a directory in the way, a value over its li
   data.set("blocked-large", randomValue(100_000)); // fetched on its own, not in a group
   data.set("big", randomValue(300_000));
   data.set("large-ok", randomValue(150_000));
-  const leaderDir = await volumeWith(data);
+  const leaderDir = await dataDirWith(data);
   const leader = await startMehdb({ dataDir: leaderDir, waitReady: true });
   const followerDir = await tempDir();
   for (const name of ["blocked", "blocked-large"]) {

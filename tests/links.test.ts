@@ -7,7 +7,7 @@ import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { missingTool, must } from "./helpers/commands.ts";
-import { http, put } from "./helpers/http.ts";
+import { http, listKeys, put } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
 
 after(stopAll);
@@ -16,8 +16,6 @@ after(stopAll);
 const SECRET = "secret-outside-the-data-dir\n";
 const VALUE = "the-value-of-the-key-real-1\n";
 assert.equal(SECRET.length, VALUE.length);
-
-const keys = async (url: string) => JSON.parse((await http(`${url}/keys`)).text) as string[];
 
 test("a link in the data directory at start is not a key: " +
   "not listed, not served, not copied by a follower", async () => {
@@ -35,7 +33,7 @@ test("a link in the data directory at start is not a key: " +
   await symlink(join(outside, "secret"), join(followerDir, "mine"));
 
   const leader = await startMehdb({ dataDir, waitReady: true });
-  assert.deepEqual(await keys(leader.url), ["real"]);
+  assert.deepEqual(await listKeys(leader.url), ["real"]);
   for (const key of ["pw", "alias", "dangling", "mine"]) {
     const res = await http(`${leader.url}/get/${key}`);
     assert.equal(res.status, 404, `${key}: ${res.text}`);
@@ -47,7 +45,7 @@ test("a link in the data directory at start is not a key: " +
   assert.equal((await http(`${leader.url}/get/real`)).text, VALUE);
 
   const follower = await startFollower(leader.url, { dataDir: followerDir, waitReady: true });
-  assert.deepEqual(await keys(follower.url), ["real"]);
+  assert.deepEqual(await listKeys(follower.url), ["real"]);
   for (const key of ["pw", "mine"]) assert.equal((await http(`${follower.url}/get/${key}`)).status, 404, key);
   assert.equal((await http(`${follower.url}/get/real`)).text, VALUE);
 });

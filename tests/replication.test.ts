@@ -11,12 +11,12 @@ import { join } from "node:path";
 import { after, test, type TestContext } from "node:test";
 import {
   converged,
+  dataDirWith,
   difference,
   dirData,
   manyKeys,
   randomValue,
   strayFiles,
-  writeDir,
   type Data,
 } from "./helpers/data.ts";
 import { assertStatus, del, http, metric, metrics, put } from "./helpers/http.ts";
@@ -115,8 +115,7 @@ test("a follower killed with SIGKILL while the leader takes writes and deletes "
 
 test("the leader's data directory replaced: followers converge to exactly the new set of keys", async () => {
   const first = manyKeys(30, "a-");
-  const firstDir = await tempDir();
-  await writeDir(firstDir, first);
+  const firstDir = await dataDirWith(first);
   const leader = await startMehdb({ dataDir: firstDir, waitReady: true });
   const followers = await Promise.all([
     startFollower(leader.url, { host: "mehdb-1" }),
@@ -129,8 +128,7 @@ test("the leader's data directory replaced: followers converge to exactly the ne
   for (const [key, value] of [...first].slice(0, 5)) second.set(key, value);
   for (const [key, value] of [...first].slice(5, 10)) second.set(key, randomValue(value.length));
   for (const [key, value] of manyKeys(8, "b-")) second.set(key, value);
-  const secondDir = await tempDir();
-  await writeDir(secondDir, second);
+  const secondDir = await dataDirWith(second);
   assert.equal(await leader.stop(), 0);
   const replaced = await startMehdb({ dataDir: secondDir, port: leader.port, waitReady: true });
   await convergedOnDisk(followers, second);
@@ -154,8 +152,7 @@ test("a follower started before its leader is not ready (503, one line) until th
   assert.equal((await http(`${follower.url}/status`)).status, 200, "alive all the same");
 
   const data = manyKeys(25);
-  const dir = await tempDir();
-  await writeDir(dir, data);
+  const dir = await dataDirWith(data);
   await startMehdb({ dataDir: dir, port });
   await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "follower ready");
   const ready = await http(`${follower.url}/status?level=full`);
@@ -166,8 +163,7 @@ test("a follower started before its leader is not ready (503, one line) until th
 test("idle cost: with 10 000 keys synced, " +
   "each idle tick is one request to the leader moving under 1 KB", async (t: TestContext) => {
   const data = manyKeys(10_000);
-  const dir = await tempDir();
-  await writeDir(dir, data);
+  const dir = await dataDirWith(data);
   const leader = await startMehdb({ dataDir: dir, waitReady: true });
   const proxy = await startCountingProxy(leader.port);
   const follower = await startFollower(proxy.url, { env: { MEHDB_SYNC_INTERVAL_MS: "200" } });

@@ -377,15 +377,21 @@ describe("a follower and its leader, both with tokens", () => {
 });
 
 describe("followers without the leader's read token", () => {
-  test("a follower with no read token stays not ready and says the leader wants one", async () => {
-    const leader = await start({ env: tokenEnv(await tokenDir({ write: WRITE, read: READ })) });
-    const follower = await start({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" } });
+  /** Waits until the follower's `/status?level=full` line names a 401, and returns that answer. */
+  async function readinessWith401(follower: Mehdb): Promise<Answer> {
     let last: Answer | undefined;
     await waitFor(async () => {
       last = await call(`${follower.url}/status?level=full`);
       return /401/.test(last.text);
     }, "the follower's readiness line to give the 401");
     assert.ok(last);
+    return last;
+  }
+
+  test("a follower with no read token stays not ready and says the leader wants one", async () => {
+    const leader = await start({ env: tokenEnv(await tokenDir({ write: WRITE, read: READ })) });
+    const follower = await start({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" } });
+    const last = await readinessWith401(follower);
     assert.equal(last.status, 503);
     assert.match(last.text, /^not ready: .*the leader wants a token \(401\): give this follower MEHDB_READ_TOKEN_FILE/);
     assert.deepEqual(JSON.parse((await call(`${follower.url}/keys`)).text), [], "nothing copied");
@@ -398,12 +404,7 @@ describe("followers without the leader's read token", () => {
       leaderUrl: leader.url,
       env: { ...tokenEnv(await tokenDir({ read: WRITE_2 }), { read: true }), MEHDB_SYNC_INTERVAL_MS: "100" },
     });
-    let last: Answer | undefined;
-    await waitFor(async () => {
-      last = await call(`${follower.url}/status?level=full`);
-      return /401/.test(last.text);
-    }, "the follower's readiness line to give the 401");
-    assert.ok(last);
+    const last = await readinessWith401(follower);
     assert.equal(last.status, 503);
     assert.match(last.text, /the leader refused this follower's token \(401\)/);
   });

@@ -17,17 +17,10 @@ import {
   withPrefix,
 } from "../src/watch.ts";
 import { missingTool, must } from "./helpers/commands.ts";
-import { del, header, http, metric, put, type Answer } from "./helpers/http.ts";
+import { del, header, http, metric, put, readFeed, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
 
-/** An answer of the change feed (`GET /keys?since=…`). */
-interface Feed {
-  cursor: string;
-  full: boolean;
-  keys: [string, number, number][];
-  deleted: string[];
-}
 
 after(stopAll);
 
@@ -230,11 +223,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
     leader = await startMehdb({ waitReady: true });
   });
 
-  const feed = async (query: string) => {
-    const answer = await http(`${leader.url}/keys?${query}`, { timeoutMs: 70_000 });
-    assert.equal(answer.status, 200, answer.text);
-    return JSON.parse(answer.text) as Feed;
-  };
+  const feed = (query: string) => readFeed(leader.url, query, 70_000);
   const held = () => metric(leader.url, "mehdb_watches_held");
 
   test("a held watch is answered soon after a write, with the write", async () => {
@@ -324,7 +313,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
 describe("a held watch across SIGTERM", () => {
   test("the watch is answered at once and the process exits promptly with 0", async () => {
     const leader = await startMehdb({ waitReady: true });
-    const { cursor } = JSON.parse((await http(`${leader.url}/keys?since=`)).text) as { cursor: string };
+    const { cursor } = await readFeed(leader.url, "since=");
     const watching = http(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
     await waitFor(async () => (await metric(leader.url, "mehdb_watches_held")) === 1, "the watch to be held");
     const started = performance.now();

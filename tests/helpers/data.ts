@@ -10,6 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { lstat, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { http } from "./http.ts";
+import { tempDir } from "./mehdb.ts";
 import { pool, waitFor } from "./wait.ts";
 
 /** Keys and their values. */
@@ -55,9 +56,11 @@ export async function strayFiles(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((name) => name.startsWith("."));
 }
 
-/** Writes `data` as key files into `dir` (to prepare a data directory before mehdb starts on it). */
-export async function writeDir(dir: string, data: Data): Promise<void> {
+/** A new temporary data directory holding `data` as key files, for mehdb to start on (removed by `stopAll`). */
+export async function dataDirWith(data: Data): Promise<string> {
+  const dir = await tempDir();
   await pool([...data], 256, ([key, value]) => writeFile(join(dir, key), value));
+  return dir;
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
  * The tests' HTTP client: one request, its answer read whole ({@link http}),
  * on a connection of its own or on a shared keep-alive pool; the requests
- * tests make most (`PUT`/`DELETE /set/KEY`, `GET /metrics`); and the checks
- * every answer shares (a status with the body in the message, one-line bodies).
+ * tests make most (`PUT`/`DELETE /set/KEY`, the listing, the change feed,
+ * `GET /metrics`); and the checks every answer shares (a status with the body
+ * in the message, one-line bodies).
  */
 import assert from "node:assert/strict";
 import { Agent, request, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
@@ -105,6 +106,29 @@ export function put(
 /** `DELETE BASE/set/KEY`: the answer, whatever its status. */
 export function del(base: string, key: string, options: Omit<HttpOptions, "method" | "body"> = {}): Promise<Answer> {
   return http(`${base}/set/${key}`, { ...options, method: "DELETE" });
+}
+
+/** `GET BASE/keys`, which must answer 200: the names it lists. */
+export async function listKeys(base: string, options: Omit<HttpOptions, "method" | "body"> = {}): Promise<string[]> {
+  const answer = assertStatus(await http(`${base}/keys`, options), 200, `GET ${base}/keys`);
+  return JSON.parse(answer.text) as string[];
+}
+
+/** The JSON answer of the change feed, `GET /keys?since=…`, as the contract states it. */
+export interface Feed {
+  cursor: string;
+  full: boolean;
+  /** Name, size in bytes, modification time in ms. */
+  keys: [string, number, number][];
+  deleted: string[];
+  /** On a page of a full listing (`&limit=N`): the name to ask `&from=` next, or `null` after the last page. */
+  next?: string | null;
+}
+
+/** `GET BASE/keys?QUERY`, which must answer 200, read as a {@link Feed}. */
+export async function readFeed(base: string, query: string, timeoutMs = 10_000): Promise<Feed> {
+  const answer = assertStatus(await http(`${base}/keys?${query}`, { timeoutMs }), 200, `GET /keys?${query}`);
+  return JSON.parse(answer.text) as Feed;
 }
 
 /** Fails the test unless `answer` has `status`; the message names `what` and quotes the body. Returns `answer`. */
