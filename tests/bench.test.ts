@@ -1,7 +1,8 @@
-// Smoke test of `npm run bench`: runs the quick bench on tiny settings and checks
-// only that every figure is present and sane (finite, positive, ratios computed).
-// No timing thresholds: the machine's speed is not under test here.
-
+/**
+ * Smoke test of `npm run bench`: runs the quick bench on tiny settings and checks
+ * only that every figure is present and sane (finite, positive, ratios computed).
+ * No timing thresholds: the machine's speed is not under test here.
+ */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -35,7 +36,9 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
     const results = JSON.parse(readFileSync(out, "utf8")) as Results;
     assert.deepEqual(missingFigures(results), [], `figures missing or not positive:\n${output}`);
     assert.deepEqual(results.errors, []);
-    for (const t of results.targets) assert.ok(typeof t.value === "number" && Number.isFinite(t.value), `target ${t.name} has no value`);
+    for (const t of results.targets) {
+      assert.ok(typeof t.value === "number" && Number.isFinite(t.value), `target ${t.name} has no value`);
+    }
     assert.match(output, /GET 10 B value/);
     assert.match(output, /results: /);
     // The bench removed its temporary data dirs.
@@ -45,7 +48,9 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
   }
 });
 
-test("the Node load generator (used when wrk is missing) drives GET and PUT against the ceiling", { timeout: 60_000 }, async () => {
+test("the Node load generator (used when wrk is missing) drives GET and PUT against the ceiling", {
+  timeout: 60_000,
+}, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-loadgen-test-"));
   try {
     const port = await freePort();

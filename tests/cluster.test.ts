@@ -12,13 +12,15 @@ import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fetchText, ROOT, stopAll, tempDir, waitFor } from "./helpers/mehdb.ts";
+import { http, put } from "./helpers/http.ts";
+import { ROOT, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 let cluster: ChildProcess | null = null;
 after(async () => {
-  if (cluster && cluster.exitCode === null && cluster.signalCode === null) {
+  if (cluster?.pid !== undefined && cluster.exitCode === null && cluster.signalCode === null) {
     const exited = once(cluster, "exit");
-    process.kill(-cluster.pid!, "SIGKILL");
+    process.kill(-cluster.pid, "SIGKILL");
     await exited;
   }
   await stopAll();
@@ -45,44 +47,50 @@ async function freePorts(count: number): Promise<number> {
   throw new Error("no three free consecutive ports");
 }
 
-test("npm run cluster: three pods start and replicate, a killed pod comes back, Ctrl-C stops all with exit 0", async () => {
+test("npm run cluster: three pods start and replicate, a killed pod comes back, " +
+  "Ctrl-C stops all with exit 0", async () => {
   const cwd = await tempDir("mehdb-cluster-");
   const base = await freePorts(3);
+  const pod = (n: number) => `http://127.0.0.1:${base + n}`;
   let output = "";
-  cluster = spawn(join(ROOT, "node_modules", ".bin", "tsx"), [join(ROOT, "src", "cluster.ts")], {
+  const child = spawn(join(ROOT, "node_modules", ".bin", "tsx"), [join(ROOT, "src", "cluster.ts")], {
     cwd,
     env: { PATH: process.env.PATH ?? "", MEHDB_CLUSTER_PORT: String(base), MEHDB_SYNC_INTERVAL_MS: "100" },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true, // its own process group, so that a SIGINT to the group is what Ctrl-C in a terminal sends
   });
-  cluster.stdout!.on("data", (chunk: Buffer) => (output += chunk));
-  cluster.stderr!.on("data", (chunk: Buffer) => (output += chunk));
-  const exited = once(cluster, "exit") as Promise<[number | null, string | null]>;
+  cluster = child;
+  const group = child.pid;
+  assert.ok(group !== undefined, "the cluster started");
+  child.stdout.on("data", (chunk: Buffer) => (output += chunk));
+  child.stderr.on("data", (chunk: Buffer) => (output += chunk));
+  const exited = once(child, "exit") as Promise<[number | null, string | null]>;
   await waitFor(() => output.includes("cluster | up:"), "the cluster to start", 30_000);
-  for (const name of ["mehdb-0", "mehdb-1", "mehdb-2"]) assert.match(output, new RegExp(`^${name} \\| .* event=listening `, "m"));
+  for (const name of ["mehdb-0", "mehdb-1", "mehdb-2"]) {
+    assert.match(output, new RegExp(`^${name} \\| .* event=listening `, "m"));
+  }
 
   // A write through a follower is redirected to the leader (curl -L), and read back from the other follower.
-  const redirect = await fetchText(`http://127.0.0.1:${base + 1}/set/hello`, { method: "PUT", body: "world" });
+  const redirect = await put(pod(1), "hello", "world");
   assert.equal(redirect.status, 307);
   assert.equal(redirect.headers.location, `http://localhost:${base}/set/hello`);
-  const write = await fetchText(`http://127.0.0.1:${base}/set/hello`, { method: "PUT", body: "world" });
+  const write = await put(pod(0), "hello", "world");
   assert.equal(write.status, 200);
-  await waitFor(async () => (await fetchText(`http://127.0.0.1:${base + 2}/get/hello`)).text === "world", "the value on mehdb-2");
+  await waitFor(async () => (await http(`${pod(2)}/get/hello`)).text === "world", "the value on mehdb-2");
   assert.equal(await readFile(join(cwd, "data", "mehdb-2", "hello"), "utf8"), "world");
 
   // Kill mehdb-1; it is started again on its data and catches up with what it missed.
-  const pid = Number(/^mehdb-1 \| .* event=start pid=(\d+)/m.exec(output)![1]);
-  process.kill(pid, "SIGKILL");
+  const pid = /^mehdb-1 \| .* event=start pid=(\d+)/m.exec(output)?.[1];
+  assert.ok(pid !== undefined, "mehdb-1 logged its pid");
+  process.kill(Number(pid), "SIGKILL");
   await waitFor(() => output.includes("mehdb-1 killed by SIGKILL"), "the cluster to notice");
-  assert.equal((await fetchText(`http://127.0.0.1:${base}/set/missed`, { method: "PUT", body: "while down" })).status, 200);
-  await waitFor(async () => (await fetchText(`http://127.0.0.1:${base + 1}/get/missed`)).text === "while down", "mehdb-1 back and caught up");
-  assert.equal((await fetchText(`http://127.0.0.1:${base + 1}/get/hello`)).text, "world");
+  assert.equal((await put(pod(0), "missed", "while down")).status, 200);
+  await waitFor(async () => (await http(`${pod(1)}/get/missed`)).text === "while down", "mehdb-1 back and caught up");
+  assert.equal((await http(`${pod(1)}/get/hello`)).text, "world");
 
-  process.kill(-cluster.pid!, "SIGINT");
+  process.kill(-group, "SIGINT");
   const [code, signal] = await exited;
   assert.deepEqual({ code, signal }, { code: 0, signal: null }, output.slice(-2000));
   assert.match(output, /cluster \| all pods stopped/);
-  for (let port = base; port < base + 3; port++) {
-    await assert.rejects(fetchText(`http://127.0.0.1:${port}/status`), "every pod stopped");
-  }
+  for (const n of [0, 1, 2]) await assert.rejects(http(`${pod(n)}/status`), "every pod stopped");
 });

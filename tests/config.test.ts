@@ -1,4 +1,4 @@
-// Configuration: environment and hostname → a checked Config, roles and the leader's address.
+/** Configuration: environment and hostname → a checked Config, roles and the leader's address. */
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -60,13 +60,21 @@ test("MEHDB_LOCAL=yes follows http://localhost:9999, as in the original", () => 
 });
 
 test("MEHDB_LEADER_URL overrides the leader's address", () => {
-  assert.equal(loadConfig({ MEHDB_LEADER_URL: "http://127.0.0.1:9999/" }, "mehdb-1").leaderUrl, "http://127.0.0.1:9999");
-  assert.equal(loadConfig({ MEHDB_LEADER_URL: "http://leader:1234", MEHDB_LOCAL: "yes" }, "x").leaderUrl, "http://leader:1234");
+  const withSlash = loadConfig({ MEHDB_LEADER_URL: "http://127.0.0.1:9999/" }, "mehdb-1");
+  assert.equal(withSlash.leaderUrl, "http://127.0.0.1:9999");
+  const overLocal = loadConfig({ MEHDB_LEADER_URL: "http://leader:1234", MEHDB_LOCAL: "yes" }, "x");
+  assert.equal(overLocal.leaderUrl, "http://leader:1234");
 });
 
 test("clusterLeaderUrl builds the FQDN of pod 0", () => {
   assert.equal(
-    clusterLeaderUrl({ set: "mehdb", service: "mehdb", namespace: "mehdb", clusterDomain: "cluster.local", port: 9876 }),
+    clusterLeaderUrl({
+      set: "mehdb",
+      service: "mehdb",
+      namespace: "mehdb",
+      clusterDomain: "cluster.local",
+      port: 9876,
+    }),
     "http://mehdb-0.mehdb.mehdb.svc.cluster.local:9876",
   );
 });
@@ -110,7 +118,8 @@ test("on ordinal 0 a leader address is ignored (the ordinal decides), and the ro
   assert.equal(explicit.role, "leader");
   assert.equal(explicit.leaderUrl, null);
   assert.equal(explicit.ignoredLeaderUrl, "http://leader:1234");
-  assert.match(explicit.roleReason, /^hostname mehdb-0 has ordinal 0; MEHDB_LEADER_URL \(http:\/\/leader:1234\) is ignored: the ordinal decides/);
+  assert.match(explicit.roleReason,
+    /^hostname mehdb-0 has ordinal 0; MEHDB_LEADER_URL \(http:\/\/leader:1234\) is ignored: the ordinal decides/);
   // A machine whose own hostname ends in -0 (no MEHDB_HOST): MEHDB_LOCAL=yes is ignored the same way, and said.
   const local = loadConfig({ MEHDB_LOCAL: "yes" }, "build-0");
   assert.equal(local.role, "leader");
@@ -124,14 +133,20 @@ test("on ordinal 0 a leader address is ignored (the ordinal decides), and the ro
   assert.doesNotMatch(loadConfig({}, "mehdb-0").roleReason, /ignored/);
 });
 
-test("the README's leader-and-follower recipe gives one leader and one follower, whatever the machine's hostname", async () => {
+test("the README's leader-and-follower recipe gives one leader and one follower, " +
+  "whatever the machine's hostname", async () => {
   const readme = await readFile(join(ROOT, "README.md"), "utf8");
   const section = readme.slice(readme.indexOf("## A leader and a follower on one machine"));
-  const starts = section.slice(0, section.indexOf("\n## ", 5)).split("\n").filter((line) => /^MEHDB_\S+=.* npm start/.test(line));
+  const recipe = section.slice(0, section.indexOf("\n## ", 5)).split("\n");
+  const starts = recipe.filter((line) => /^MEHDB_\S+=.* npm start/.test(line));
   assert.equal(starts.length, 2, "two `npm start` lines in the recipe");
-  const envs = starts.map((line) => Object.fromEntries([...line.matchAll(/(MEHDB_[A-Z_]+)=(\S+)/g)].map((m) => [m[1], m[2]])));
+  const [leaderLine = "", followerLine = ""] = starts;
+  const envOf = (line: string) => {
+    return Object.fromEntries([...line.matchAll(/(MEHDB_[A-Z_]+)=(\S+)/g)].map(([, name, value]) => [name, value]));
+  };
   for (const hostname of ["laptop", "build-0", "ci-runner-3"]) {
-    const [leader, follower] = envs.map((env) => loadConfig(env, hostname));
+    const leader = loadConfig(envOf(leaderLine), hostname);
+    const follower = loadConfig(envOf(followerLine), hostname);
     assert.equal(leader.role, "leader", hostname);
     assert.equal(follower.role, "follower", hostname);
     assert.equal(follower.leaderUrl, `http://localhost:${leader.port}`, hostname);
@@ -143,15 +158,20 @@ test("the README's leader-and-follower recipe gives one leader and one follower,
 test("the role line of a real process names the leader address it ignores", async () => {
   const mehdb = await startMehdb({ host: "mehdb-0", leaderUrl: "http://127.0.0.1:9" });
   const line = mehdb.output().split("\n").find((l) => l.includes("event=role")) ?? "";
-  assert.match(line, /event=role role=leader ignored_leader=http:\/\/127\.0\.0\.1:9 reason="[^"]*MEHDB_LEADER_URL[^"]* is ignored/);
+  assert.match(line,
+    /event=role role=leader ignored_leader=http:\/\/127\.0\.0\.1:9 reason="[^"]*MEHDB_LEADER_URL[^"]* is ignored/);
   assert.equal(await mehdb.stop(), 0);
 });
 
-test("MEHDB_WRITE_TOKEN_FILE and MEHDB_READ_TOKEN_FILE: paths, none by default (the files are read by tokens.ts)", () => {
+test("MEHDB_WRITE_TOKEN_FILE and MEHDB_READ_TOKEN_FILE: paths, none by default " +
+  "(the files are read by tokens.ts)", () => {
   const none = loadConfig({}, "mehdb-0");
   assert.equal(none.writeTokenFile, null);
   assert.equal(none.readTokenFile, null);
-  const both = loadConfig({ MEHDB_WRITE_TOKEN_FILE: " /etc/mehdb/tokens/write ", MEHDB_READ_TOKEN_FILE: "/etc/mehdb/tokens/read" }, "mehdb-1");
+  const both = loadConfig(
+    { MEHDB_WRITE_TOKEN_FILE: " /etc/mehdb/tokens/write ", MEHDB_READ_TOKEN_FILE: "/etc/mehdb/tokens/read" },
+    "mehdb-1",
+  );
   assert.equal(both.writeTokenFile, "/etc/mehdb/tokens/write");
   assert.equal(both.readTokenFile, "/etc/mehdb/tokens/read");
   assert.equal(loadConfig({ MEHDB_READ_TOKEN_FILE: "  " }, "mehdb-0").readTokenFile, null);

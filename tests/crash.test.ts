@@ -16,23 +16,21 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { after, describe, test } from "node:test";
-import { startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
 import {
   checkedValue,
-  closeHttpAgent,
   converged,
-  http,
+  dirData,
+  pick,
   randomInt,
-  readDirFiles,
-  sleep,
   snapshot,
+  strayFiles,
   verifyValue,
-} from "./helpers/reliability.ts";
+} from "./helpers/data.ts";
+import { del, http, listKeys, put } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
 
-after(async () => {
-  await stopAll();
-  closeHttpAgent();
-});
+after(stopAll);
 
 /** One PUT as the client saw it. */
 interface Write {
@@ -50,9 +48,11 @@ const KEYS = Array.from({ length: 24 }, (_, i) => `crash-${i}`);
 
 /** The ids a key may hold after a crash, given its value before the round and the round's writes. */
 function allowedIds(before: string | null, writes: Write[]): Set<string | null> {
-  const acked = writes.filter((w) => w.acked !== null);
-  if (acked.length === 0) return new Set([before, ...writes.map((w) => w.id)]);
-  const last = acked.reduce((a, b) => (b.acked! > a.acked! ? b : a));
+  let last: { id: string; start: number; acked: number } | undefined; // the write acknowledged last
+  for (const w of writes) {
+    if (w.acked !== null && (last === undefined || w.acked > last.acked)) last = { ...w, acked: w.acked };
+  }
+  if (last === undefined) return new Set([before, ...writes.map((w) => w.id)]);
   const allowed = new Set<string | null>([last.id]);
   for (const w of writes) {
     // Unacknowledged writes were all in flight at the kill, so after `last` ended; an acknowledged
@@ -74,18 +74,18 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
 
     for (let round = 0; round < LEADER_ROUNDS; round++) {
       const leader = await startMehdb({ host: "mehdb-0", dataDir });
-      const writes = new Map<string, Write[]>(KEYS.map((key) => [key, []]));
+      const writes: Write[] = [];
       let killed = false;
       const unexpected: string[] = [];
       const writer = async (w: number) => {
         for (let n = 0; !killed; n++) {
-          const key = KEYS[randomInt(0, KEYS.length - 1)];
+          const key = pick(KEYS);
           const write: Write = { id: `r${round}w${w}n${n}`, key, start: performance.now(), acked: null };
-          writes.get(key)!.push(write);
+          writes.push(write);
           try {
-            const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(write.id, randomInt(4096, 65536)) });
+            const res = await put(leader.url, key, checkedValue(write.id, randomInt(4096, 65536)), { keepAlive: true });
             if (res.status === 200) write.acked = performance.now();
-            else unexpected.push(`PUT ${key}: ${res.status} ${res.body}`);
+            else unexpected.push(`PUT ${key}: ${res.status} ${res.text}`);
           } catch {
             // the kill cut this write off: it stays in flight
           }
@@ -95,7 +95,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       const lister = async () => {
         while (!killed) {
           try {
-            const listed = JSON.parse((await http(`${leader.url}/keys`)).body.toString()) as string[];
+            const listed = await listKeys(leader.url, { keepAlive: true });
             const odd = listed.filter((name) => !KEYS.includes(name));
             if (odd.length > 0) unexpected.push(`GET /keys listed ${odd.join(", ")}`);
           } catch {
@@ -112,9 +112,7 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       assert.deepEqual(unexpected, [], `round ${round}: refused writes or odd names`);
 
       // Straight from the files, before anything repairs them: every key file is whole.
-      const files = await readDirFiles(dataDir);
-      for (const [name, bytes] of files) {
-        if (name.startsWith(".")) continue;
+      for (const [name, bytes] of await dirData(dataDir)) {
         const check = verifyValue(bytes);
         if (!check.ok) {
           torn++;
@@ -123,14 +121,13 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       }
 
       const restarted = await startMehdb({ host: "mehdb-0", dataDir, waitReady: true });
-      const names = await readdir(dataDir);
-      assert.deepEqual(names.filter((name) => name.startsWith(".")), [], `round ${round}: temp files left after restart`);
-      const listed = JSON.parse((await http(`${restarted.url}/keys`)).body.toString()) as string[];
+      assert.deepEqual(await strayFiles(dataDir), [], `round ${round}: temp files left after restart`);
+      const listed = await listKeys(restarted.url);
       assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
 
       const held = new Map<string, string | null>();
       for (const key of KEYS) {
-        const keyWrites = writes.get(key)!;
+        const keyWrites = writes.filter((write) => write.key === key);
         totalAcked += keyWrites.filter((w) => w.acked !== null).length;
         totalInFlight += keyWrites.filter((w) => w.acked === null).length;
         const res = await http(`${restarted.url}/get/${key}`);
@@ -157,8 +154,8 @@ describe("a leader killed with SIGKILL under 16 concurrent writers", () => {
       assert.equal(await restarted.stop("SIGTERM"), 0);
     }
 
-    console.log(`leader crash: ${LEADER_ROUNDS} rounds, ${totalAcked} acknowledged writes, ${totalInFlight} in flight at a kill, ` +
-      `${lost} acknowledged writes lost, ${torn} torn values`);
+    console.log(`leader crash: ${LEADER_ROUNDS} rounds, ${totalAcked} acknowledged writes, ` +
+      `${totalInFlight} in flight at a kill, ${lost} acknowledged writes lost, ${torn} torn values`);
     assert.deepEqual(problems, []);
     assert.ok(totalAcked >= LEADER_ROUNDS * 10, `too few writes acknowledged to mean anything: ${totalAcked}`);
   });
@@ -168,18 +165,17 @@ describe("a follower killed with SIGKILL while it copies", () => {
   test(`never holds a torn value, and converges exactly after ${FOLLOWER_ROUNDS} kills`, async () => {
     const leader = await startMehdb({ host: "mehdb-0" });
     const followerDir = await tempDir();
-    const startFollower = () =>
-      startMehdb({ host: "mehdb-1", dataDir: followerDir, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "50" } });
-    let follower: Mehdb = await startFollower();
+    const start = () => startFollower(leader.url, { dataDir: followerDir, env: { MEHDB_SYNC_INTERVAL_MS: "50" } });
+    let follower: Mehdb = await start();
 
     let stopping = false;
     let writes = 0;
     const writer = async (w: number) => {
       for (let n = 0; !stopping; n++) {
-        const key = KEYS[randomInt(0, KEYS.length - 1)];
+        const key = pick(KEYS);
         const res = Math.random() < 0.1
-          ? await http(`${leader.url}/set/${key}`, { method: "DELETE" })
-          : await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`f${w}n${n}`, randomInt(4096, 65536)) });
+          ? await del(leader.url, key, { keepAlive: true })
+          : await put(leader.url, key, checkedValue(`f${w}n${n}`, randomInt(4096, 65536)), { keepAlive: true });
         assert.ok(res.status === 200 || res.status === 404, `leader answered ${res.status}`);
         writes++;
       }
@@ -189,8 +185,7 @@ describe("a follower killed with SIGKILL while it copies", () => {
     let scans = 0;
     const scanner = async () => {
       while (!stopping) {
-        for (const [name, bytes] of await readDirFiles(followerDir)) {
-          if (name.startsWith(".")) continue;
+        for (const [name, bytes] of await dirData(followerDir)) {
           const check = verifyValue(bytes);
           if (!check.ok) torn.push(`${name}: ${check.reason}`);
         }
@@ -205,11 +200,12 @@ describe("a follower killed with SIGKILL while it copies", () => {
       for (let round = 0; round < FOLLOWER_ROUNDS; round++) {
         await sleep(randomInt(200, 900));
         assert.equal(await follower.stop("SIGKILL"), "SIGKILL");
-        const leftovers = (await readdir(followerDir)).filter((name) => name.startsWith("."));
-        follower = await startFollower();
+        const leftovers = await strayFiles(followerDir);
+        follower = await start();
         const now = new Set(await readdir(followerDir));
-        assert.deepEqual(leftovers.filter((name) => now.has(name)), [], `round ${round}: temp files of the killed follower survived its restart`);
-        const listed = JSON.parse((await http(`${follower.url}/keys`)).body.toString()) as string[];
+        assert.deepEqual(leftovers.filter((name) => now.has(name)), [],
+          `round ${round}: temp files of the killed follower survived its restart`);
+        const listed = await listKeys(follower.url);
         assert.ok(listed.every((name) => KEYS.includes(name)), `round ${round}: odd names listed: ${listed}`);
       }
     } finally {
@@ -217,14 +213,15 @@ describe("a follower killed with SIGKILL while it copies", () => {
       await Promise.all([...writers, scanning]);
     }
 
-    await converged(leader.url, follower.url);
+    await converged(follower.url, leader.url);
     // A tick may still be writing copies (temporary files, never listed as keys) when the values already match:
     // once it is done, the directory holds exactly the leader's keys.
     const leaderKeys = [...(await snapshot(leader.url)).keys()].sort();
-    await waitFor(async () => (await readdir(followerDir)).every((name) => !name.startsWith(".")), "the follower's tick to end");
+    await waitFor(async () => (await readdir(followerDir)).every((name) => !name.startsWith(".")), "the tick to end");
     const names = await readdir(followerDir);
     assert.deepEqual(names.sort(), leaderKeys, "the follower's directory holds exactly the leader's keys");
-    console.log(`follower crash: ${FOLLOWER_ROUNDS} kills, ${writes} leader writes meanwhile, ${scans} scans of its files, ${torn.length} torn values`);
+    console.log(`follower crash: ${FOLLOWER_ROUNDS} kills, ${writes} leader writes meanwhile, ` +
+      `${scans} scans of its files, ${torn.length} torn values`);
     assert.deepEqual(torn, []);
     assert.ok(scans > FOLLOWER_ROUNDS);
     await follower.stop();

@@ -7,46 +7,32 @@
 import assert from "node:assert/strict";
 import { mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { after, describe, test, type TestContext } from "node:test";
 import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
-import { freePort, startMehdb, stopAll, tempDir, waitFor, type Mehdb } from "./helpers/mehdb.ts";
-import { rawExchange } from "./helpers/wire.ts";
-import {
-  checkedValue,
-  closeHttpAgent,
-  converged,
-  difference,
-  http,
-  mountTmpfs,
-  randomInt,
-  run,
-  sleep,
-  snapshot,
-  unmount,
-  verifyValue,
-} from "./helpers/reliability.ts";
+import { must, mountTmpfs, unmount } from "./helpers/commands.ts";
+import { checkedValue, converged, difference, randomInt, snapshot, verifyValue } from "./helpers/data.ts";
+import { assertOneLine, del, http, listKeys, metric, put } from "./helpers/http.ts";
+import { freePort, onStopAll, startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { rawExchange } from "./helpers/raw.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
 
-const mounts: string[] = [];
-const onTmpfs: Mehdb[] = [];
+// stopAll stops the processes before its clean-ups unmount the tmpfs they use, and removes its parent last.
+after(stopAll);
 
-after(async () => {
-  // Processes using a tmpfs must go before it can be unmounted, and it before its parent is removed.
-  await Promise.all(onTmpfs.map((m) => m.stop("SIGKILL")));
-  for (const dir of mounts) await unmount(dir);
-  await stopAll();
-  closeHttpAgent();
-});
-
-/** The body is exactly one line, ending in `\n`. */
-function assertOneLine(body: Buffer | string, what: string): void {
-  const text = body.toString();
-  assert.ok(text.length > 1 && text.endsWith("\n") && text.indexOf("\n") === text.length - 1, `${what}: not one line: ${JSON.stringify(text)}`);
-}
-
-async function metric(url: string, name: string): Promise<number> {
-  const text = (await http(`${url}/metrics`)).body.toString();
-  const match = new RegExp(`^${name} (\\S+)$`, "m").exec(text);
-  return match ? Number(match[1]) : NaN;
+/**
+ * A new directory with a tmpfs of `size` mounted on it until stopAll; `null` once `t` is skipped, saying why,
+ * where none can be mounted.
+ */
+async function tmpfsDir(t: TestContext, size: string): Promise<string | null> {
+  const disk = join(await tempDir(), "disk");
+  await mkdir(disk);
+  const failed = await mountTmpfs(disk, size);
+  if (failed !== null) {
+    t.skip(`cannot mount a tmpfs here (${failed})`);
+    return null;
+  }
+  onStopAll(() => unmount(disk));
+  return disk;
 }
 
 describe("MEHDB_SYNC_TIMEOUT_MS", () => {
@@ -73,25 +59,21 @@ describe("a leader that stops answering (SIGSTOP)", () => {
     for (let i = 0; i < 20; i++) {
       const value = checkedValue(`stop-${i}`, randomInt(100, 4000));
       values.set(`stop-${i}`, value);
-      assert.equal((await http(`${leader.url}/set/stop-${i}`, { method: "PUT", body: value })).status, 200);
+      assert.equal((await put(leader.url, `stop-${i}`, value)).status, 200);
     }
-    const follower = await startMehdb({
-      host: "mehdb-1",
-      leaderUrl: leader.url,
-      env: { MEHDB_SYNC_INTERVAL_MS: "100", MEHDB_SYNC_TIMEOUT_MS: "400" },
-      waitReady: true,
-    });
+    const follower = await startFollower(leader.url, { env: { MEHDB_SYNC_TIMEOUT_MS: "400" }, waitReady: true });
     await waitFor(async () => (await snapshot(follower.url)).size === 20, "the follower's first copy");
 
     const errorsBefore = await metric(follower.url, "mehdb_sync_errors_total");
     leader.child.kill("SIGSTOP");
     try {
       // Ticks keep ending in errors (each request gives up after 400 ms) instead of hanging on the first one.
-      await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 3, "three timed-out ticks", 15_000);
+      await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 3,
+        "three timed-out ticks", 15_000);
       const status = await http(`${follower.url}/status?level=full`);
       assert.equal(status.status, 200, "a follower that synced once stays ready while its leader is away");
-      assert.match(status.body.toString(), /20 keys.*(within 400 ms|timed out)/);
-      assertOneLine(status.body, "status");
+      assert.match(status.text, /20 keys.*(within 400 ms|timed out)/);
+      assertOneLine(status, "status");
 
       // It keeps serving what it has, and still redirects writes.
       for (const [key, value] of values) {
@@ -99,21 +81,23 @@ describe("a leader that stops answering (SIGSTOP)", () => {
         assert.equal(res.status, 200);
         assert.ok(res.body.equals(value), key);
       }
-      const redirect = await http(`${follower.url}/set/stop-new`, { method: "PUT", body: "x" });
+      const redirect = await put(follower.url, "stop-new", "x");
       assert.equal(redirect.status, 307);
       assert.equal(redirect.headers.location, `${leader.url}/set/stop-new`);
-      assert.equal(follower.output().match(/event=leader-unreachable/g)?.length, 1, "the outage is logged once, not every tick");
+      assert.equal(follower.output().match(/event=leader-unreachable/g)?.length, 1,
+        "the outage is logged once, not every tick");
     } finally {
       leader.child.kill("SIGCONT");
     }
 
     const fresh = checkedValue("stop-new", 3000);
-    assert.equal((await http(`${leader.url}/set/stop-new`, { method: "PUT", body: fresh })).status, 200);
+    assert.equal((await put(leader.url, "stop-new", fresh)).status, 200);
     await waitFor(async () => {
       const res = await http(`${follower.url}/get/stop-new`);
       return res.status === 200 && res.body.equals(fresh);
     }, "the follower to copy a write made after SIGCONT");
-    await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).body.toString().includes("("), "the error to clear");
+    await waitFor(async () => !(await http(`${follower.url}/status?level=full`)).text.includes("("),
+      "the error to clear");
     assert.match(follower.output(), /event=sync-recovered .*after=leader-unreachable /);
     assert.equal(difference(await snapshot(leader.url), await snapshot(follower.url)), null);
     await leader.stop();
@@ -126,9 +110,7 @@ describe("a leader restarted many times while a follower copies from it", () => 
     const port = await freePort();
     const dataDir = await tempDir();
     let leader = await startMehdb({ host: "mehdb-0", port, dataDir });
-    const follower = await startMehdb({
-      host: "mehdb-1",
-      leaderUrl: leader.url,
+    const follower = await startFollower(leader.url, {
       env: { MEHDB_SYNC_INTERVAL_MS: "50", MEHDB_SYNC_TIMEOUT_MS: "2000" },
     });
     let writes = 0;
@@ -138,8 +120,9 @@ describe("a leader restarted many times while a follower copies from it", () => 
       while (running) {
         const key = `restart-${randomInt(0, 59)}`;
         try {
-          if (Math.random() < 0.15) await http(`${leader.url}/set/${key}`, { method: "DELETE", timeoutMs: 3000 });
-          else await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`${w}.${n++}`, randomInt(1, 64 * 1024)), timeoutMs: 3000 });
+          const options = { keepAlive: true, timeoutMs: 3000 };
+          if (Math.random() < 0.15) await del(leader.url, key, options);
+          else await put(leader.url, key, checkedValue(`${w}.${n++}`, randomInt(1, 64 * 1024)), options);
           writes++;
         } catch {
           await sleep(20); // the leader is down: try again shortly
@@ -166,7 +149,7 @@ describe("a leader restarted many times while a follower copies from it", () => 
       await Promise.all(writers);
     }
     assert.ok(writes > restarts * 5, `only ${writes} writes went through`);
-    await converged(leader.url, follower.url);
+    await converged(follower.url, leader.url);
     for (const [key, value] of await snapshot(follower.url)) {
       const check = verifyValue(value);
       assert.ok(check.ok, `${key}: ${check.ok ? "" : check.reason}`);
@@ -184,7 +167,8 @@ async function rawPut(port: number, key: string, body: Buffer, chunked: boolean)
   const parts: (Buffer | string)[] = [head];
   for (let at = 0; at < body.length; at += 64 * 1024) {
     const piece = body.subarray(at, at + 64 * 1024);
-    parts.push(chunked ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]) : piece);
+    const chunk = Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]);
+    parts.push(chunked ? chunk : piece);
   }
   if (chunked) parts.push("0\r\n\r\n");
   return rawExchange(port, parts, { methods: ["PUT"], timeoutMs: 15_000, halfClose: false });
@@ -192,18 +176,14 @@ async function rawPut(port: number, key: string, body: Buffer, chunked: boolean)
 
 describe("a full disk during a PUT", () => {
   test("answers 507 in one line, keeps the old value, leaves no temp file, and keeps serving", async (t) => {
-    const disk = join(await tempDir(), "disk");
-    await mkdir(disk);
-    const failed = await mountTmpfs(disk, "2m");
-    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
-    mounts.push(disk);
+    const disk = await tmpfsDir(t, "2m");
+    if (disk === null) return;
     const dataDir = join(disk, "data");
     const leader = await startMehdb({ host: "mehdb-0", dataDir });
-    onTmpfs.push(leader);
 
     const old = checkedValue("old", 100_000);
-    assert.equal((await http(`${leader.url}/set/victim`, { method: "PUT", body: old })).status, 200);
-    assert.equal((await http(`${leader.url}/set/filler`, { method: "PUT", body: Buffer.alloc(1024 * 1024, 1) })).status, 200);
+    assert.equal((await put(leader.url, "victim", old)).status, 200);
+    assert.equal((await put(leader.url, "filler", Buffer.alloc(1024 * 1024, 1))).status, 200);
 
     // 3 MiB fails mid-body; 9 MiB leaves more unread than the server drains; with and without Content-Length.
     for (const [size, chunked] of [[3, false], [3, true], [9, false], [9, true]] as const) {
@@ -224,37 +204,34 @@ describe("a full disk during a PUT", () => {
       assert.equal((await http(`${leader.url}/status?level=full`)).status, 200);
     }
     // Space is back once the failed write is gone: small writes succeed again.
-    assert.equal((await http(`${leader.url}/set/after`, { method: "PUT", body: "small" })).status, 200);
-    assert.equal((await http(`${leader.url}/get/after`)).body.toString(), "small");
-    assert.deepEqual(JSON.parse((await http(`${leader.url}/keys`)).body.toString()), ["after", "filler", "victim"]);
+    assert.equal((await put(leader.url, "after", "small")).status, 200);
+    assert.equal((await http(`${leader.url}/get/after`)).text, "small");
+    assert.deepEqual(await listKeys(leader.url), ["after", "filler", "victim"]);
   });
 });
 
 describe("a data directory that turns read-only", () => {
-  test("/status?level=full answers 503 with the reason, reads go on, and it is ready again once writable", async (t) => {
-    const disk = join(await tempDir(), "disk");
-    await mkdir(disk);
-    const failed = await mountTmpfs(disk, "4m");
-    if (failed !== null) return t.skip(`cannot mount a tmpfs here (${failed})`);
-    mounts.push(disk);
+  test("/status?level=full answers 503 with the reason, reads go on, " +
+    "and it is ready again once writable", async (t) => {
+    const disk = await tmpfsDir(t, "4m");
+    if (disk === null) return;
     const leader = await startMehdb({ host: "mehdb-0", dataDir: join(disk, "data"), waitReady: true });
-    onTmpfs.push(leader);
-    assert.equal((await http(`${leader.url}/set/kept`, { method: "PUT", body: "kept" })).status, 200);
+    assert.equal((await put(leader.url, "kept", "kept")).status, 200);
 
-    await run("mount", ["-o", "remount,ro", disk]);
+    await must("mount", ["-o", "remount,ro", disk]);
     const status = await http(`${leader.url}/status?level=full`);
     assert.equal(status.status, 503);
-    assertOneLine(status.body, "status");
-    assert.match(status.body.toString(), /not ready: data directory .* is not writable: EROFS/);
+    assertOneLine(status, "status");
+    assert.match(status.text, /not ready: data directory .* is not writable: EROFS/);
     assert.equal((await http(`${leader.url}/status`)).status, 200, "liveness stays up: a restart would not help");
-    assert.equal((await http(`${leader.url}/get/kept`)).body.toString(), "kept");
-    const put = await http(`${leader.url}/set/kept`, { method: "PUT", body: "changed" });
-    assert.notEqual(put.status, 200);
-    assertOneLine(put.body, "refused PUT");
-    assert.equal((await http(`${leader.url}/get/kept`)).body.toString(), "kept");
+    assert.equal((await http(`${leader.url}/get/kept`)).text, "kept");
+    const refused = await put(leader.url, "kept", "changed");
+    assert.notEqual(refused.status, 200);
+    assertOneLine(refused, "refused PUT");
+    assert.equal((await http(`${leader.url}/get/kept`)).text, "kept");
 
-    await run("mount", ["-o", "remount,rw", disk]);
+    await must("mount", ["-o", "remount,rw", disk]);
     assert.equal((await http(`${leader.url}/status?level=full`)).status, 200);
-    assert.equal((await http(`${leader.url}/set/kept`, { method: "PUT", body: "changed" })).status, 200);
+    assert.equal((await put(leader.url, "kept", "changed")).status, 200);
   });
 });

@@ -9,17 +9,12 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { Followers, followerHeaders, isHostName } from "../src/followers.ts";
-import { fetchText, startMehdb, stopAll, waitFor, type Mehdb } from "./helpers/mehdb.ts";
+import { assertStatus, del, http, put } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
-
-/** Short ticks keep the suite fast; nothing below depends on their exact length. */
-const INTERVAL_MS = "100";
-
-function startFollower(host: string, leaderUrl: string): Promise<Mehdb> {
-  return startMehdb({ host, leaderUrl, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
-}
 
 /** One follower's figures as the leader's `/metrics` gives them. */
 interface Figures {
@@ -29,10 +24,11 @@ interface Figures {
 
 /** Every follower in the leader's `/metrics`: name → lag and seconds since its last poll. */
 async function followerFigures(url: string): Promise<Map<string, Figures>> {
-  const res = await fetchText(`${url}/metrics`);
+  const res = await http(`${url}/metrics`);
   assert.equal(res.status, 200);
   const figures = new Map<string, Figures>();
-  for (const [, metric, name, value] of res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm)) {
+  const samples = res.text.matchAll(/^mehdb_follower_(lag_changes|last_poll_seconds)\{follower="([^"]*)"\} (\S+)$/gm);
+  for (const [, metric, name = "", value] of samples) {
     const f = figures.get(name) ?? { lag: NaN, lastPoll: NaN };
     if (metric === "lag_changes") f.lag = Number(value);
     else f.lastPoll = Number(value);
@@ -41,28 +37,44 @@ async function followerFigures(url: string): Promise<Map<string, Figures>> {
   return figures;
 }
 
-async function put(url: string, key: string, value: string): Promise<void> {
-  const res = await fetchText(`${url}/set/${key}`, { method: "PUT", body: value });
-  assert.equal(res.status, 200, res.text);
+/** One follower's figures among `figures`; fails the test when the leader does not list it. */
+function figuresOf(figures: Map<string, Figures>, name: string): Figures {
+  const found = figures.get(name);
+  assert.ok(found, `the leader lists ${name}`);
+  return found;
 }
+
+/** The regular expression of one follower in the leader's `/status?level=full` line (`name` as a pattern). */
+const summaryOf = (name: string, lag: number) => `${name} \\(lag ${lag} changes, last poll [0-9.]+ s ago\\)`;
 
 describe("Followers, on its own", () => {
   test("isHostName: RFC 1123 host names only", () => {
-    for (const good of ["mehdb-1", "a", "1", "MEHDB-1", "mehdb-1.mehdb.default.svc.cluster.local", "a".repeat(63), `${"a".repeat(61)}.`.repeat(4) + "a"]) {
-      assert.ok(isHostName(good), good);
+    const good = [
+      "mehdb-1", "a", "1", "MEHDB-1", "mehdb-1.mehdb.default.svc.cluster.local", "a".repeat(63),
+      `${"a".repeat(61)}.`.repeat(4) + "a",
+    ];
+    for (const name of good) {
+      assert.ok(isHostName(name), name);
     }
-    for (const bad of ["", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a".repeat(64), `${"a".repeat(62)}.`.repeat(4) + "ab", "a\nb", "a\"b", "é", "a,b"]) {
-      assert.ok(!isHostName(bad), JSON.stringify(bad));
+    const bad = [
+      "", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a".repeat(64), `${"a".repeat(62)}.`.repeat(4) + "ab", "a\nb",
+      "a\"b", "é", "a,b",
+    ];
+    for (const name of bad) {
+      assert.ok(!isHostName(name), JSON.stringify(name));
     }
     assert.deepEqual(followerHeaders("mehdb-1"), { "Mehdb-Follower": "mehdb-1" });
-    assert.deepEqual(followerHeaders("mehdb-1\nevil: 1"), {}, "an invalid host name is not sent (a newline would even make the request throw)");
+    assert.deepEqual(followerHeaders("mehdb-1\nevil: 1"), {},
+      "an invalid host name is not sent (a newline would even make the request throw)");
     assert.deepEqual(followerHeaders(undefined), {});
   });
 
-  test("records the cursor of /keys?since=, the time of /values and /get/; forgets after 10 minutes; keeps the 100 seen last", () => {
+  test("records the cursor of /keys?since=, the time of /values and /get/; forgets after 10 minutes; " +
+    "keeps the 100 seen last", () => {
     let now = 0;
     const asked: (string | null)[] = [];
-    const followers = new Followers({ lag: (cursor) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1])), now: () => now });
+    const lag = (cursor: string | null) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1]));
+    const followers = new Followers({ lag, now: () => now });
     followers.record("Mehdb-1", "/keys", "since=e-7");
     now = 2_000;
     followers.record("mehdb-1", "/get/k", "");
@@ -76,14 +88,17 @@ describe("Followers, on its own", () => {
       { name: "mehdb-1", lagChanges: 7, lastPollSeconds: 1 },
       { name: "mehdb-2", lagChanges: 99, lastPollSeconds: 1 },
     ]);
-    assert.deepEqual(asked, ["e-7", null], "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
+    assert.deepEqual(asked, ["e-7", null],
+      "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
     followers.record("mehdb-2", "/keys", "");
     now = 2_000 + 600_000 + 1;
-    assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"], "mehdb-1, unseen for more than 10 minutes, is forgotten");
+    assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"],
+      "mehdb-1, unseen for more than 10 minutes, is forgotten");
     for (let i = 0; i < 150; i++) followers.record(`f-${String(i).padStart(3, "0")}`, "/keys", "since=e-1");
     const names = followers.list().map((f) => f.name);
     assert.equal(names.length, 100);
-    assert.deepEqual(names, Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`), "the 100 seen last");
+    const last100 = Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`);
+    assert.deepEqual(names, last100, "the 100 seen last");
   });
 
   test("a cursor too long to be real is not kept: the follower counts from the beginning", () => {
@@ -108,10 +123,14 @@ describe("Followers, on its own", () => {
 });
 
 describe("a leader and two followers", () => {
-  test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; resumed, it catches up", async () => {
+  test("a paused follower's lag grows by every write and its last poll ages; the other stays at lag 0; " +
+    "resumed, it catches up", async () => {
     const leader = await startMehdb({ waitReady: true });
-    await put(leader.url, "before", "x");
-    const [, paused] = await Promise.all([startFollower("mehdb-1", leader.url), startFollower("mehdb-2", leader.url)]);
+    assertStatus(await put(leader.url, "before", "x"), 200);
+    const [, paused] = await Promise.all([
+      startFollower(leader.url, { host: "mehdb-1", waitReady: true }),
+      startFollower(leader.url, { host: "mehdb-2", waitReady: true }),
+    ]);
     await waitFor(async () => {
       const f = await followerFigures(leader.url);
       return f.get("mehdb-1")?.lag === 0 && f.get("mehdb-2")?.lag === 0;
@@ -122,29 +141,30 @@ describe("a leader and two followers", () => {
     let figures = new Map<string, Figures>();
     let aged = Infinity;
     try {
-      for (let i = 0; i < WRITES; i++) await put(leader.url, `key-${i}`, `value ${i}`);
-      await fetchText(`${leader.url}/set/before`, { method: "DELETE" });
+      for (let i = 0; i < WRITES; i++) assertStatus(await put(leader.url, `key-${i}`, `value ${i}`), 200);
+      await del(leader.url, "before");
       // The running follower polls again and is back at 0; the paused one asked from before every write.
       await waitFor(async () => {
         figures = await followerFigures(leader.url);
         return figures.get("mehdb-1")?.lag === 0;
       }, "mehdb-1 at lag 0 after the writes");
       assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1, "every write and the delete since mehdb-2 last asked");
-      const firstAge = figures.get("mehdb-2")!.lastPoll;
+      const firstAge = figuresOf(figures, "mehdb-2").lastPoll;
       await waitFor(async () => {
         figures = await followerFigures(leader.url);
-        const [running, stopped] = [figures.get("mehdb-1")!, figures.get("mehdb-2")!];
+        const [running, stopped] = [figuresOf(figures, "mehdb-1"), figuresOf(figures, "mehdb-2")];
         return stopped.lastPoll > firstAge + 1 && running.lastPoll < stopped.lastPoll;
       }, "mehdb-2's last poll to age past mehdb-1's");
       assert.equal(figures.get("mehdb-2")?.lag, WRITES + 1);
       assert.equal(figures.get("mehdb-1")?.lag, 0);
-      aged = figures.get("mehdb-2")!.lastPoll;
+      aged = figuresOf(figures, "mehdb-2").lastPoll;
 
-      const status = await fetchText(`${leader.url}/status?level=full`);
+      const status = await http(`${leader.url}/status?level=full`);
       assert.equal(status.status, 200);
       assert.equal(parseInt(status.text, 10), WRITES, "the line still starts with the key count");
-      assert.match(status.text, /^30 keys, followers: mehdb-1 \(lag 0 changes, last poll [0-9.]+ s ago\), mehdb-2 \(lag 31 changes, last poll [0-9.]+ s ago\)\n$/);
-      const page = await fetchText(`${leader.url}/`);
+      const both = `${summaryOf("mehdb-1", 0)}, ${summaryOf("mehdb-2", 31)}`;
+      assert.match(status.text, new RegExp(`^30 keys, followers: ${both}\\n$`));
+      const page = await http(`${leader.url}/`);
       assert.match(page.text, /<td class="name">mehdb-2<\/td><td class="num">31<\/td>/);
     } finally {
       paused.child.kill("SIGCONT");
@@ -157,11 +177,11 @@ describe("a leader and two followers", () => {
 
   test("a follower whose host name is no valid host name still syncs, and is not listed", async () => {
     const leader = await startMehdb({ waitReady: true });
-    await put(leader.url, "k", "v");
-    const odd = await startMehdb({ host: 'odd name"} 1\nevil_metric 1', leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS }, waitReady: true });
-    assert.equal((await fetchText(`${odd.url}/get/k`)).text, "v");
+    assertStatus(await put(leader.url, "k", "v"), 200);
+    const odd = await startFollower(leader.url, { host: `odd name"} 1\nevil_metric 1`, waitReady: true });
+    assert.equal((await http(`${odd.url}/get/k`)).text, "v");
     assert.deepEqual([...(await followerFigures(leader.url)).keys()], []);
-    assert.doesNotMatch((await fetchText(`${leader.url}/metrics`)).text, /evil|odd/);
+    assert.doesNotMatch((await http(`${leader.url}/metrics`)).text, /evil|odd/);
   });
 });
 
@@ -169,37 +189,45 @@ describe("the Mehdb-Follower header is input", () => {
   test("bad names are ignored and never echoed; valid ones are listed lower-cased", async () => {
     const leader = await startMehdb({ waitReady: true });
     const bad = [
-      "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64), `${"a".repeat(62)}.`.repeat(5),
-      'x"} 1 evil_metric 1', 'x"}', "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
+      "", "-lead", "trail-", "a..b", ".dot", "dot.", "under_score", "with space", "a".repeat(64),
+      `${"a".repeat(62)}.`.repeat(5),
+      `x"} 1 evil_metric 1`, `x"}`, "<script>alert(1)</script>", "mehdb-1, mehdb-2", "caf\u00e9", "evil\tmetric",
     ];
     for (const name of bad) {
       for (const path of ["/keys?since=", "/values?keys=k", "/get/k"]) {
-        const res = await fetchText(`${leader.url}${path}`, { headers: { "Mehdb-Follower": name } });
+        const res = await http(`${leader.url}${path}`, { headers: { "Mehdb-Follower": name } });
         assert.ok(res.status === 200 || res.status === 404, `${path} with ${JSON.stringify(name)}: ${res.status}`);
       }
     }
     // What a client library would refuse to send: line breaks (a second header, a folded line), two headers.
     for (const head of [
-      'Mehdb-Follower: x"} 1\r\nevil_metric: 1',
-      'Mehdb-Follower: x"} 1\nevil_metric 1',
-      'Mehdb-Follower: x"} 1\r\n evil_metric 1',
+      `Mehdb-Follower: x"} 1\r\nevil_metric: 1`,
+      `Mehdb-Follower: x"} 1\nevil_metric 1`,
+      `Mehdb-Follower: x"} 1\r\n evil_metric 1`,
       "Mehdb-Follower: good-one\r\nMehdb-Follower: evil-two",
     ]) {
-      const answer = await rawRequest(leader.port, `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
+      const answer = await rawRequest(leader.port,
+        `GET /keys?since= HTTP/1.1\r\nHost: x\r\n${head}\r\nConnection: close\r\n\r\n`);
       assert.ok(answer.status >= 200, `an answer to ${JSON.stringify(head)}`);
     }
     for (const name of ["good-name.example", "UPPER-case"]) {
-      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+      assert.equal((await http(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
     }
 
     assert.deepEqual([...(await followerFigures(leader.url)).keys()], ["good-name.example", "upper-case"]);
-    const metricsText = (await fetchText(`${leader.url}/metrics`)).text;
-    const status = (await fetchText(`${leader.url}/status?level=full`)).text;
-    const page = (await fetchText(`${leader.url}/`)).text;
+    const metricsText = (await http(`${leader.url}/metrics`)).text;
+    const status = (await http(`${leader.url}/status?level=full`)).text;
+    const page = (await http(`${leader.url}/`)).text;
     assert.equal([...metricsText.matchAll(/follower="/g)].length, 4, "two samples for each of the two good names");
-    assert.match(status, /^0 keys, followers: good-name\.example \(lag 0 changes, last poll [0-9.]+ s ago\), upper-case \(lag 0 changes, last poll [0-9.]+ s ago\)\n$/);
-    for (const [where, text] of [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]]) {
-      for (const echo of ["evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two", "x&#34;", 'x"'] as const) {
+    const both = `${summaryOf("good-name\\.example", 0)}, ${summaryOf("upper-case", 0)}`;
+    assert.match(status, new RegExp(`^0 keys, followers: ${both}\\n$`));
+    const shown: [string, string][] = [["/metrics", metricsText], ["/status?level=full", status], ["the page", page]];
+    const echoes = [
+      "evil", "script", "alert", "under_score", "with space", "with%20space", "-lead", "trail-", "caf", "two",
+      "x&#34;", `x"`,
+    ];
+    for (const [where, text] of shown) {
+      for (const echo of echoes) {
         assert.ok(!text.includes(echo), `${where} does not echo ${echo}`);
       }
     }
@@ -210,11 +238,11 @@ describe("the Mehdb-Follower header is input", () => {
     const leader = await startMehdb({ waitReady: true });
     const names = Array.from({ length: 150 }, (_, i) => `follower-${String(i).padStart(3, "0")}`);
     for (const name of names) {
-      assert.equal((await fetchText(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
+      assert.equal((await http(`${leader.url}/keys?since=`, { headers: { "Mehdb-Follower": name } })).status, 200);
     }
     const listed = [...(await followerFigures(leader.url)).keys()];
     assert.deepEqual(listed, names.slice(50));
-    const page = (await fetchText(`${leader.url}/`)).text;
+    const page = (await http(`${leader.url}/`)).text;
     assert.equal([...page.matchAll(/<td class="name">/g)].length, 100, "the page lists the same 100");
     assert.ok(!page.includes("follower-049") && page.includes("follower-149"));
   });

@@ -1,12 +1,15 @@
-// A hot key over a real process: many writers and readers on one key at once. Every read answers 200
-// with a whole value that was written, and an entity tag (or a /values size and mtime) never describes
-// the bytes of another version. Covers the sizes cached when written, cached when read, read whole
-// and streamed.
+/**
+ * A hot key over a real process: many writers and readers on one key at once. Every read answers 200
+ * with a whole value that was written, and an entity tag (or a /values size and mtime) never describes
+ * the bytes of another version. Covers the sizes cached when written, cached when read, read whole
+ * and streamed.
+ */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, test } from "node:test";
+import { checkedValue, verifyValue } from "./helpers/data.ts";
+import { http, put } from "./helpers/http.ts";
 import { startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
-import { checkedValue, closeHttpAgent, http, verifyValue } from "./helpers/reliability.ts";
 
 let leader: Mehdb;
 
@@ -14,10 +17,7 @@ before(async () => {
   leader = await startMehdb();
 });
 
-after(async () => {
-  closeHttpAgent();
-  await stopAll();
-});
+after(stopAll);
 
 const WRITERS = 4;
 const READERS = 8;
@@ -50,20 +50,31 @@ function count(seen: Seen, what: string): void {
   seen.statuses.set(what, (seen.statuses.get(what) ?? 0) + 1);
 }
 
-/** Reads a `/values` answer into its entries; throws when it is malformed or ends short. */
-function parseValuesAnswer(body: Buffer): { key: string; size: number; mtimeMs: number; bytes: Buffer }[] {
-  const out: { key: string; size: number; mtimeMs: number; bytes: Buffer }[] = [];
+/** One entry of a `/values` answer. */
+interface ValuesEntry {
+  key: string;
+  size: number;
+  mtimeMs: number;
+  bytes: Buffer;
+}
+
+/**
+ * Reads a `/values` answer into its entries, in order (the same key may come several times); throws when it is
+ * malformed, ends short or names an absent key.
+ */
+function parseValuesAnswer(body: Buffer): ValuesEntry[] {
+  const out: ValuesEntry[] = [];
   let at = 0;
   while (at < body.length) {
     const end = body.indexOf(10, at);
     if (end < 0) throw new Error("answer ends inside a header line");
     const line = body.toString("latin1", at, end);
-    const match = /^(\S+) (\d+) (\d+)$/.exec(line);
-    if (!match) throw new Error(`bad header line ${JSON.stringify(line.slice(0, 80))}`);
+    const [, key, length, mtime] = /^(\S+) (\d+) (\d+)$/.exec(line) ?? [];
+    if (key === undefined) throw new Error(`bad header line ${JSON.stringify(line.slice(0, 80))}`);
     at = end + 1;
-    const size = Number(match[2]);
+    const size = Number(length);
     if (at + size > body.length) throw new Error(`entry of ${size} bytes cut short`);
-    out.push({ key: match[1], size, mtimeMs: Number(match[3]), bytes: body.subarray(at, at + size) });
+    out.push({ key, size, mtimeMs: Number(mtime), bytes: body.subarray(at, at + size) });
     at += size;
   }
   return out;
@@ -83,17 +94,19 @@ async function hotKey(size: number): Promise<Seen> {
   };
   // Half of the versions are 8 bytes longer: an overwrite is then as often the same size as not.
   const value = (id: string, n: number) => checkedValue(id, size - 100 + (n % 2) * 8);
-  const first = await http(`${leader.url}/set/${key}`, { method: "PUT", body: value("init-00000", 0) });
+  const first = await put(leader.url, key, value("init-00000", 0));
   assert.equal(first.status, 200);
 
   const started = Date.now();
-  const goOn = (done: number) =>
-    done < MAX_PER_WORKER && Date.now() - started < HARD_STOP_MS && (done < MIN_PER_WORKER || Date.now() - started < RUN_MS);
+  const goOn = (done: number) => {
+    const elapsed = Date.now() - started;
+    return done < MAX_PER_WORKER && elapsed < HARD_STOP_MS && (done < MIN_PER_WORKER || elapsed < RUN_MS);
+  };
 
   const writer = async (w: number) => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: value(`w${w}-${String(n).padStart(5, "0")}`, n) });
+        const res = await put(leader.url, key, value(`w${w}-${String(n).padStart(5, "0")}`, n), { keepAlive: true });
         count(seen, `PUT ${res.status}`);
         seen.writes++;
       } catch (error) {
@@ -104,7 +117,7 @@ async function hotKey(size: number): Promise<Seen> {
   const reader = async () => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/get/${key}`);
+        const res = await http(`${leader.url}/get/${key}`, { keepAlive: true });
         count(seen, `GET ${res.status}`);
         seen.reads++;
         if (res.status !== 200) {
@@ -126,7 +139,7 @@ async function hotKey(size: number): Promise<Seen> {
   const valuesReader = async () => {
     for (let n = 0; goOn(n); n++) {
       try {
-        const res = await http(`${leader.url}/values?keys=${key},${key},${key}`);
+        const res = await http(`${leader.url}/values?keys=${key},${key},${key}`, { keepAlive: true });
         count(seen, `VALUES ${res.status}`);
         seen.valueReads++;
         if (res.status !== 200) continue;
@@ -157,13 +170,20 @@ async function hotKey(size: number): Promise<Seen> {
 }
 
 function check(size: number, seen: Seen): void {
-  const summary = `${size} B: ${seen.writes} PUTs, ${seen.reads} GETs, ${seen.valueReads} /values; statuses ${JSON.stringify(Object.fromEntries(seen.statuses))}`;
+  const statuses = JSON.stringify(Object.fromEntries(seen.statuses));
+  const summary = `${size} B: ${seen.writes} PUTs, ${seen.reads} GETs, ${seen.valueReads} /values; ` +
+    `statuses ${statuses}`;
   assert.deepEqual(seen.errors.slice(0, 5), [], summary);
-  assert.deepEqual([...seen.statuses.keys()].filter((s) => !s.endsWith(" 200")), [], `only 200 answers; ${summary}; ${seen.bad.slice(0, 3).join("; ")}`);
+  assert.deepEqual([...seen.statuses.keys()].filter((s) => !s.endsWith(" 200")), [],
+    `only 200 answers; ${summary}; ${seen.bad.slice(0, 3).join("; ")}`);
   assert.deepEqual(seen.bad.slice(0, 5), [], summary);
-  const shared = [...seen.tagBodies].filter(([, bodies]) => bodies.size > 1).map(([tag, bodies]) => `${tag} with ${bodies.size} bodies`);
+  const shared = [...seen.tagBodies]
+    .filter(([, bodies]) => bodies.size > 1)
+    .map(([tag, bodies]) => `${tag} with ${bodies.size} bodies`);
   assert.deepEqual(shared, [], `an entity tag with two different bodies; ${summary}`);
-  const moved = [...seen.idMtimes].filter(([, mtimes]) => mtimes.size > 1).map(([id, mtimes]) => `${id}: ${[...mtimes].join(", ")}`);
+  const moved = [...seen.idMtimes]
+    .filter(([, mtimes]) => mtimes.size > 1)
+    .map(([id, mtimes]) => `${id}: ${[...mtimes].join(", ")}`);
   assert.deepEqual(moved, [], `a value given with two different mtimes by /values; ${summary}`);
   // The load did happen (counts, not times): every worker did its minimum.
   assert.ok(seen.writes >= WRITERS * MIN_PER_WORKER && seen.reads >= READERS * MIN_PER_WORKER, summary);
@@ -171,8 +191,11 @@ function check(size: number, seen: Seen): void {
 }
 
 for (const size of [1024, 16 * 1024, 100 * 1024, 2 * 1024 * 1024]) {
-  const kind = size <= 4096 ? "cached when written" : size <= 64 * 1024 ? "cached when read" : size <= 1024 * 1024 ? "read whole" : "streamed";
-  test(`hot key, ${size} B values (${kind}): ${WRITERS} writers, ${READERS} readers, every read a 200 with a whole value and its own tag`, async () => {
+  const kind = size <= 4096
+    ? "cached when written"
+    : size <= 64 * 1024 ? "cached when read" : size <= 1024 * 1024 ? "read whole" : "streamed";
+  test(`hot key, ${size} B values (${kind}): ${WRITERS} writers, ${READERS} readers, ` +
+    "every read a 200 with a whole value and its own tag", async () => {
     check(size, await hotKey(size));
   });
 }

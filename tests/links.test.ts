@@ -1,11 +1,14 @@
-// Only regular files are keys: a link in the data directory is never listed, served or copied, whether
-// it was there at start or put there while running; nor is a directory or a FIFO found in a key's place.
+/**
+ * Only regular files are keys: a link in the data directory is never listed, served or copied, whether it was
+ * there at start or put there while running; nor is a directory or a FIFO found in a key's place.
+ */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fetchText, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { missingTool, must } from "./helpers/commands.ts";
+import { http, listKeys, put } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
 
 after(stopAll);
 
@@ -14,14 +17,13 @@ const SECRET = "secret-outside-the-data-dir\n";
 const VALUE = "the-value-of-the-key-real-1\n";
 assert.equal(SECRET.length, VALUE.length);
 
-const keys = async (url: string) => JSON.parse((await fetchText(`${url}/keys`)).text) as string[];
-
-test("a link in the data directory at start is not a key: not listed, not served, not copied by a follower", async () => {
+test("a link in the data directory at start is not a key: " +
+  "not listed, not served, not copied by a follower", async () => {
   const outside = await tempDir();
   await writeFile(join(outside, "secret"), SECRET);
   const dataDir = await tempDir();
   const first = await startMehdb({ dataDir });
-  assert.equal((await fetchText(`${first.url}/set/real`, { method: "PUT", body: VALUE })).status, 200);
+  assert.equal((await put(first.url, "real", VALUE)).status, 200);
   assert.equal(await first.stop(), 0);
 
   await symlink(join(outside, "secret"), join(dataDir, "pw")); // to a file outside
@@ -31,20 +33,21 @@ test("a link in the data directory at start is not a key: not listed, not served
   await symlink(join(outside, "secret"), join(followerDir, "mine"));
 
   const leader = await startMehdb({ dataDir, waitReady: true });
-  assert.deepEqual(await keys(leader.url), ["real"]);
+  assert.deepEqual(await listKeys(leader.url), ["real"]);
   for (const key of ["pw", "alias", "dangling", "mine"]) {
-    const res = await fetchText(`${leader.url}/get/${key}`);
+    const res = await http(`${leader.url}/get/${key}`);
     assert.equal(res.status, 404, `${key}: ${res.text}`);
     assert.ok(!res.text.includes("secret"), key);
   }
-  const values = await fetchText(`${leader.url}/values?keys=pw,alias,real`);
-  assert.equal(values.text, `pw -\nalias -\nreal ${VALUE.length} ${/^real \d+ (\d+)$/m.exec(values.text)?.[1]}\n${VALUE}`);
-  assert.equal((await fetchText(`${leader.url}/get/real`)).text, VALUE);
+  const values = await http(`${leader.url}/values?keys=pw,alias,real`);
+  const mtime = /^real \d+ (\d+)$/m.exec(values.text)?.[1];
+  assert.equal(values.text, `pw -\nalias -\nreal ${VALUE.length} ${mtime}\n${VALUE}`);
+  assert.equal((await http(`${leader.url}/get/real`)).text, VALUE);
 
-  const follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, dataDir: followerDir, env: { MEHDB_SYNC_INTERVAL_MS: "100" }, waitReady: true });
-  assert.deepEqual(await keys(follower.url), ["real"]);
-  for (const key of ["pw", "mine"]) assert.equal((await fetchText(`${follower.url}/get/${key}`)).status, 404, key);
-  assert.equal((await fetchText(`${follower.url}/get/real`)).text, VALUE);
+  const follower = await startFollower(leader.url, { dataDir: followerDir, waitReady: true });
+  assert.deepEqual(await listKeys(follower.url), ["real"]);
+  for (const key of ["pw", "mine"]) assert.equal((await http(`${follower.url}/get/${key}`)).status, 404, key);
+  assert.equal((await http(`${follower.url}/get/real`)).text, VALUE);
 });
 
 test("a link or a directory put in a key's place while running is not served (404), never its target", async () => {
@@ -53,7 +56,7 @@ test("a link or a directory put in a key's place while running is not served (40
   const dataDir = await tempDir();
   const leader = await startMehdb({ dataDir, env: { MEHDB_CACHE_BYTES: "0" } }); // no cache: every GET opens the file
   for (const key of ["real", "gone-dir"]) {
-    assert.equal((await fetchText(`${leader.url}/set/${key}`, { method: "PUT", body: VALUE })).status, 200);
+    assert.equal((await put(leader.url, key, VALUE)).status, 200);
   }
 
   await symlink(join(outside, "secret"), join(dataDir, "late")); // a new name
@@ -62,31 +65,31 @@ test("a link or a directory put in a key's place while running is not served (40
   await rm(join(dataDir, "gone-dir"));
   await mkdir(join(dataDir, "gone-dir"));
   for (const key of ["late", "real", "gone-dir"]) {
-    const res = await fetchText(`${leader.url}/get/${key}`);
+    const res = await http(`${leader.url}/get/${key}`);
     assert.equal(res.status, 404, `${key}: ${res.status} ${res.text}`);
     assert.ok(!res.text.includes("secret"), key);
   }
-  const values = await fetchText(`${leader.url}/values?keys=late,real,gone-dir`);
+  const values = await http(`${leader.url}/values?keys=late,real,gone-dir`);
   assert.equal(values.status, 200);
   assert.equal(values.text, "late -\nreal -\ngone-dir -\n");
 
   // A write replaces the link itself, not its target.
-  assert.equal((await fetchText(`${leader.url}/set/real`, { method: "PUT", body: "new" })).status, 200);
-  assert.equal((await fetchText(`${leader.url}/get/real`)).text, "new");
-  assert.equal((await fetchText(`${leader.url}/get/late`)).status, 404);
+  assert.equal((await put(leader.url, "real", "new")).status, 200);
+  assert.equal((await http(`${leader.url}/get/real`)).text, "new");
+  assert.equal((await http(`${leader.url}/get/late`)).status, 404);
   assert.equal(await readFile(join(outside, "secret"), "utf8"), SECRET);
 });
 
-const noMkfifo = spawnSync("mkfifo", ["--version"]).status === 0 ? false : "mkfifo is not available here";
+const noMkfifo = missingTool("mkfifo");
 
 test("a FIFO put in a key's place is not served and does not hang the read", { skip: noMkfifo }, async () => {
   const dataDir = await tempDir();
   const leader = await startMehdb({ dataDir, env: { MEHDB_CACHE_BYTES: "0" } });
-  assert.equal((await fetchText(`${leader.url}/set/fifo`, { method: "PUT", body: VALUE })).status, 200);
+  assert.equal((await put(leader.url, "fifo", VALUE)).status, 200);
   await rm(join(dataDir, "fifo"));
-  assert.equal(spawnSync("mkfifo", [join(dataDir, "fifo")]).status, 0);
+  await must("mkfifo", [join(dataDir, "fifo")]);
   // A plain open() of a FIFO with no writer blocks for good (and a thread of the pool with it).
-  const res = await fetchText(`${leader.url}/get/fifo`, { timeoutMs: 5_000 });
+  const res = await http(`${leader.url}/get/fifo`, { timeoutMs: 5_000 });
   assert.equal(res.status, 404, res.text);
-  assert.equal((await fetchText(`${leader.url}/values?keys=fifo`, { timeoutMs: 5_000 })).text, "fifo -\n");
+  assert.equal((await http(`${leader.url}/values?keys=fifo`, { timeoutMs: 5_000 })).text, "fifo -\n");
 });

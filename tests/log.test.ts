@@ -1,17 +1,20 @@
-// Log lines: one key=value line per event, values quoted only when they need it.
+/** Log lines: one key=value line per event, values quoted only when they need it. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { createLogger, formatLine } from "../src/log.ts";
 
 test("formatLine: time and event first, then fields; undefined fields left out", () => {
   const now = new Date("2026-11-26T01:02:03.456Z");
-  assert.equal(formatLine("write", { key: "test", bytes: 10, skip: undefined }, now), "time=2026-11-26T01:02:03.456Z event=write key=test bytes=10");
+  const line = formatLine("write", { key: "test", bytes: 10, skip: undefined }, now);
+  assert.equal(line, "time=2026-11-26T01:02:03.456Z event=write key=test bytes=10");
 });
 
 test("formatLine quotes values with spaces, quotes, '=' or backslashes, and empty ones", () => {
   const now = new Date(0);
-  const line = formatLine("role", { reason: 'has "no" ordinal', eq: "a=b", empty: "", path: "a\\b", plain: "x" }, now);
-  assert.equal(line, 'time=1970-01-01T00:00:00.000Z event=role reason="has \\"no\\" ordinal" eq="a=b" empty="" path="a\\\\b" plain=x');
+  const line = formatLine("role", { reason: `has "no" ordinal`, eq: "a=b", empty: "", path: "a\\b", plain: "x" }, now);
+  const expected = `time=1970-01-01T00:00:00.000Z event=role reason="has \\"no\\" ordinal" eq="a=b" empty="" ` +
+    `path="a\\\\b" plain=x`;
+  assert.equal(line, expected);
 });
 
 test("createLogger writes one line per event", () => {
@@ -20,6 +23,7 @@ test("createLogger writes one line per event", () => {
   log("start", { pid: 1 });
   log("stop");
   assert.equal(lines.length, 2);
-  assert.match(lines[0], /^time=\S+ event=start pid=1\n$/);
-  assert.match(lines[1], /^time=\S+ event=stop\n$/);
+  const [start = "", stop = ""] = lines;
+  assert.match(start, /^time=\S+ event=start pid=1\n$/);
+  assert.match(stop, /^time=\S+ event=stop\n$/);
 });

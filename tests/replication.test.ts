@@ -6,71 +6,39 @@
  */
 import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { once } from "node:events";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { after, test, type TestContext } from "node:test";
-import { difference, dirData, httpData, metric, metrics, randomValue, strayFiles, writeDir, type Data } from "./helpers/data.ts";
-import { fetchText, freePort, startMehdb, stopAll, tempDir, waitFor, type Mehdb, type StartOptions } from "./helpers/mehdb.ts";
-import { startCountingProxy, type CountingProxy } from "./helpers/proxy.ts";
+import {
+  converged,
+  dataDirWith,
+  difference,
+  dirData,
+  manyKeys,
+  randomValue,
+  strayFiles,
+  type Data,
+} from "./helpers/data.ts";
+import { assertStatus, del, http, metric, metrics, put } from "./helpers/http.ts";
+import { freePort, listen, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { startCountingProxy } from "./helpers/proxy.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
 
-/** Short ticks keep the suite fast; nothing below depends on their exact length. */
-const INTERVAL_MS = "100";
+after(stopAll);
 
-const standIns: Server[] = [];
-const proxies: CountingProxy[] = [];
-after(async () => {
-  await Promise.all(proxies.map((proxy) => proxy.close()));
-  for (const server of standIns) server.closeAllConnections();
-  await Promise.all(standIns.map((server) => new Promise((resolve) => server.close(resolve))));
-  await stopAll();
-});
-
-function startFollower(leaderUrl: string, options: StartOptions = {}): Promise<Mehdb> {
-  return startMehdb({
-    host: "mehdb-1",
-    leaderUrl,
-    ...options,
-    env: { MEHDB_SYNC_INTERVAL_MS: INTERVAL_MS, ...options.env },
-  });
-}
-
-async function put(url: string, key: string, value: Buffer): Promise<void> {
-  const res = await fetchText(`${url}/set/${key}`, { method: "PUT", body: value });
-  assert.equal(res.status, 200, `PUT ${key}: ${res.text}`);
-}
-
-async function del(url: string, key: string): Promise<void> {
-  const res = await fetchText(`${url}/set/${key}`, { method: "DELETE" });
-  assert.equal(res.status, 200, `DELETE ${key}: ${res.text}`);
-}
-
-/** Waits until every follower serves exactly `expected` (keys and bytes), then checks its directory too. */
-async function converged(followers: Mehdb[], expected: Data, timeoutMs = 20_000): Promise<void> {
+/**
+ * Waits until every follower serves exactly `expected` (keys and bytes), then checks its directory too: the
+ * same keys and bytes, and no temporary file.
+ */
+async function convergedOnDisk(followers: Mehdb[], expected: Data, timeoutMs = 20_000): Promise<void> {
   for (const follower of followers) {
-    let last: string | null = "not read yet";
-    try {
-      await waitFor(async () => {
-        last = difference(await httpData(follower.url), expected);
-        return last === null;
-      }, `${follower.url} to hold exactly the leader's ${expected.size} keys`, timeoutMs);
-    } catch (error) {
-      throw new Error(`${(error as Error).message}\nfollower vs leader: ${last}\n${follower.output().slice(-3000)}`);
-    }
-    assert.equal(difference(await dirData(follower.dataDir), expected), null, `${follower.dataDir} holds exactly the keys`);
+    await converged(follower.url, expected, timeoutMs).catch((error: Error) => {
+      throw new Error(`${error.message}\n${follower.output().slice(-3000)}`);
+    });
+    assert.equal(difference(await dirData(follower.dataDir), expected), null,
+      `${follower.dataDir} holds exactly the keys`);
     assert.deepEqual(await strayFiles(follower.dataDir), [], "no temporary files left");
   }
-}
-
-function lines(mehdb: Mehdb, event: string): string[] {
-  return mehdb.output().split("\n").filter((line) => line.includes(` event=${event} `) || line.endsWith(` event=${event}`));
-}
-
-/** Many small keys with random binary values. */
-function manyKeys(count: number, prefix = "key-"): Data {
-  const data: Data = new Map();
-  for (let i = 0; i < count; i++) data.set(`${prefix}${String(i).padStart(6, "0")}`, randomValue(1 + (i % 64)));
-  return data;
 }
 
 test("writes, overwrites and deletes on the leader reach two followers byte-exact", async () => {
@@ -81,11 +49,11 @@ test("writes, overwrites and deletes on the leader reach two followers byte-exac
   ]);
   const expected: Data = new Map();
   const write = async (key: string, value: Buffer) => {
-    await put(leader.url, key, value);
+    assertStatus(await put(leader.url, key, value), 200, `PUT ${key}`);
     expected.set(key, value);
   };
   const remove = async (key: string) => {
-    await del(leader.url, key);
+    assertStatus(await del(leader.url, key), 200, `DELETE ${key}`);
     expected.delete(key);
   };
 
@@ -93,7 +61,7 @@ test("writes, overwrites and deletes on the leader reach two followers byte-exac
   await write("every-byte", Buffer.from(Array.from({ length: 256 }, (_, i) => i)));
   for (let i = 0; i < 20; i++) await write(`k${i}`, randomValue(1 + i * 37));
   await write("large", randomValue(3 * 1024 * 1024 + 17)); // streamed on both sides (> 1 MiB)
-  await converged(followers, expected);
+  await convergedOnDisk(followers, expected);
 
   // Overwrites of the same size (the incremental feed must fetch them whatever their size and mtime),
   // of another size, twice in a row, a large one; deletions; a key deleted and written again.
@@ -106,39 +74,40 @@ test("writes, overwrites and deletes on the leader reach two followers byte-exac
   await remove("empty");
   await remove("k5");
   await write("k5", Buffer.from("back again"));
-  await converged(followers, expected);
+  await convergedOnDisk(followers, expected);
 
   // Everything removed.
   for (const key of [...expected.keys()]) await remove(key);
-  await converged(followers, expected);
+  await convergedOnDisk(followers, expected);
 });
 
-test("a follower killed with SIGKILL while the leader takes writes and deletes restarts on its data and converges", async () => {
+test("a follower killed with SIGKILL while the leader takes writes and deletes " +
+  "restarts on its data and converges", async () => {
   const leader = await startMehdb({ waitReady: true });
   const expected = manyKeys(40);
-  for (const [key, value] of expected) await put(leader.url, key, value);
+  for (const [key, value] of expected) assertStatus(await put(leader.url, key, value), 200, `PUT ${key}`);
   const follower = await startFollower(leader.url);
-  await converged([follower], expected);
+  await convergedOnDisk([follower], expected);
 
   assert.equal(await follower.stop("SIGKILL"), "SIGKILL");
   const keys = [...expected.keys()];
   for (const key of keys.slice(0, 5)) { // overwritten
     const value = randomValue(100 + keys.indexOf(key));
-    await put(leader.url, key, value);
+    assertStatus(await put(leader.url, key, value), 200, `PUT ${key}`);
     expected.set(key, value);
   }
   for (const key of keys.slice(5, 12)) { // deleted
-    await del(leader.url, key);
+    assertStatus(await del(leader.url, key), 200, `DELETE ${key}`);
     expected.delete(key);
   }
   for (let i = 0; i < 6; i++) { // new
     const value = randomValue(10 + i);
-    await put(leader.url, `new-${i}`, value);
+    assertStatus(await put(leader.url, `new-${i}`, value), 200, `PUT new-${i}`);
     expected.set(`new-${i}`, value);
   }
 
   const restarted = await startFollower(leader.url, { dataDir: follower.dataDir });
-  await converged([restarted], expected);
+  await convergedOnDisk([restarted], expected);
   // Its copies kept the leader's size and mtime: the full reconcile after the restart fetched only what changed.
   assert.equal(await metric(restarted.url, "mehdb_sync_keys_copied_total"), 5 + 6);
   assert.equal(await metric(restarted.url, "mehdb_sync_keys_deleted_total"), 7);
@@ -146,103 +115,107 @@ test("a follower killed with SIGKILL while the leader takes writes and deletes r
 
 test("the leader's data directory replaced: followers converge to exactly the new set of keys", async () => {
   const first = manyKeys(30, "a-");
-  const firstDir = await tempDir();
-  await writeDir(firstDir, first);
+  const firstDir = await dataDirWith(first);
   const leader = await startMehdb({ dataDir: firstDir, waitReady: true });
   const followers = await Promise.all([
     startFollower(leader.url, { host: "mehdb-1" }),
     startFollower(leader.url, { host: "mehdb-2" }),
   ]);
-  await converged(followers, first);
+  await convergedOnDisk(followers, first);
 
   // A new volume: some keys with the same bytes, some with other bytes of the same size, some new, the rest gone.
   const second: Data = new Map();
-  const keys = [...first.keys()];
-  for (const key of keys.slice(0, 5)) second.set(key, first.get(key)!);
-  for (const key of keys.slice(5, 10)) second.set(key, randomValue(first.get(key)!.length));
+  for (const [key, value] of [...first].slice(0, 5)) second.set(key, value);
+  for (const [key, value] of [...first].slice(5, 10)) second.set(key, randomValue(value.length));
   for (const [key, value] of manyKeys(8, "b-")) second.set(key, value);
-  const secondDir = await tempDir();
-  await writeDir(secondDir, second);
+  const secondDir = await dataDirWith(second);
   assert.equal(await leader.stop(), 0);
   const replaced = await startMehdb({ dataDir: secondDir, port: leader.port, waitReady: true });
-  await converged(followers, second);
+  await convergedOnDisk(followers, second);
 
   // And an empty one.
   assert.equal(await replaced.stop(), 0);
   await startMehdb({ dataDir: await tempDir(), port: leader.port, waitReady: true });
-  await converged(followers, new Map());
+  await convergedOnDisk(followers, new Map());
 });
 
 test("a follower started before its leader is not ready (503, one line) until the first sync completes", async () => {
   const port = await freePort();
   const follower = await startFollower(`http://127.0.0.1:${port}`);
-  const early = await fetchText(`${follower.url}/status?level=full`);
+  const early = await http(`${follower.url}/status?level=full`);
   assert.equal(early.status, 503);
   assert.match(early.text, /^not ready: [^\n]+\n$/);
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total"))! >= 3, "three failed ticks");
-  const still = await fetchText(`${follower.url}/status?level=full`);
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= 3, "three failed ticks");
+  const still = await http(`${follower.url}/status?level=full`);
   assert.equal(still.status, 503);
   assert.match(still.text, /^not ready: [^\n]+\n$/);
-  assert.equal((await fetchText(`${follower.url}/status`)).status, 200, "alive all the same");
+  assert.equal((await http(`${follower.url}/status`)).status, 200, "alive all the same");
 
   const data = manyKeys(25);
-  const dir = await tempDir();
-  await writeDir(dir, data);
+  const dir = await dataDirWith(data);
   await startMehdb({ dataDir: dir, port });
-  await waitFor(async () => (await fetchText(`${follower.url}/status?level=full`)).status === 200, "follower ready");
-  const ready = await fetchText(`${follower.url}/status?level=full`);
+  await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "follower ready");
+  const ready = await http(`${follower.url}/status?level=full`);
   assert.match(ready.text, /^25 keys\b[^\n]*\n$/);
   assert.equal(difference(await dirData(follower.dataDir), data), null, "ready means synced");
 });
 
-test("idle cost: with 10 000 keys synced, each idle tick is one request to the leader moving under 1 KB", async (t: TestContext) => {
+test("idle cost: with 10 000 keys synced, " +
+  "each idle tick is one request to the leader moving under 1 KB", async (t: TestContext) => {
   const data = manyKeys(10_000);
-  const dir = await tempDir();
-  await writeDir(dir, data);
+  const dir = await dataDirWith(data);
   const leader = await startMehdb({ dataDir: dir, waitReady: true });
   const proxy = await startCountingProxy(leader.port);
-  proxies.push(proxy);
   const follower = await startFollower(proxy.url, { env: { MEHDB_SYNC_INTERVAL_MS: "200" } });
-  await waitFor(async () => (await fetchText(`${follower.url}/status?level=full`)).status === 200, "10 000 keys synced", 60_000);
+  await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "10 000 keys synced",
+    60_000);
   assert.equal(difference(await dirData(follower.dataDir), data), null);
   const syncBytes = proxy.bytes();
-  t.diagnostic(`catch-up of 10 000 keys: ${proxy.exchanges().length} requests, ${syncBytes.up} bytes up, ${syncBytes.down} bytes down`);
+  t.diagnostic(`catch-up of 10 000 keys: ${proxy.exchanges().length} requests, ` +
+    `${syncBytes.up} bytes up, ${syncBytes.down} bytes down`);
 
   // Sample the follower's counters at quiet moments (no exchange in flight), so that the proxy's window and
   // the ticks counted agree; a tick that started while the counters were read shows up at the proxy
   // right after, and then the sample is taken again.
   const quiet = async (after: number) => {
     for (;;) {
-      await waitFor(() => proxy.exchanges().length > after && performance.now() - proxy.lastActivity() > 30, "a quiet moment between ticks");
+      await waitFor(() => proxy.exchanges().length > after && performance.now() - proxy.lastActivity() > 30,
+        "a quiet moment between ticks");
       const seen = proxy.exchanges().length;
       const sample = await metrics(follower.url);
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
       if (proxy.exchanges().length === seen) return { seen, sample };
     }
   };
   const start = await quiet(proxy.exchanges().length);
   const end = await quiet(start.seen + 10);
-  const ticks = end.sample.mehdb_sync_ticks_total - start.sample.mehdb_sync_ticks_total;
+  const grew = (name: string) => end.sample.get(name) - start.sample.get(name);
+  const ticks = grew("mehdb_sync_ticks_total");
   const window = proxy.exchanges().slice(start.seen, end.seen);
   assert.ok(ticks >= 10);
-  assert.equal(end.sample.mehdb_sync_requests_total - start.sample.mehdb_sync_requests_total, ticks, "one request per tick (poller's count)");
+  assert.equal(grew("mehdb_sync_requests_total"), ticks, "one request per tick (poller's count)");
   assert.equal(window.length, ticks, "one request per tick (proxy's count)");
-  assert.equal(end.sample.mehdb_sync_keys_copied_total, start.sample.mehdb_sync_keys_copied_total, "nothing copied");
+  assert.equal(grew("mehdb_sync_keys_copied_total"), 0, "nothing copied");
   for (const exchange of window) {
     assert.match(exchange.requestLine, /^GET \/keys\?since=[0-9a-f]+-[0-9]+&limit=[0-9]+ HTTP\/1\.1$/);
-    assert.ok(exchange.bytesUp + exchange.bytesDown < 1024, `${exchange.requestLine}: ${exchange.bytesUp} + ${exchange.bytesDown} bytes`);
+    assert.ok(exchange.bytesUp + exchange.bytesDown < 1024,
+      `${exchange.requestLine}: ${exchange.bytesUp} + ${exchange.bytesDown} bytes`);
   }
   const up = window.reduce((sum, e) => sum + e.bytesUp, 0) / window.length;
   const down = window.reduce((sum, e) => sum + e.bytesDown, 0) / window.length;
-  t.diagnostic(`idle tick: ${window.length} requests over ${ticks} ticks, ${up.toFixed(0)} bytes up + ${down.toFixed(0)} bytes down per tick, ${proxy.connections()} connection(s) in all`);
+  t.diagnostic(`idle tick: ${window.length} requests over ${ticks} ticks, ` +
+    `${up.toFixed(0)} bytes up + ${down.toFixed(0)} bytes down per tick, ${proxy.connections()} connection(s) in all`);
 });
 
-/** A stand-in for the original Go mehdb: `GET /status` (`leader`), `GET /keys` (any query) as a plain array, `GET /get/KEY`; nothing else. */
+/**
+ * A stand-in for the original Go mehdb: `GET /status` (`leader`), `GET /keys` (any query) as a plain array,
+ * `GET /get/KEY`; nothing else.
+ */
 async function goLeader(data: Data, listed: () => string[] = () => [...data.keys()].sort()) {
   const paths: string[] = [];
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     paths.push(req.url ?? "");
-    const path = (req.url ?? "").split("?")[0];
+    const [path = ""] = (req.url ?? "").split("?");
     const value = path.startsWith("/get/") ? data.get(path.slice(5)) : undefined;
     if (req.method === "GET" && path === "/status") {
       res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
@@ -261,43 +234,46 @@ async function goLeader(data: Data, listed: () => string[] = () => [...data.keys
   return { url: await listen(server), paths };
 }
 
-async function listen(server: Server): Promise<string> {
-  standIns.push(server);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  return `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
-}
-
-test("fallback: a follower of an original Go leader (plain /keys array) copies, picks up changes and deletions", async () => {
-  const data: Data = new Map([["abc", Buffer.from("test data\n")], ["hello", randomValue(300)], ["gone", Buffer.from("x")]]);
+test("fallback: a follower of an original Go leader (plain /keys array) copies, " +
+  "picks up changes and deletions", async () => {
+  const data: Data = new Map([
+    ["abc", Buffer.from("test data\n")],
+    ["hello", randomValue(300)],
+    ["gone", Buffer.from("x")],
+  ]);
   const go = await goLeader(data);
   const follower = await startFollower(go.url);
-  await waitFor(async () => (await fetchText(`${follower.url}/status?level=full`)).status === 200, "follower ready");
-  await converged([follower], data);
+  await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "follower ready");
+  await convergedOnDisk([follower], data);
   assert.ok(go.paths.some((path) => path.startsWith("/keys?since=")), "it asked for the change feed first");
 
   data.set("abc", Buffer.from("TEST DATA\n")); // same size, other bytes
   data.set("fresh", randomValue(2000));
   data.delete("gone");
-  await converged([follower], data);
-  assert.equal((await fetchText(`${follower.url}/status?level=full`)).status, 200);
+  await convergedOnDisk([follower], data);
+  assert.equal((await http(`${follower.url}/status?level=full`)).status, 200);
 });
 
-const HOSTILE = ["../x", "../sentinel", "..", ".", "", ".tmp-1", ".hidden", "a/b", "/abs", "a\\b", "a\u0000b", "é", "%2e%2e", "k".repeat(201)];
+const HOSTILE = [
+  "../x", "../sentinel", "..", ".", "", ".tmp-1", ".hidden", "a/b", "/abs", "a\\b", "a\u0000b", "é", "%2e%2e",
+  "k".repeat(201),
+];
 
 /** Checks a follower fed hostile names: only the valid keys, nothing outside its directory, names logged. */
 async function checkHostile(follower: Mehdb, parent: string, expected: Data, paths: string[]): Promise<void> {
-  await converged([follower], expected);
-  assert.deepEqual((await readdir(parent)).sort(), ["data", "sentinel"], "nothing written or removed next to the data directory");
+  await convergedOnDisk([follower], expected);
+  assert.deepEqual((await readdir(parent)).sort(), ["data", "sentinel"],
+    "nothing written or removed next to the data directory");
   assert.equal(await readFile(join(parent, "sentinel"), "utf8"), "keep me");
   assert.deepEqual((await readdir(follower.dataDir)).sort(), [...expected.keys()].sort());
-  for (const path of paths) assert.match(path, /^\/(status|keys\?since=[^/]*|get\/[a-z0-9]+|values\?keys=[a-z0-9,]+)$/, `requested ${path}`);
+  for (const path of paths) {
+    assert.match(path, /^\/(status|keys\?since=[^/]*|get\/[a-z0-9]+|values\?keys=[a-z0-9,]+)$/, `requested ${path}`);
+  }
   // Logged once per name, not on every tick that sees it again.
-  const ticks = (await metric(follower.url, "mehdb_sync_ticks_total"))!;
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total"))! >= ticks + 3, "three more ticks");
-  assert.equal(lines(follower, "skip-key").length, HOSTILE.length, "every bad name logged, once");
-  assert.ok((await metric(follower.url, "mehdb_sync_keys_skipped_total"))! >= HOSTILE.length);
+  const ticks = await metric(follower.url, "mehdb_sync_ticks_total");
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total")) >= ticks + 3, "three more ticks");
+  assert.equal(follower.logLines("skip-key").length, HOSTILE.length, "every bad name logged, once");
+  assert.ok((await metric(follower.url, "mehdb_sync_keys_skipped_total")) >= HOSTILE.length);
 }
 
 async function hostileFollower(leaderUrl: string): Promise<{ follower: Mehdb; parent: string }> {
@@ -308,7 +284,11 @@ async function hostileFollower(leaderUrl: string): Promise<{ follower: Mehdb; pa
 }
 
 test("a hostile leader's bad names are skipped and logged, never written, never deleted (change feed)", async () => {
-  const values: Data = new Map([["ok", Buffer.from("fine")], ["alsook", Buffer.from("fine too")], ["later", Buffer.from("new")]]);
+  const values: Data = new Map([
+    ["ok", Buffer.from("fine")],
+    ["alsook", Buffer.from("fine too")],
+    ["later", Buffer.from("new")],
+  ]);
   const paths: string[] = [];
   let answers = 0;
   const server = createServer((req, res) => {
@@ -317,10 +297,11 @@ test("a hostile leader's bad names are skipped and logged, never written, never 
     if (url.pathname === "/status") return res.end("leader\n");
     if (url.pathname === "/keys") {
       const since = url.searchParams.get("since");
+      const listed = (names: string[], size: number) => names.map((name) => [name, size, 1_700_000_000_000]);
       const body = since === "" || since === null
-        ? { cursor: "e-1", full: true, keys: [...HOSTILE, "ok", "alsook"].map((name) => [name, 4, 1_700_000_000_000]), deleted: [] }
+        ? { cursor: "e-1", full: true, keys: listed([...HOSTILE, "ok", "alsook"], 4), deleted: [] }
         : answers++ === 0
-        ? { cursor: "e-2", full: false, keys: [...HOSTILE, "later"].map((name) => [name, 3, 1_700_000_000_000]), deleted: [...HOSTILE, "sentinel"] }
+        ? { cursor: "e-2", full: false, keys: listed([...HOSTILE, "later"], 3), deleted: [...HOSTILE, "sentinel"] }
         : { cursor: "e-2", full: false, keys: [], deleted: [] };
       res.writeHead(200, { "Content-Type": "application/json" });
       return res.end(JSON.stringify(body));
@@ -345,40 +326,45 @@ test("a hostile leader's bad names are skipped and logged, never written (plain 
   await checkHostile(follower, parent, values, go.paths);
 });
 
-test("leader unreachable after a sync: the follower keeps serving, stays ready, reports staleness, logs outage and recovery once", async () => {
+test("leader unreachable after a sync: the follower keeps serving, stays ready, reports staleness, " +
+  "logs outage and recovery once", async () => {
   const leader = await startMehdb({ waitReady: true });
   const expected = manyKeys(10);
-  for (const [key, value] of expected) await put(leader.url, key, value);
+  for (const [key, value] of expected) assertStatus(await put(leader.url, key, value), 200, `PUT ${key}`);
   const follower = await startFollower(leader.url);
-  await converged([follower], expected);
+  await convergedOnDisk([follower], expected);
   const copied = await metric(follower.url, "mehdb_sync_keys_copied_total");
 
   assert.equal(await leader.stop(), 0);
-  const errorsBefore = (await metric(follower.url, "mehdb_sync_errors_total"))!;
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total"))! >= errorsBefore + 5, "five failed ticks");
-  const status = await fetchText(`${follower.url}/status?level=full`);
+  const errorsBefore = await metric(follower.url, "mehdb_sync_errors_total");
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errorsBefore + 5,
+    "five failed ticks");
+  const status = await http(`${follower.url}/status?level=full`);
   assert.equal(status.status, 200, "still ready");
   assert.match(status.text, /^10 keys, last sync [0-9.]+ s ago[^\n]*\n$/);
-  const [key, value] = [...expected][0];
-  assert.deepEqual((await fetchText(`${follower.url}/get/${key}`)).body, value, "still serving");
-  const age1 = (await metric(follower.url, "mehdb_sync_seconds_since_success"))!;
-  const errors1 = (await metric(follower.url, "mehdb_sync_errors_total"))!;
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total"))! >= errors1 + 3, "three more failed ticks");
-  const age2 = (await metric(follower.url, "mehdb_sync_seconds_since_success"))!;
+  const [entry] = expected;
+  assert.ok(entry);
+  const [key, value] = entry;
+  assert.deepEqual((await http(`${follower.url}/get/${key}`)).body, value, "still serving");
+  const age1 = await metric(follower.url, "mehdb_sync_seconds_since_success");
+  const errors1 = await metric(follower.url, "mehdb_sync_errors_total");
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_errors_total")) >= errors1 + 3,
+    "three more failed ticks");
+  const age2 = await metric(follower.url, "mehdb_sync_seconds_since_success");
   assert.ok(age1 > 0 && age2 > age1, `staleness grows: ${age1} then ${age2}`);
-  assert.equal(lines(follower, "leader-unreachable").length, 1, "outage logged once");
-  assert.equal(lines(follower, "sync-recovered").length, 0);
+  assert.equal(follower.logLines("leader-unreachable").length, 1, "outage logged once");
+  assert.equal(follower.logLines("sync-recovered").length, 0);
 
   // The leader comes back on its data (a new epoch): full listing, nothing to copy since sizes and mtimes match.
   const back = await startMehdb({ dataDir: leader.dataDir, port: leader.port, waitReady: true });
-  await waitFor(() => lines(follower, "sync-recovered").length > 0, "recovery logged");
-  const ticks = (await metric(follower.url, "mehdb_sync_ticks_total"))!;
-  await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total"))! >= ticks + 5, "five more ticks");
-  assert.equal(lines(follower, "sync-recovered").length, 1, "recovery logged once");
-  assert.equal(lines(follower, "leader-unreachable").length, 1);
-  assert.ok((await metric(follower.url, "mehdb_sync_seconds_since_success"))! < age2);
+  await waitFor(() => follower.logLines("sync-recovered").length > 0, "recovery logged");
+  const ticks = await metric(follower.url, "mehdb_sync_ticks_total");
+  await waitFor(async () => (await metric(follower.url, "mehdb_sync_ticks_total")) >= ticks + 5, "five more ticks");
+  assert.equal(follower.logLines("sync-recovered").length, 1, "recovery logged once");
+  assert.equal(follower.logLines("leader-unreachable").length, 1);
+  assert.ok((await metric(follower.url, "mehdb_sync_seconds_since_success")) < age2);
   assert.equal(await metric(follower.url, "mehdb_sync_keys_copied_total"), copied, "nothing copied again");
-  await put(back.url, "after", Buffer.from("the outage"));
+  assertStatus(await put(back.url, "after", Buffer.from("the outage")), 200, "PUT after");
   expected.set("after", Buffer.from("the outage"));
-  await converged([follower], expected);
+  await convergedOnDisk([follower], expected);
 });

@@ -1,28 +1,22 @@
-// The route table and its handlers in-process: a Store and a server in this process, no child process.
+/** The route table and its handlers in-process: a Store and a server in this process, no child process. */
 import assert from "node:assert/strict";
-import { once } from "node:events";
-import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
 import type { PollerState } from "../src/protocol.ts";
 import { createMehdbServer } from "../src/server.ts";
 import { Store } from "../src/store.ts";
-import { fetchText, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { http, put } from "./helpers/http.ts";
+import { listen, stopAll, tempDir } from "./helpers/mehdb.ts";
 
-const servers: Server[] = [];
-after(async () => {
-  for (const server of servers) {
-    server.closeAllConnections();
-    server.close();
-  }
-  await stopAll();
-});
+after(stopAll);
 
 /** Log lines of one server, as `event key=value…` strings. */
 function recorder(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
-  return { lines, log: (event, fields = {}) => lines.push([event, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(" ")) };
+  const log: Logger = (event, fields = {}) => {
+    lines.push([event, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(" "));
+  };
+  return { lines, log };
 }
 
 async function serve(role: "leader" | "follower", poller?: PollerState) {
@@ -36,42 +30,40 @@ async function serve(role: "leader" | "follower", poller?: PollerState) {
     log,
     poller,
   });
-  servers.push(server);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { store, url, lines };
+  return { store, url: await listen(server), lines };
 }
 
 describe("route table, in-process", () => {
   test("PUT then GET /get/KEY goes through the store; the write is logged", async () => {
     const { store, url, lines } = await serve("leader");
-    const put = await fetchText(`${url}/set/k1`, { method: "PUT", body: "v1" });
-    assert.equal(put.status, 200);
+    const written = await put(url, "k1", "v1");
+    assert.equal(written.status, 200);
     assert.equal(store.stat("k1")?.size, 2);
-    const got = await fetchText(`${url}/get/k1`);
+    const got = await http(`${url}/get/k1`);
     assert.equal(got.text, "v1");
-    assert.equal(got.headers.etag, store.etag(store.stat("k1")!));
+    const entry = store.stat("k1");
+    assert.ok(entry);
+    assert.equal(got.headers.etag, store.etag(entry));
     assert.ok(lines.includes("write key=k1 bytes=2"), lines.join("\n"));
   });
 
   test("a method the route does not take is 405 with the route's Allow; unknown paths 404", async () => {
     const { url } = await serve("leader");
-    const wrong = await fetchText(`${url}/set/k1`, { method: "GET" });
+    const wrong = await http(`${url}/set/k1`, { method: "GET" });
     assert.equal(wrong.status, 405);
     assert.equal(wrong.headers.allow, "PUT, DELETE");
-    const keys = await fetchText(`${url}/keys`, { method: "POST", body: "x" });
+    const keys = await http(`${url}/keys`, { method: "POST", body: "x" });
     assert.equal(keys.status, 405);
     assert.equal(keys.headers.allow, "GET, HEAD");
-    assert.equal((await fetchText(`${url}/nope`)).status, 404);
+    assert.equal((await http(`${url}/nope`)).status, 404);
   });
 
   test("metrics count answers under the route table's labels", async () => {
     const { url } = await serve("leader");
-    await fetchText(`${url}/get/absent`);
-    await fetchText(`${url}/get/..bad`);
-    await fetchText(`${url}/nope`);
-    const text = (await fetchText(`${url}/metrics`)).text;
+    await http(`${url}/get/absent`);
+    await http(`${url}/get/..bad`);
+    await http(`${url}/nope`);
+    const text = (await http(`${url}/metrics`)).text;
     assert.match(text, /mehdb_http_requests_total\{route="get",status="404"\} 1\n/);
     assert.match(text, /mehdb_http_requests_total\{route="get",status="400"\} 1\n/);
     assert.match(text, /mehdb_http_requests_total\{route="other",status="404"\} 1\n/);
@@ -88,14 +80,14 @@ describe("route table, in-process", () => {
       nextSync: () => Promise.resolve(),
     };
     const { url, store } = await serve("follower", poller);
-    const put = await fetchText(`${url}/set/k1`, { method: "PUT", body: "v1" });
-    assert.equal(put.status, 307);
-    assert.equal(put.headers.location, "http://mehdb-0.mehdb.default.svc.cluster.local:9876/set/k1");
+    const written = await put(url, "k1", "v1");
+    assert.equal(written.status, 307);
+    assert.equal(written.headers.location, "http://mehdb-0.mehdb.default.svc.cluster.local:9876/set/k1");
     assert.equal(store.count, 0);
-    const ready = await fetchText(`${url}/status?level=full`);
+    const ready = await http(`${url}/status?level=full`);
     assert.equal(ready.status, 503);
     assert.match(ready.text, /^not ready: no complete sync with the leader .*\(leader unreachable\)\n$/);
-    assert.equal((await fetchText(`${url}/status`)).text, "follower\n");
-    assert.match((await fetchText(`${url}/metrics`)).text, /mehdb_test_replica 1\n/);
+    assert.equal((await http(`${url}/status`)).text, "follower\n");
+    assert.match((await http(`${url}/metrics`)).text, /mehdb_test_replica 1\n/);
   });
 });

@@ -6,13 +6,9 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { stopAll } from "./helpers/mehdb.ts";
-import { closeHttpAgent } from "./helpers/reliability.ts";
 import { runSoak } from "./soak/soak.ts";
 
-after(async () => {
-  await stopAll();
-  closeHttpAgent();
-});
+after(stopAll);
 
 test("a 5 s soak: no errors, followers exact, memory flat", async () => {
   const result = await runSoak({ seconds: 5, print: (line) => console.log(line) });

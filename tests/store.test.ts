@@ -1,10 +1,11 @@
-// The store on its own: files per key, atomic durable writes, the listing and the change feed.
+/** The store on its own: files per key, atomic durable writes, the listing and the change feed. */
 import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { Store, ValueTooLargeError, type PutItem } from "../src/store.ts";
 import { stopAll, tempDir } from "./helpers/mehdb.ts";
+import { sleep } from "./helpers/wait.ts";
 
 after(stopAll);
 
@@ -100,14 +101,14 @@ test("open: indexes valid names, ignores others, removes leftover temporary file
 test("list is sorted and never shows temporary files, even while a write is in flight", async () => {
   const store = await Store.open(await tempDir());
   for (const key of ["b", "a", "C", "0"]) await store.put(key, chunks(key), { maxBytes: 10 });
-  let release!: () => void;
+  let release = () => {};
   const gate = new Promise<void>((resolve) => (release = resolve));
   async function* slow(): AsyncGenerator<Buffer> {
     yield Buffer.from("part");
     await gate;
   }
   const pending = store.put("z", slow(), { maxBytes: 10 });
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  await sleep(50);
   assert.deepEqual(store.list(), ["0", "C", "a", "b"]);
   release();
   await pending;
@@ -177,7 +178,8 @@ test("change feed: full listing first, then only what changed, deletions include
   await store.close();
 });
 
-test("change feed: a cursor of another epoch, a malformed one, or one from the future gets the full listing", async () => {
+test("change feed: a cursor of another epoch, a malformed one, or one from the future " +
+  "gets the full listing", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
   await store.put("a", chunks("1"), { maxBytes: 10 });
@@ -204,7 +206,8 @@ test("change feed: when old deletions are forgotten, older cursors get the full 
   const recent = store.changes(null).cursor;
   await store.put("x", chunks("v"), { maxBytes: 10 });
   await store.delete("x");
-  assert.deepEqual(store.changes(recent), { cursor: store.changes(null).cursor, full: false, keys: [], deleted: ["x"] });
+  const latest = store.changes(null).cursor;
+  assert.deepEqual(store.changes(recent), { cursor: latest, full: false, keys: [], deleted: ["x"] });
   await store.close();
 });
 
@@ -219,7 +222,7 @@ test("probeWritable: null when the directory takes files", async () => {
 test("putMany: nothing is visible until the batch is written, then all values are, in one go", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
-  let release!: () => void;
+  let release = () => {};
   const gate = new Promise<void>((resolve) => (release = resolve));
   let taken = 0;
   async function* items(): AsyncGenerator<PutItem> {
@@ -230,9 +233,10 @@ test("putMany: nothing is visible until the batch is written, then all values ar
     yield { key: "two", body: chunks("22") };
   }
   const written = store.putMany(items(), { maxBytes: 10 });
-  while (taken < 1 || (await readdir(dir)).length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+  while (taken < 1 || (await readdir(dir)).length === 0) await sleep(5);
   assert.deepEqual(store.list(), []);
-  assert.equal((await readdir(dir)).filter((n) => !n.startsWith(".tmp-")).length, 0, "no key file before the batch is written");
+  const keyFiles = (await readdir(dir)).filter((n) => !n.startsWith(".tmp-"));
+  assert.equal(keyFiles.length, 0, "no key file before the batch is written");
   release();
   const results = await written;
   assert.deepEqual(results.map((r) => [r.key, r.entry?.size]), [["one", 1], ["two", 2]]);
@@ -250,7 +254,11 @@ test("putMany: a body that fails drops the whole batch; old values stay and no t
     yield Buffer.from("par");
     throw new Error("connection lost");
   }
-  const items: PutItem[] = [{ key: "k", body: chunks("new") }, { key: "other", body: chunks("x") }, { key: "broken", body: failing() }];
+  const items: PutItem[] = [
+    { key: "k", body: chunks("new") },
+    { key: "other", body: chunks("x") },
+    { key: "broken", body: failing() },
+  ];
   await assert.rejects(store.putMany(items, { maxBytes: 10, concurrency: 2 }), /connection lost/);
   assert.equal((await read(store, "k"))?.toString(), "old");
   assert.deepEqual(store.list(), ["k"]);
@@ -263,7 +271,8 @@ test("an entry names the inode of its file, from a write and from the start-up s
   const store = await Store.open(dir);
   const entry = await store.put("k", chunks("value"), { maxBytes: 10 });
   assert.equal(entry.ino, (await stat(join(dir, "k"))).ino);
-  const [copied] = await store.putMany([{ key: "c", body: chunks("copy"), mtimeMs: 1_700_000_000_000 }], { maxBytes: 10 });
+  const batch = [{ key: "c", body: chunks("copy"), mtimeMs: 1_700_000_000_000 }];
+  const [copied] = await store.putMany(batch, { maxBytes: 10 });
   assert.equal(copied?.entry?.ino, (await stat(join(dir, "c"))).ino);
   assert.equal(copied?.entry?.mtimeMs, 1_700_000_000_000);
   await store.close();
@@ -272,7 +281,8 @@ test("an entry names the inode of its file, from a write and from the start-up s
   await reopened.close();
 });
 
-test("a read describes the file it opened: bytes put in place behind the store's back never get the index's tag", async () => {
+test("a read describes the file it opened: " +
+  "bytes put in place behind the store's back never get the index's tag", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir, { cacheBytes: 0 });
   const entry = await store.put("k", chunks("old-value"), { maxBytes: 100 });
@@ -280,10 +290,11 @@ test("a read describes the file it opened: bytes put in place behind the store's
   await rename(join(dir, "other"), join(dir, "k"));
   const value = await store.get("k");
   assert.equal(value?.body?.toString(), "new-value");
-  assert.notEqual(store.etag(value!.entry), store.etag(entry), "the index's tag is not paired with other bytes");
-  assert.equal(value!.entry.ino, (await stat(join(dir, "k"))).ino);
+  assert.notEqual(store.etag(value.entry), store.etag(entry), "the index's tag is not paired with other bytes");
+  assert.equal(value.entry.ino, (await stat(join(dir, "k"))).ino);
   const again = await store.get("k");
-  assert.notEqual(store.etag(again!.entry), store.etag(entry));
+  assert.ok(again);
+  assert.notEqual(store.etag(again.entry), store.etag(entry));
   await store.close();
 });
 
@@ -326,7 +337,8 @@ test("concurrent writes and reads of one key: every read answers a value written
       const value = await store.get("k");
       assert.ok(value?.body, "a value, read whole");
       assert.equal(value.body.length, value.entry.size);
-      const fill = value.body[0];
+      const [fill] = value.body;
+      assert.ok(fill !== undefined, "not empty");
       assert.ok(value.body.every((byte) => byte === fill), "not torn");
       const before = seqBody.get(value.entry.seq);
       assert.ok(before === undefined || before === fill, `entry ${value.entry.seq} seen with two values`);
@@ -339,7 +351,8 @@ test("concurrent writes and reads of one key: every read answers a value written
   await store.close();
 });
 
-test("putMany: a key the store cannot hold (a directory in the way, a value over the limit) gets its error; the rest is written", async () => {
+test("putMany: a key the store cannot hold (a directory in the way, a value over the limit) gets its error; " +
+  "the rest is written", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
   await mkdir(join(dir, "blocked"));
@@ -353,11 +366,12 @@ test("putMany: a key the store cannot hold (a directory in the way, a value over
     { key: "b", body: chunks("4") },
   ], { maxBytes: 10 });
   assert.deepEqual(results.map((r) => r.key), ["a", "blocked", "big", "empty-dir", "b"]);
-  assert.equal(results[0].entry?.size, 1);
-  assert.match((results[1].error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
-  assert.ok(results[2].error instanceof ValueTooLargeError);
-  assert.match((results[3].error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
-  assert.equal(results[4].entry?.size, 1);
+  const [a, blocked, big, emptyDir, b] = results;
+  assert.equal(a?.entry?.size, 1);
+  assert.match((blocked?.error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
+  assert.ok(big?.error instanceof ValueTooLargeError);
+  assert.match((emptyDir?.error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
+  assert.equal(b?.entry?.size, 1);
   assert.deepEqual(store.list(), ["a", "b"]);
   assert.deepEqual((await readdir(dir)).sort(), ["a", "b", "blocked", "empty-dir"], "no temporary file left");
   // put (a batch of one) throws the key's own error.
@@ -385,16 +399,21 @@ test("putMany holds one temporary file open per value in flight, not one per val
   await store.close();
 });
 
-test("change feed pages: a full listing in pages sorted by name; an incremental answer longer than the limit becomes the first page", async () => {
+test("change feed pages: a full listing in pages sorted by name; " +
+  "an incremental answer longer than the limit becomes the first page", async () => {
   const store = await Store.open(await tempDir());
   for (const key of ["d", "a", "e", "c", "b"]) await store.put(key, chunks(key), { maxBytes: 10 });
   const first = store.changes(null, { limit: 2 });
-  assert.deepEqual({ ...first, keys: first.keys.map(([k]) => k) }, { cursor: first.cursor, full: true, keys: ["a", "b"], deleted: [], next: "b" });
+  assert.deepEqual(
+    { ...first, keys: first.keys.map(([k]) => k) },
+    { cursor: first.cursor, full: true, keys: ["a", "b"], deleted: [], next: "b" },
+  );
   const second = store.changes("", { limit: 2, from: "b" });
   assert.deepEqual([second.keys.map(([k]) => k), second.next], [["c", "d"], "d"]);
   const last = store.changes(first.cursor, { limit: 2, from: "d" }); // from: a full page, whatever the cursor
   assert.deepEqual([last.full, last.keys.map(([k]) => k), last.next], [true, ["e"], null]);
-  assert.deepEqual(store.changes(first.cursor, { limit: 2 }), { cursor: first.cursor, full: false, keys: [], deleted: [] });
+  const idle = { cursor: first.cursor, full: false, keys: [], deleted: [] };
+  assert.deepEqual(store.changes(first.cursor, { limit: 2 }), idle);
 
   await store.put("a", chunks("A"), { maxBytes: 10 });
   await store.delete("e");

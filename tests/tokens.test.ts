@@ -6,8 +6,6 @@
  * token files at start, and no token in any log line or answer.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
 import { chmod, mkdir, readdir, rename, symlink, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
@@ -20,9 +18,12 @@ import {
   tokenProblem,
   type Secrets,
 } from "../src/tokens.ts";
-import { fetchText, mehdbCommand, ROOT, startMehdb, stopAll, tempDir, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
 import { accessOf } from "../src/server.ts";
+import { missingTool, run } from "./helpers/commands.ts";
+import { assertOneLine, http, type Answer, type HttpOptions } from "./helpers/http.ts";
+import { runMehdb, startMehdb, stopAll, tempDir, type Mehdb, type StartOptions } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const WRITE = "w-7hQz3KpL9xVb2Nc5Rt8Yd1Fg4Hj6Mn0S";
 const READ = "r-Jk2Lp4Qs6Tv8Xz0Bd3Fh5Gm7Nq9Rw1Y";
@@ -35,13 +36,19 @@ const started: Mehdb[] = [];
 const answers: string[] = [];
 after(stopAll);
 
-async function call(url: string, options: Parameters<typeof fetchText>[1] = {}): Promise<Answer> {
-  const answer = await fetchText(url, options);
+async function call(url: string, options: HttpOptions = {}): Promise<Answer> {
+  const answer = await http(url, options);
   answers.push(JSON.stringify(answer.headers) + answer.text);
   return answer;
 }
 
-async function start(options: Parameters<typeof startMehdb>[0]): Promise<Mehdb> {
+/** `PUT BASE/set/KEY` through {@link call}, with `token` as a bearer token when one is given. */
+function putAs(base: string, key: string, body: string, token?: string): Promise<Answer> {
+  return call(`${base}/set/${key}`, { method: "PUT", body, headers: token === undefined ? {} : bearer(token) });
+}
+
+/** Starts mehdb (as `startMehdb`) and keeps it for the last test, which searches every log for tokens. */
+async function start(options: StartOptions): Promise<Mehdb> {
   const mehdb = await startMehdb(options);
   started.push(mehdb);
   return mehdb;
@@ -55,7 +62,11 @@ async function tokenDir(tokens: { write?: string; read?: string }): Promise<stri
   return dir;
 }
 
-function tokenEnv(dir: string, which: { write?: boolean; read?: boolean } = { write: true, read: true }): Record<string, string> {
+/** The environment that names the token files of `dir` (by default both). */
+function tokenEnv(
+  dir: string,
+  which: { write?: boolean; read?: boolean } = { write: true, read: true },
+): Record<string, string> {
   return {
     ...(which.write ? { MEHDB_WRITE_TOKEN_FILE: join(dir, "write") } : {}),
     ...(which.read ? { MEHDB_READ_TOKEN_FILE: join(dir, "read") } : {}),
@@ -65,12 +76,16 @@ function tokenEnv(dir: string, which: { write?: boolean; read?: boolean } = { wr
 /** A 401 as the contract wants it: one line, the challenge, no value stored. */
 function assert401(answer: Answer, what: string, hint?: RegExp): void {
   assert.equal(answer.status, 401, `${what}: ${answer.status} ${answer.text}`);
-  assert.equal(answer.headers["www-authenticate"], 'Bearer realm="mehdb"', what);
+  assert.equal(answer.headers["www-authenticate"], `Bearer realm="mehdb"`, what);
   assert.match(answer.text, /^unauthorized: [^\n]+\n$/, `${what}: one line`);
   if (hint) assert.match(answer.text, hint, what);
 }
 
-const NO_HEADER_HINT = /no Authorization header \(curl -L drops it on the redirect to the leader unless given --location-trusted\)/;
+/** What a 401 says when no Authorization header came. */
+const NO_HEADER_HINT = new RegExp(
+  String.raw`no Authorization header \(curl -L drops it on the redirect to the leader ` +
+    String.raw`unless given --location-trusted\)`,
+);
 
 describe("the verdict (pure)", () => {
   const secrets: Secrets = { write: new Secret(WRITE), read: new Secret(READ) };
@@ -78,22 +93,25 @@ describe("the verdict (pure)", () => {
   test("routes: /set/ writes; /get/, /keys, /values read; /status, /metrics and the rest are open", () => {
     assert.equal(accessOf("/set/a"), "write");
     for (const path of ["/get/a", "/keys", "/values"]) assert.equal(accessOf(path), "read", path);
-    for (const path of ["/status", "/metrics", "/", "/nothing", "/keys/", "/set", "/get"]) assert.equal(accessOf(path), "open", path);
+    for (const path of ["/status", "/metrics", "/", "/nothing", "/keys/", "/set", "/get"]) {
+      assert.equal(accessOf(path), "open", path);
+    }
   });
 
   test("writes need the write token; reads the read or the write token", () => {
     assert.equal(judgeAuthorization(`Bearer ${WRITE}`, "write", secrets), null);
-    assert.match(judgeAuthorization(`Bearer ${READ}`, "write", secrets)!, /not valid for writes/);
+    assert.match(judgeAuthorization(`Bearer ${READ}`, "write", secrets) ?? "", /not valid for writes/);
     assert.equal(judgeAuthorization(`Bearer ${READ}`, "read", secrets), null);
     assert.equal(judgeAuthorization(`Bearer ${WRITE}`, "read", secrets), null);
     assert.equal(judgeAuthorization(undefined, "open", secrets), null);
   });
 
-  test("what is open depends on what is set: no read token, reads open; only a read token, it guards writes too", () => {
+  test("what is open depends on what is set: no read token, reads open; " +
+    "only a read token, it guards writes too", () => {
     assert.equal(judgeAuthorization(undefined, "read", { write: secrets.write, read: null }), null);
     assert.equal(judgeAuthorization(undefined, "write", { write: null, read: null }), null);
     const readOnly: Secrets = { write: null, read: secrets.read };
-    assert.match(judgeAuthorization(undefined, "write", readOnly)!, /Bearer <read token>/);
+    assert.match(judgeAuthorization(undefined, "write", readOnly) ?? "", /Bearer <read token>/);
     assert.equal(judgeAuthorization(`Bearer ${READ}`, "write", readOnly), null);
   });
 
@@ -143,10 +161,10 @@ describe("the verdict (pure)", () => {
 
   test("token files: empty, too long or with characters a header cannot carry are refused", () => {
     assert.equal(tokenProblem(WRITE), null);
-    assert.match(tokenProblem("")!, /empty/);
-    assert.match(tokenProblem("a b")!, /visible ASCII/);
-    assert.match(tokenProblem("t\u00e9")!, /visible ASCII/);
-    assert.match(tokenProblem("x".repeat(5000))!, /more than/);
+    assert.match(tokenProblem("") ?? "", /empty/);
+    assert.match(tokenProblem("a b") ?? "", /visible ASCII/);
+    assert.match(tokenProblem("t\u00e9") ?? "", /visible ASCII/);
+    assert.match(tokenProblem("x".repeat(5000)) ?? "", /more than/);
   });
 });
 
@@ -158,17 +176,17 @@ describe("a leader with a write token only", () => {
   });
 
   test("PUT and DELETE need the write token: 401, one line, WWW-Authenticate; with it, 200", async () => {
-    assert401(await call(`${leader.url}/set/a`, { method: "PUT", body: "nope" }), "PUT without a token", NO_HEADER_HINT);
-    assert401(await call(`${leader.url}/set/a`, { method: "PUT", body: "nope", headers: bearer(READ) }), "PUT with another token", /not valid for writes/);
+    assert401(await putAs(leader.url, "a", "nope"), "PUT without a token", NO_HEADER_HINT);
+    assert401(await putAs(leader.url, "a", "nope", READ), "PUT with another token", /not valid for writes/);
     assert.equal((await call(`${leader.url}/get/a`)).status, 404, "nothing was stored");
-    assert.equal((await call(`${leader.url}/set/a`, { method: "PUT", body: "yes", headers: bearer(WRITE) })).status, 200);
+    assert.equal((await putAs(leader.url, "a", "yes", WRITE)).status, 200);
     assert401(await call(`${leader.url}/set/a`, { method: "DELETE" }), "DELETE without a token", NO_HEADER_HINT);
     assert.equal((await call(`${leader.url}/get/a`)).text, "yes");
   });
 
   test("reads stay open (no read token set); /status and /metrics too", async () => {
     assert.equal((await call(`${leader.url}/get/a`)).status, 200);
-    assert.equal((await call(`${leader.url}/keys`)).text, '["a"]');
+    assert.equal((await call(`${leader.url}/keys`)).text, `["a"]`);
     assert.equal((await call(`${leader.url}/status?level=full`)).status, 200);
     const metrics = await call(`${leader.url}/metrics`);
     assert.equal(metrics.status, 200);
@@ -182,35 +200,40 @@ describe("a leader with write and read tokens", () => {
   test("starts", async () => {
     leader = await start({ env: tokenEnv(await tokenDir({ write: WRITE, read: READ })) });
     assert.match(leader.output(), /event=access writes=write-token reads=read-or-write-token/);
-    assert.equal((await call(`${leader.url}/set/k`, { method: "PUT", body: "value", headers: bearer(WRITE) })).status, 200);
+    assert.equal((await putAs(leader.url, "k", "value", WRITE)).status, 200);
   });
 
   test("GET/HEAD /get, /keys and /values need the read or the write token", async () => {
     for (const path of ["/get/k", "/keys", "/keys?since=", "/values?keys=k"]) {
       assert401(await call(`${leader.url}${path}`), `GET ${path} without a token`, NO_HEADER_HINT);
-      assert401(await call(`${leader.url}${path}`, { headers: bearer(WRITE_2) }), `GET ${path} with a wrong token`, /not valid for reads/);
-      assert.equal((await call(`${leader.url}${path}`, { headers: bearer(READ) })).status, 200, `GET ${path} with the read token`);
-      assert.equal((await call(`${leader.url}${path}`, { headers: bearer(WRITE) })).status, 200, `GET ${path} with the write token`);
+      const wrong = await call(`${leader.url}${path}`, { headers: bearer(WRITE_2) });
+      assert401(wrong, `GET ${path} with a wrong token`, /not valid for reads/);
+      const read = await call(`${leader.url}${path}`, { headers: bearer(READ) });
+      assert.equal(read.status, 200, `GET ${path} with the read token`);
+      const write = await call(`${leader.url}${path}`, { headers: bearer(WRITE) });
+      assert.equal(write.status, 200, `GET ${path} with the write token`);
     }
     const head = await call(`${leader.url}/get/k`, { method: "HEAD" });
     assert.equal(head.status, 401);
-    assert.equal(head.headers["www-authenticate"], 'Bearer realm="mehdb"');
+    assert.equal(head.headers["www-authenticate"], `Bearer realm="mehdb"`);
     assert.equal((await call(`${leader.url}/get/k`, { headers: bearer(READ) })).text, "value");
   });
 
   test("the read token does not write", async () => {
-    assert401(await call(`${leader.url}/set/k`, { method: "PUT", body: "x", headers: bearer(READ) }), "PUT with the read token", /not valid for writes/);
+    assert401(await putAs(leader.url, "k", "x", READ), "PUT with the read token", /not valid for writes/);
     assert.equal((await call(`${leader.url}/get/k`, { headers: bearer(READ) })).text, "value");
   });
 
-  test("/status (both levels) and /metrics stay open for probes and scrapers; unknown paths are a plain 404", async () => {
+  test("/status (both levels) and /metrics stay open for probes and scrapers; " +
+    "unknown paths are a plain 404", async () => {
     assert.equal((await call(`${leader.url}/status`)).text, "leader\n");
     assert.equal((await call(`${leader.url}/status?level=full`)).status, 200);
     assert.equal((await call(`${leader.url}/metrics`)).status, 200);
     assert.equal((await call(`${leader.url}/nothing`)).status, 404);
   });
 
-  test("malformed Authorization headers over a raw socket: 401 (431 when too large), never 5xx, and the server keeps serving", async () => {
+  test("malformed Authorization headers over a raw socket: 401 (431 when too large), never 5xx, " +
+    "and the server keeps serving", async () => {
     const get = (headers: string) => `GET /keys HTTP/1.1\r\nHost: x\r\n${headers}Connection: close\r\n\r\n`;
     const cases: [string, number][] = [
       [`Authorization: ${READ}\r\n`, 401],
@@ -227,9 +250,9 @@ describe("a leader with write and read tokens", () => {
     for (const [headers, status] of cases) {
       const answer = await rawRequest(leader.port, get(headers));
       answers.push(answer.raw);
-      assert.equal(answer.status, status, `${headers.slice(0, 80)}: ${answer.head}`);
-      assert.match(answer.body, /^[^\n]+\n$/, "one line");
-      if (status === 401) assert.match(answer.head, /\r\nWWW-Authenticate: Bearer realm="mehdb"\r\n/i);
+      assert.equal(answer.status, status, `${headers.slice(0, 80)}: ${answer.raw.slice(0, 300)}`);
+      assertOneLine(answer);
+      if (status === 401) assert.equal(answer.headers["www-authenticate"], `Bearer realm="mehdb"`);
     }
     // Bytes outside ASCII in the header.
     const latin = await rawRequest(leader.port, Buffer.concat([
@@ -254,7 +277,8 @@ describe("a leader with write and read tokens", () => {
     for (const headers of uploads) {
       const outcome = await upload(`${leader.url}/set/big`, headers, size);
       if (typeof outcome === "number") assert.equal(outcome, 401, JSON.stringify(headers));
-      else assert.match(outcome, /ECONNRESET|EPIPE/, `${JSON.stringify(headers)}: the server may close a refused upload`);
+      else assert.match(outcome, /ECONNRESET|EPIPE/,
+        `${JSON.stringify(headers)}: the server may close a refused upload`);
       assert.equal((await call(`${leader.url}/get/big`, { headers: bearer(READ) })).status, 404, "nothing stored");
       assert.equal((await call(`${leader.url}/status?level=full`)).status, 200, "still serving");
     }
@@ -264,7 +288,10 @@ describe("a leader with write and read tokens", () => {
   });
 });
 
-/** Sends a PUT of `size` bytes with `headers`; resolves with the status, or the error code when the server cut it off. */
+/**
+ * Sends a PUT of `size` bytes with `headers`; resolves with the status, or the error code when the server cut it
+ * off.
+ */
 function upload(url: string, headers: Record<string, string>, size: number): Promise<number | string> {
   return new Promise((resolve) => {
     const req = request(url, { method: "PUT", headers, agent: false });
@@ -272,8 +299,8 @@ function upload(url: string, headers: Record<string, string>, size: number): Pro
     req.on("response", (res) => {
       answered = res.statusCode;
       res.resume();
-      res.on("end", () => resolve(answered!));
-      res.on("error", () => resolve(answered!));
+      res.on("end", () => resolve(answered ?? "no status"));
+      res.on("error", () => resolve(answered ?? "no status"));
     });
     req.on("error", (error: NodeJS.ErrnoException) => resolve(answered ?? error.code ?? error.message));
     const chunk = Buffer.alloc(64 * 1024, 0x61);
@@ -298,60 +325,75 @@ describe("a follower and its leader, both with tokens", () => {
   test("the follower sends its read token to its leader, syncs and becomes ready", async () => {
     dir = await tokenDir({ write: WRITE, read: READ });
     leader = await start({ env: tokenEnv(dir) });
-    assert.equal((await call(`${leader.url}/set/k`, { method: "PUT", body: "v", headers: bearer(WRITE) })).status, 200);
-    follower = await start({ host: "mehdb-1", leaderUrl: leader.url, env: { ...tokenEnv(dir), MEHDB_SYNC_INTERVAL_MS: "100" }, waitReady: true });
+    assert.equal((await putAs(leader.url, "k", "v", WRITE)).status, 200);
+    follower = await start({
+      host: "mehdb-1",
+      leaderUrl: leader.url,
+      env: { ...tokenEnv(dir), MEHDB_SYNC_INTERVAL_MS: "100" },
+      waitReady: true,
+    });
     assert.equal((await call(`${follower.url}/get/k`, { headers: bearer(READ) })).text, "v");
   });
 
-  test("the follower checks the token before it redirects: none or a bad one gets its 401, a good one the 307", async () => {
-    const none = await call(`${follower.url}/set/k`, { method: "PUT", body: "x" });
+  test("the follower checks the token before it redirects: none or a bad one gets its 401, " +
+    "a good one the 307", async () => {
+    const none = await putAs(follower.url, "k", "x");
     assert401(none, "PUT to the follower without a token", NO_HEADER_HINT);
     assert.equal(none.headers.location, undefined, "no redirect");
-    const bad = await call(`${follower.url}/set/k`, { method: "PUT", body: "x", headers: bearer(READ) });
+    const bad = await putAs(follower.url, "k", "x", READ);
     assert401(bad, "PUT to the follower with the read token", /not valid for writes/);
     assert.equal(bad.headers.location, undefined);
-    const good = await call(`${follower.url}/set/k`, { method: "PUT", body: "x", headers: bearer(WRITE) });
+    const good = await putAs(follower.url, "k", "x", WRITE);
     assert.equal(good.status, 307);
     assert.equal(good.headers.location, `${leader.url}/set/k`);
     assert401(await call(`${follower.url}/get/k`), "GET from the follower without a token", NO_HEADER_HINT);
   });
 
-  test("curl -L with a token but without --location-trusted ends in the leader's 401; with it, the write goes through", async (t) => {
-    const curl = spawnSync("curl", ["--version"]);
-    if (curl.error) return t.skip("curl is not installed; the README's curl -L lines cannot be checked here");
+  test("curl -L with a token but without --location-trusted ends in the leader's 401; " +
+    "with it, the write goes through", async (t) => {
+    const noCurl = missingTool("curl");
+    if (noCurl !== undefined) return t.skip(`${noCurl}; the README's curl -L lines cannot be checked here`);
     // curl sends a custom Authorization header only to the host (and port) it was given.
-    const dropped = spawnSync("curl", [
+    const dropped = await run("curl", [
       "-sS", "-L", "-XPUT", "--data-binary", "through", "-H", `Authorization: Bearer ${WRITE}`,
       "-w", "%{http_code} %{url_effective}\\n", `${follower.url}/set/curl`,
-    ], { encoding: "utf8", timeout: 20_000 });
+    ], { timeoutMs: 20_000 });
     answers.push(dropped.stdout + dropped.stderr);
-    assert.equal(dropped.status, 0, dropped.stderr);
+    assert.equal(dropped.code, 0, dropped.stderr);
     assert.match(dropped.stdout, NO_HEADER_HINT, "the leader says why");
     assert.match(dropped.stdout, new RegExp(`\\n401 ${leader.url}/set/curl\\n$`), "the 401 came from the leader");
     assert.equal((await call(`${leader.url}/get/curl`, { headers: bearer(READ) })).status, 404);
 
-    const trusted = spawnSync("curl", [
+    const trusted = await run("curl", [
       "-sS", "--location-trusted", "-XPUT", "--data-binary", "through", "-H", `Authorization: Bearer ${WRITE}`,
       "-w", "%{http_code}\\n", `${follower.url}/set/curl`,
-    ], { encoding: "utf8", timeout: 20_000 });
+    ], { timeoutMs: 20_000 });
     answers.push(trusted.stdout + trusted.stderr);
     assert.equal(trusted.stdout, "WRITE completed\n200\n", trusted.stderr);
     assert.equal((await call(`${leader.url}/get/curl`, { headers: bearer(READ) })).text, "through");
-    await waitFor(async () => (await call(`${follower.url}/get/curl`, { headers: bearer(READ) })).text === "through", "the follower to copy it");
+    await waitFor(async () => (await call(`${follower.url}/get/curl`, { headers: bearer(READ) })).text === "through",
+      "the follower to copy it");
   });
 });
 
 describe("followers without the leader's read token", () => {
-  test("a follower with no read token stays not ready and says the leader wants one", async () => {
-    const leader = await start({ env: tokenEnv(await tokenDir({ write: WRITE, read: READ })) });
-    const follower = await start({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" } });
+  /** Waits until the follower's `/status?level=full` line names a 401, and returns that answer. */
+  async function readinessWith401(follower: Mehdb): Promise<Answer> {
     let last: Answer | undefined;
     await waitFor(async () => {
       last = await call(`${follower.url}/status?level=full`);
       return /401/.test(last.text);
     }, "the follower's readiness line to give the 401");
-    assert.equal(last!.status, 503);
-    assert.match(last!.text, /^not ready: .*the leader wants a token \(401\): give this follower MEHDB_READ_TOKEN_FILE/);
+    assert.ok(last);
+    return last;
+  }
+
+  test("a follower with no read token stays not ready and says the leader wants one", async () => {
+    const leader = await start({ env: tokenEnv(await tokenDir({ write: WRITE, read: READ })) });
+    const follower = await start({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" } });
+    const last = await readinessWith401(follower);
+    assert.equal(last.status, 503);
+    assert.match(last.text, /^not ready: .*the leader wants a token \(401\): give this follower MEHDB_READ_TOKEN_FILE/);
     assert.deepEqual(JSON.parse((await call(`${follower.url}/keys`)).text), [], "nothing copied");
   });
 
@@ -362,13 +404,9 @@ describe("followers without the leader's read token", () => {
       leaderUrl: leader.url,
       env: { ...tokenEnv(await tokenDir({ read: WRITE_2 }), { read: true }), MEHDB_SYNC_INTERVAL_MS: "100" },
     });
-    let last: Answer | undefined;
-    await waitFor(async () => {
-      last = await call(`${follower.url}/status?level=full`);
-      return /401/.test(last.text);
-    }, "the follower's readiness line to give the 401");
-    assert.equal(last!.status, 503);
-    assert.match(last!.text, /the leader refused this follower's token \(401\)/);
+    const last = await readinessWith401(follower);
+    assert.equal(last.status, 503);
+    assert.match(last.text, /the leader refused this follower's token \(401\)/);
   });
 
   test("a follower with a read token syncs from a leader that protects only writes", async () => {
@@ -393,7 +431,7 @@ describe("rotation without restart", () => {
     await symlink(join("..data", "write"), join(dir, "write"));
     await symlink(join("..data", "read"), join(dir, "read"));
     const leader = await start({ env: tokenEnv(dir) });
-    assert.equal((await call(`${leader.url}/set/r`, { method: "PUT", body: "1", headers: bearer(WRITE) })).status, 200);
+    assert.equal((await putAs(leader.url, "r", "1", WRITE)).status, 200);
 
     await mkdir(join(dir, "..v2"));
     await writeFile(join(dir, "..v2", "write"), `${WRITE_2}\n`);
@@ -401,25 +439,29 @@ describe("rotation without restart", () => {
     await symlink("..v2", join(dir, "..data_tmp"));
     const swapped = performance.now();
     await rename(join(dir, "..data_tmp"), join(dir, "..data"));
-    await waitFor(async () => (await call(`${leader.url}/set/r`, { method: "PUT", body: "2", headers: bearer(WRITE_2) })).status === 200, "the new write token to work");
+    await waitFor(async () => (await putAs(leader.url, "r", "2", WRITE_2)).status === 200,
+      "the new write token to work");
     console.log(`# the new token worked ${Math.round(performance.now() - swapped)} ms after the swap`);
-    assert401(await call(`${leader.url}/set/r`, { method: "PUT", body: "3", headers: bearer(WRITE) }), "the old write token", /not valid/);
+    assert401(await putAs(leader.url, "r", "3", WRITE), "the old write token", /not valid/);
     assert.equal((await call(`${leader.url}/get/r`, { headers: bearer(READ) })).text, "2");
     assert.match(leader.output(), /event=token-changed variable=MEHDB_WRITE_TOKEN_FILE path=\S+\/write/);
-    assert.doesNotMatch(leader.output(), /event=token-changed variable=MEHDB_READ_TOKEN_FILE/, "the read token did not change");
+    assert.doesNotMatch(leader.output(), /event=token-changed variable=MEHDB_READ_TOKEN_FILE/,
+      "the read token did not change");
   });
 
-  test("a plain file replaced by rename; a file that disappears keeps the last good token and says so once", async () => {
+  test("a plain file replaced by rename; " +
+    "a file that disappears keeps the last good token and says so once", async () => {
     const dir = await tokenDir({ write: WRITE });
     const leader = await start({ env: { ...tokenEnv(dir, { write: true }) } });
     await writeFile(join(dir, "write.new"), WRITE_2);
     await rename(join(dir, "write.new"), join(dir, "write"));
-    await waitFor(async () => (await call(`${leader.url}/set/p`, { method: "PUT", body: "x", headers: bearer(WRITE_2) })).status === 200, "the new write token to work");
-    assert.equal((await call(`${leader.url}/set/p`, { method: "PUT", body: "x", headers: bearer(WRITE) })).status, 401);
+    await waitFor(async () => (await putAs(leader.url, "p", "x", WRITE_2)).status === 200,
+      "the new write token to work");
+    assert.equal((await putAs(leader.url, "p", "x", WRITE)).status, 401);
 
     await rename(join(dir, "write"), join(dir, "write.gone"));
     await waitFor(() => /event=token-file-problem/.test(leader.output()), "the missing file to be noticed");
-    assert.equal((await call(`${leader.url}/set/p`, { method: "PUT", body: "y", headers: bearer(WRITE_2) })).status, 200, "the last good token stays");
+    assert.equal((await putAs(leader.url, "p", "y", WRITE_2)).status, 200, "the last good token stays");
     await rename(join(dir, "write.gone"), join(dir, "write"));
     await waitFor(() => /event=token-file-ok/.test(leader.output()), "the file to be back");
     assert.equal(leader.output().match(/event=token-file-problem/g)?.length, 1, "logged once");
@@ -427,26 +469,22 @@ describe("rotation without restart", () => {
 });
 
 describe("bad token files at start", () => {
-  /** Runs mehdb to its exit; resolves with the code and what it printed. */
-  async function run(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
-    const [node, ...args] = mehdbCommand();
-    const child = spawn(node, args, {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH ?? "", MEHDB_HOST: "mehdb-0", MEHDB_PORT: "0", MEHDB_LISTEN: "127.0.0.1", MEHDB_DATADIR: await tempDir(), ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+  /** Runs mehdb to its exit; resolves with the code and what it printed on stderr. */
+  async function runToExit(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+    const dataDir = await tempDir();
+    const result = await runMehdb({
+      MEHDB_HOST: "mehdb-0",
+      MEHDB_PORT: "0",
+      MEHDB_LISTEN: "127.0.0.1",
+      MEHDB_DATADIR: dataDir,
+      ...env,
     });
-    let output = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (output += chunk));
-    child.stderr.on("data", (chunk: Buffer) => ((output += chunk), (stderr += chunk)));
-    const killer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-    const [code] = await once(child, "exit");
-    clearTimeout(killer);
-    answers.push(output);
-    return { code, output: stderr };
+    answers.push(result.stdout + result.stderr);
+    return { code: result.code, output: result.stderr };
   }
 
-  test("missing, a directory, unreadable, empty or blank: exit 2 with one line naming the variable and the path", async (t) => {
+  test("missing, a directory, unreadable, empty or blank: " +
+    "exit 2 with one line naming the variable and the path", async (t) => {
     const dir = await tempDir("mehdb-bad-tokens-");
     await writeFile(join(dir, "empty"), "");
     await writeFile(join(dir, "blank"), " \n\t\n");
@@ -469,12 +507,13 @@ describe("bad token files at start", () => {
       await chmod(join(dir, "secret"), 0o000);
       cases.push(["MEHDB_WRITE_TOKEN_FILE", join(dir, "secret"), /permission denied/]);
     } else {
-      t.diagnostic("running as root, which reads any file: a directory stands in for an unreadable file (mode 000 is not checked)");
+      t.diagnostic("running as root, which reads any file: " +
+        "a directory stands in for an unreadable file (mode 000 is not checked)");
     }
     for (const [variable, path, reason] of cases) {
       // The other variable names a good file: the bad one alone stops the start.
       const other = variable === "MEHDB_WRITE_TOKEN_FILE" ? "MEHDB_READ_TOKEN_FILE" : "MEHDB_WRITE_TOKEN_FILE";
-      const { code, output } = await run({ [variable]: path, [other]: join(dir, "good") });
+      const { code, output } = await runToExit({ [variable]: path, [other]: join(dir, "good") });
       assert.equal(code, 2, `${variable}=${path}: ${output}`);
       assert.equal(output.split("\n").filter(Boolean).length, 1, `one line: ${output}`);
       assert.ok(output.includes(`${variable}=${path}`), `names the variable and the path: ${output}`);

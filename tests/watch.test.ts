@@ -1,9 +1,10 @@
-// Reading your writes through any pod (?after=), watching changes (?since=&wait=), prefix listing (issue 13):
-// the pure parts of src/watch.ts in-process, then real leaders and followers on 127.0.0.1 (and curl, when installed).
+/**
+ * Reading your writes through any pod (?after=), watching changes (?since=&wait=), prefix listing (issue 13):
+ * the pure parts of src/watch.ts in-process, then real leaders and followers on 127.0.0.1 (and curl, when
+ * installed).
+ */
 import assert from "node:assert/strict";
-import { execFile, spawnSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
 import {
   changesWithPrefix,
   isValidPrefix,
@@ -14,20 +15,29 @@ import {
   withPrefix,
 } from "../src/watch.ts";
 import { cursorReached, parseCursor } from "../src/protocol.ts";
-import { metric } from "./helpers/data.ts";
-import { fetchText, startMehdb, stopAll, waitFor, type Answer, type Mehdb } from "./helpers/mehdb.ts";
-
-const run = promisify(execFile);
-const hasCurl = spawnSync("curl", ["--version"]).status === 0;
+import { missingTool, must } from "./helpers/commands.ts";
+import { del, header, http, metric, put, readFeed, type Answer } from "./helpers/http.ts";
+import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
+
+/** A watch `Watches.hold` took (not one it refused). */
+function accepted<T>(watch: T | null): T {
+  assert.ok(watch !== null, "the watch is held");
+  return watch;
+}
 
 describe("watch.ts, in-process", () => {
   test("parseCursor: EPOCH-SEQ, nothing else", () => {
     assert.deepEqual(parseCursor("3f9a1c2b7d4e-1042"), { epoch: "3f9a1c2b7d4e", seq: 1042 });
     assert.deepEqual(parseCursor("a-0"), { epoch: "a", seq: 0 });
-    for (const bad of ["", "x", "-1", "a-", "a--1", "a-1.5", "a-1e3", "a-+1", "a b-1", "a-1 ", "é-1", "a-99999999999999999", `${"a".repeat(65)}-1`, "a-1-2"]) {
-      assert.equal(parseCursor(bad), null, JSON.stringify(bad));
+    const bad = [
+      "", "x", "-1", "a-", "a--1", "a-1.5", "a-1e3", "a-+1", "a b-1", "a-1 ", "é-1", "a-99999999999999999",
+      `${"a".repeat(65)}-1`, "a-1-2",
+    ];
+    for (const cursor of bad) {
+      assert.equal(parseCursor(cursor), null, JSON.stringify(cursor));
     }
   });
 
@@ -43,31 +53,38 @@ describe("watch.ts, in-process", () => {
   test("parseWait: whole milliseconds from 1 to 60000", () => {
     assert.equal(parseWait("1"), 1);
     assert.equal(parseWait("60000"), 60000);
-    for (const bad of ["0", "60001", "-1", "1.5", "1e3", "", " 5", "abc", "0x10", "9999999"]) assert.equal(parseWait(bad), null, bad);
+    for (const bad of ["0", "60001", "-1", "1.5", "1e3", "", " 5", "abc", "0x10", "9999999"]) {
+      assert.equal(parseWait(bad), null, bad);
+    }
   });
 
   test("prefixes: empty or key-like; withPrefix finds the sorted range", () => {
     for (const good of ["", "a", "user-", "A.b_c", "x".repeat(200)]) assert.equal(isValidPrefix(good), true, good);
-    for (const bad of [".", ".tmp", "a/b", "é", "a b", "x".repeat(201), "%2F"]) assert.equal(isValidPrefix(bad), false, bad);
+    for (const bad of [".", ".tmp", "a/b", "é", "a b", "x".repeat(201), "%2F"]) {
+      assert.equal(isValidPrefix(bad), false, bad);
+    }
     const names = ["a", "ab", "abc", "abd", "b", "b-1", "c"];
     assert.deepEqual(withPrefix(names, "ab"), ["ab", "abc", "abd"]);
     assert.deepEqual(withPrefix(names, "b"), ["b", "b-1"]);
     assert.deepEqual(withPrefix(names, "z"), []);
     assert.deepEqual(withPrefix(names, ""), names);
-    const changes = { cursor: "e-9", full: false, keys: [["p-1", 1, 2], ["q-1", 1, 2]] as [string, number, number][], deleted: ["p-2", "q-2"] };
-    assert.deepEqual(changesWithPrefix(changes, "p-"), { cursor: "e-9", full: false, keys: [["p-1", 1, 2]], deleted: ["p-2"] });
+    const keys: [string, number, number][] = [["p-1", 1, 2], ["q-1", 1, 2]];
+    const changes = { cursor: "e-9", full: false, keys, deleted: ["p-2", "q-2"] };
+    assert.deepEqual(changesWithPrefix(changes, "p-"),
+      { cursor: "e-9", full: false, keys: [["p-1", 1, 2]], deleted: ["p-2"] });
     assert.equal(nothingChanged(changesWithPrefix(changes, "r")), true);
-    assert.equal(nothingChanged({ ...changes, keys: [], deleted: [], full: true }), false, "a full listing always tells something");
+    assert.equal(nothingChanged({ ...changes, keys: [], deleted: [], full: true }), false,
+      "a full listing always tells something");
   });
 
   test("Watches: woken by a change, a timeout, the client leaving, or close; bounded", async () => {
-    let change!: () => void;
+    let change = () => {};
     const nextChange = () => new Promise<void>((resolve) => (change = resolve));
     const watches = new Watches(nextChange, { max: 3 });
-    const changed = watches.hold(60_000)!;
+    const changed = accepted(watches.hold(60_000));
     const gone = new AbortController();
-    const left = watches.hold(60_000, gone.signal)!;
-    const timed = watches.hold(20)!;
+    const left = accepted(watches.hold(60_000, gone.signal));
+    const timed = accepted(watches.hold(20));
     assert.equal(watches.held, 3);
     assert.equal(watches.hold(60_000), null, "past the bound: answered at once by the caller");
     assert.equal(watches.refused, 1);
@@ -77,7 +94,7 @@ describe("watch.ts, in-process", () => {
     change();
     assert.equal(await changed, "change");
     assert.equal(watches.held, 0);
-    const held = [watches.hold(60_000)!, watches.hold(60_000)!];
+    const held = [accepted(watches.hold(60_000)), accepted(watches.hold(60_000))];
     watches.close();
     assert.deepEqual(await Promise.all(held), ["closed", "closed"]);
     assert.equal(await watches.hold(60_000), "closed", "after close, nothing is held");
@@ -93,7 +110,8 @@ describe("watch.ts, in-process", () => {
     assert.equal(resolved, false, "still waiting while the tick runs");
     ended();
     await waiting;
-    assert.equal(await Promise.race([later.then(() => "resolved"), new Promise((resolve) => setTimeout(resolve, 20, "pending"))]), "pending");
+    const pending = sleep(20).then(() => "pending");
+    assert.equal(await Promise.race([later.then(() => "resolved"), pending]), "pending");
     assert.equal(await waits.next(10), undefined, "no tick started within the limit");
     waits.close();
     await later;
@@ -101,12 +119,10 @@ describe("watch.ts, in-process", () => {
   });
 });
 
-const put = (base: string, key: string, body: string) => fetchText(`${base}/set/${key}`, { method: "PUT", body });
+/** The `Mehdb-Cursor` of a successful write. */
 const cursorOf = (answer: Answer) => {
   assert.equal(answer.status, 200, answer.text);
-  const cursor = answer.headers["mehdb-cursor"];
-  assert.equal(typeof cursor, "string", "a successful write answers Mehdb-Cursor");
-  return cursor as string;
+  return header(answer, "Mehdb-Cursor");
 };
 
 describe("read-your-writes through a follower with a long sync interval (?after=)", () => {
@@ -118,58 +134,62 @@ describe("read-your-writes through a follower with a long sync interval (?after=
     leader = await startMehdb({ waitReady: true });
     synced = cursorOf(await put(leader.url, "ryw", "before"));
     // One sync at start, then none for a minute: every later write is ahead of this follower.
-    follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "60000" }, waitReady: true });
+    follower = await startFollower(leader.url, { env: { MEHDB_SYNC_INTERVAL_MS: "60000" }, waitReady: true });
   });
 
   test("a cursor the follower reached is answered from its copy", async () => {
-    const got = await fetchText(`${follower.url}/get/ryw?after=${synced}`);
+    const got = await http(`${follower.url}/get/ryw?after=${synced}`);
     assert.equal(got.status, 200);
     assert.equal(got.text, "before");
-    const keys = await fetchText(`${follower.url}/keys?after=${synced}`);
+    const keys = await http(`${follower.url}/keys?after=${synced}`);
     assert.deepEqual(JSON.parse(keys.text), ["ryw"]);
   });
 
   test("a cursor it has not reached: 307 to the leader, same path and query", async () => {
     const cursor = cursorOf(await put(leader.url, "ryw", "after"));
-    const got = await fetchText(`${follower.url}/get/ryw?after=${cursor}`);
+    const got = await http(`${follower.url}/get/ryw?after=${cursor}`);
     assert.equal(got.status, 307, got.text);
     assert.equal(got.headers.location, `${leader.url}/get/ryw?after=${cursor}`);
     assert.match(got.text, /^[^\n]+\n$/);
-    const head = await fetchText(`${follower.url}/get/ryw?after=${cursor}`, { method: "HEAD" });
+    const head = await http(`${follower.url}/get/ryw?after=${cursor}`, { method: "HEAD" });
     assert.equal(head.status, 307);
-    const keys = await fetchText(`${follower.url}/keys?since=&prefix=ry&after=${cursor}`);
+    const keys = await http(`${follower.url}/keys?since=&prefix=ry&after=${cursor}`);
     assert.equal(keys.status, 307);
-    assert.equal(keys.headers.location, `${leader.url}/keys?since=&prefix=ry&after=${cursor}`, "every parameter is kept");
+    assert.equal(keys.headers.location, `${leader.url}/keys?since=&prefix=ry&after=${cursor}`,
+      "every parameter is kept");
     // Following it by hand reads the write.
-    const followed = await fetchText(got.headers.location as string);
+    const followed = await http(got.headers.location as string);
     assert.equal(followed.text, "after");
     // Without after=, the follower answers from its copy, as before.
-    assert.equal((await fetchText(`${follower.url}/get/ryw`)).text, "before");
+    assert.equal((await http(`${follower.url}/get/ryw`)).text, "before");
   });
 
-  test("curl -L reads its own write through the follower; without -L it sees the 307", { skip: hasCurl ? false : "curl is not installed" }, async () => {
+  test("curl -L reads its own write through the follower; without -L it sees the 307", {
+    skip: missingTool("curl"),
+  }, async () => {
     const cursor = cursorOf(await put(leader.url, "ryw-curl", "mine"));
-    const { stdout } = await run("curl", ["-sS", "-L", `${follower.url}/get/ryw-curl?after=${cursor}`]);
+    const { stdout } = await must("curl", ["-sS", "-L", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(stdout, "mine");
-    const noL = await run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
+    const noL = await must("curl",
+      ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", `${follower.url}/get/ryw-curl?after=${cursor}`]);
     assert.equal(noL.stdout, `307 ${leader.url}/get/ryw-curl?after=${cursor}`);
-    const keys = await run("curl", ["-sS", "-L", `${follower.url}/keys?after=${cursor}&prefix=ryw-`]);
+    const keys = await must("curl", ["-sS", "-L", `${follower.url}/keys?after=${cursor}&prefix=ryw-`]);
     assert.deepEqual(JSON.parse(keys.stdout), ["ryw-curl"]);
   });
 
   test("a cursor of another epoch: the follower redirects, the leader answers", async () => {
     const foreign = "0123456789ab-1";
-    assert.equal((await fetchText(`${follower.url}/get/ryw?after=${foreign}`)).status, 307);
-    const onLeader = await fetchText(`${leader.url}/get/ryw?after=${foreign}`);
+    assert.equal((await http(`${follower.url}/get/ryw?after=${foreign}`)).status, 307);
+    const onLeader = await http(`${leader.url}/get/ryw?after=${foreign}`);
     assert.equal(onLeader.status, 200, "the leader has every write it acknowledged");
-    assert.equal((await fetchText(`${leader.url}/keys?after=${foreign}`)).status, 200);
+    assert.equal((await http(`${leader.url}/keys?after=${foreign}`)).status, 200);
   });
 
   test("malformed after=: one-line 400 on the leader and on the follower", async () => {
     for (const base of [leader.url, follower.url]) {
       for (const bad of ["x", "-1", "abc-", "a-1.5", "%ff", "a-1-2", ""]) {
         for (const path of ["/get/ryw", "/keys"]) {
-          const got = await fetchText(`${base}${path}?after=${bad}`);
+          const got = await http(`${base}${path}?after=${bad}`);
           assert.equal(got.status, 400, `${base}${path}?after=${bad}: ${got.status} ${got.text}`);
           assert.match(got.text, /^malformed after=.*\n$/);
         }
@@ -181,11 +201,11 @@ describe("read-your-writes through a follower with a long sync interval (?after=
 describe("read-your-writes through a follower with a short interval: it waits for its next sync", () => {
   test("the answer comes from the follower's copy, after its next sync", async () => {
     const leader = await startMehdb({ waitReady: true });
-    const follower = await startMehdb({ host: "mehdb-1", leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "100" }, waitReady: true });
+    const follower = await startFollower(leader.url, { waitReady: true });
     for (let i = 0; i < 5; i++) {
       const cursor = cursorOf(await put(leader.url, "soon", `v${i}`));
       // The follower waits for a tick that starts within 1 s (it ticks every 100 ms), then answers.
-      const got = await fetchText(`${follower.url}/get/soon?after=${cursor}`);
+      const got = await http(`${follower.url}/get/soon?after=${cursor}`);
       assert.equal(got.status, 200, `a 307 means the follower did not wait for its next tick: ${got.text}`);
       assert.equal(got.text, `v${i}`);
     }
@@ -201,11 +221,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
     leader = await startMehdb({ waitReady: true });
   });
 
-  const feed = async (query: string) => {
-    const answer = await fetchText(`${leader.url}/keys?${query}`, { timeoutMs: 70_000 });
-    assert.equal(answer.status, 200, answer.text);
-    return JSON.parse(answer.text) as { cursor: string; full: boolean; keys: [string, number, number][]; deleted: string[] };
-  };
+  const feed = (query: string) => readFeed(leader.url, query, 70_000);
   const held = () => metric(leader.url, "mehdb_watches_held");
 
   test("a held watch is answered soon after a write, with the write", async () => {
@@ -241,7 +257,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
 
   test("prefix: the plain listing, the full feed and the incremental feed keep only matching names", async () => {
     for (const key of ["p-1", "p-2", "pq", "q-1"]) await put(leader.url, key, "v");
-    const plain = await fetchText(`${leader.url}/keys?prefix=p-`);
+    const plain = await http(`${leader.url}/keys?prefix=p-`);
     assert.deepEqual(JSON.parse(plain.text), ["p-1", "p-2"]);
     assert.equal(plain.headers["content-type"], "application/json");
     const full = await feed("since=&prefix=p");
@@ -249,11 +265,11 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
     assert.deepEqual(full.keys.map(([name]) => name).sort(), ["p-1", "p-2", "pq"]);
     await put(leader.url, "p-3", "v");
     await put(leader.url, "q-2", "v");
-    await fetchText(`${leader.url}/set/p-1`, { method: "DELETE" });
+    await del(leader.url, "p-1");
     const incremental = await feed(`since=${full.cursor}&prefix=p-`);
     assert.deepEqual(incremental.keys.map(([name]) => name), ["p-3"]);
     assert.deepEqual(incremental.deleted, ["p-1"]);
-    assert.deepEqual(JSON.parse((await fetchText(`${leader.url}/keys?prefix=nothing-`)).text), []);
+    assert.deepEqual(JSON.parse((await http(`${leader.url}/keys?prefix=nothing-`)).text), []);
   });
 
   test("a watch with a prefix stays held through changes outside it", async () => {
@@ -268,7 +284,7 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   });
 
   test("plain GET /keys is still the bare sorted JSON array", async () => {
-    const answer = await fetchText(`${leader.url}/keys`);
+    const answer = await http(`${leader.url}/keys`);
     assert.equal(answer.headers["content-type"], "application/json");
     const names = JSON.parse(answer.text) as unknown;
     assert.ok(Array.isArray(names) && names.every((name) => typeof name === "string"));
@@ -279,12 +295,13 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
   test("bad wait, since, prefix: one-line 400, never 5xx", async () => {
     const { cursor } = await feed("since=");
     const bad = [
-      `since=${cursor}&wait=0`, `since=${cursor}&wait=60001`, `since=${cursor}&wait=-1`, `since=${cursor}&wait=1.5`, `since=${cursor}&wait=abc`,
-      `since=${cursor}&wait=`, `since=${cursor}&wait=1e3`, "wait=100", "since=garbage", "since=a-b", "since=%ff", "prefix=.x", "prefix=a%2Fb",
+      `since=${cursor}&wait=0`, `since=${cursor}&wait=60001`, `since=${cursor}&wait=-1`, `since=${cursor}&wait=1.5`,
+      `since=${cursor}&wait=abc`, `since=${cursor}&wait=`, `since=${cursor}&wait=1e3`, "wait=100", "since=garbage",
+      "since=a-b", "since=%ff", "prefix=.x", "prefix=a%2Fb",
       "prefix=%C3%A9", `prefix=${"x".repeat(201)}`, "since=&prefix=..", "after=zz",
     ];
     for (const query of bad) {
-      const answer = await fetchText(`${leader.url}/keys?${query}`);
+      const answer = await http(`${leader.url}/keys?${query}`);
       assert.equal(answer.status, 400, `?${query}: ${answer.status} ${answer.text}`);
       assert.match(answer.text, /^[^\n]+\n$/);
     }
@@ -294,8 +311,8 @@ describe("watching changes (GET /keys?since=CURSOR&wait=MS) and prefix listing",
 describe("a held watch across SIGTERM", () => {
   test("the watch is answered at once and the process exits promptly with 0", async () => {
     const leader = await startMehdb({ waitReady: true });
-    const { cursor } = JSON.parse((await fetchText(`${leader.url}/keys?since=`)).text) as { cursor: string };
-    const watching = fetchText(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
+    const { cursor } = await readFeed(leader.url, "since=");
+    const watching = http(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
     await waitFor(async () => (await metric(leader.url, "mehdb_watches_held")) === 1, "the watch to be held");
     const started = performance.now();
     const code = await leader.stop("SIGTERM", 30_000);

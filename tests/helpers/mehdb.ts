@@ -1,16 +1,21 @@
 /**
- * Test helpers: start mehdb as a real process on loopback, talk HTTP to it,
- * and stop it. Every process started here is killed by {@link stopAll}, which
- * each suite calls in its `after` hook.
+ * What a test starts, and {@link stopAll} to stop it (each suite calls it in
+ * its `after` hook): mehdb as a real process on loopback ({@link startMehdb},
+ * {@link startFollower}, {@link runMehdb}), temporary directories, local HTTP
+ * servers ({@link listen}), and any other clean-up ({@link onStopAll}). Also
+ * free ports and what `/proc` tells about a process.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:http";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import type { Server } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { run, type RunResult } from "./commands.ts";
+import { closeKeepAlive, http } from "./http.ts";
+import { waitFor } from "./wait.ts";
 
 /** The repository's root (where `src/main.ts` is). */
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -20,10 +25,13 @@ export interface Mehdb {
   /** `http://127.0.0.1:PORT` */
   url: string;
   port: number;
+  pid: number;
   dataDir: string;
   child: ChildProcess;
   /** Everything it printed so far (stdout and stderr). */
   output(): string;
+  /** Its log lines of `event` so far (`… event=EVENT …`). */
+  logLines(event: string): string[];
   /** Sends `signal` (default SIGTERM) and resolves with the exit code (or the signal's name). */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | string>;
 }
@@ -34,20 +42,24 @@ export interface StartOptions {
   host?: string;
   /** Data directory. Default: a new temporary directory. */
   dataDir?: string;
-  /** The leader a follower uses (`MEHDB_LEADER_URL`). */
+  /** The leader a follower uses (`MEHDB_LEADER_URL`). Default none. */
   leaderUrl?: string;
   /** Port. Default 0: a free one, read from the start-up log. */
   port?: number;
-  /** More environment. */
+  /** More environment. Default none. */
   env?: Record<string, string>;
   /** Wait for `GET /status?level=full` to answer 200 too. Default false. */
   waitReady?: boolean;
-  /** A command that runs mehdb, such as `["prlimit", "--nofile=1024:1024", "--"]` (it must exec, so the pid stays mehdb's). Default none. */
+  /**
+   * A command that runs mehdb, such as `["prlimit", "--nofile=1024:1024", "--"]` (it must exec, so the pid
+   * stays mehdb's). Default none.
+   */
   wrapper?: string[];
 }
 
 const running = new Set<ChildProcess>();
 const tempDirs: string[] = [];
+const cleanups: (() => unknown)[] = [];
 
 /** A new temporary directory, removed by {@link stopAll}. */
 export async function tempDir(prefix = "mehdb-test-"): Promise<string> {
@@ -73,13 +85,13 @@ export async function startMehdb(options: StartOptions = {}): Promise<Mehdb> {
     ...(options.leaderUrl ? { MEHDB_LEADER_URL: options.leaderUrl } : {}),
     ...options.env,
   };
-  const [command, ...args] = [...(options.wrapper ?? []), ...mehdbCommand()];
+  const [command = "", ...args] = [...(options.wrapper ?? []), ...mehdbCommand()];
   const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   running.add(child);
   child.on("exit", () => running.delete(child));
   let text = "";
-  child.stdout!.on("data", (chunk: Buffer) => (text += chunk));
-  child.stderr!.on("data", (chunk: Buffer) => (text += chunk));
+  child.stdout.on("data", (chunk: Buffer) => (text += chunk));
+  child.stderr.on("data", (chunk: Buffer) => (text += chunk));
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`mehdb did not start within 15 s:\n${text}`)), 15_000);
     const check = () => {
@@ -89,83 +101,90 @@ export async function startMehdb(options: StartOptions = {}): Promise<Mehdb> {
         resolve(Number(match[1]));
       }
     };
-    child.stdout!.on("data", check);
+    child.stdout.on("data", check);
     child.on("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`mehdb exited with ${code} before listening:\n${text}`));
     });
   });
+  if (child.pid === undefined) throw new Error("mehdb listens but has no pid");
   const url = `http://127.0.0.1:${port}`;
   const mehdb: Mehdb = {
     url,
     port,
+    pid: child.pid,
     dataDir,
     child,
     output: () => text,
+    logLines: (event) => {
+      return text.split("\n").filter((line) => line.includes(` event=${event} `) || line.endsWith(` event=${event}`));
+    },
     stop: (signal = "SIGTERM", timeoutMs = 10_000) => stopProcess(child, signal, timeoutMs),
   };
-  if (options.waitReady) await waitFor(async () => (await fetchText(`${url}/status?level=full`)).status === 200, `${url} ready`);
+  if (options.waitReady) {
+    await waitFor(async () => (await http(`${url}/status?level=full`)).status === 200, `${url} ready`);
+  }
   return mehdb;
 }
 
+/** Starts a follower of `leaderUrl`: {@link startMehdb} with host `mehdb-1` and a 100 ms poll unless `options` say. */
+export function startFollower(leaderUrl: string, options: StartOptions = {}): Promise<Mehdb> {
+  return startMehdb({ host: "mehdb-1", leaderUrl, ...options, env: { MEHDB_SYNC_INTERVAL_MS: "100", ...options.env } });
+}
+
+/**
+ * Runs mehdb from source with `env` (and this `PATH`) until it exits, for the starts that must fail: how it
+ * ended and what it printed. SIGKILL after `timeoutMs` (default 20 s).
+ */
+export function runMehdb(env: Record<string, string>, timeoutMs = 20_000): Promise<RunResult> {
+  const [command = "", ...args] = mehdbCommand();
+  return run(command, args, { cwd: ROOT, env: { PATH: process.env.PATH ?? "", ...env }, timeoutMs });
+}
+
 /** Sends `signal` and waits for the exit: the exit code, or the signal's name; SIGKILL after `timeoutMs`. */
-export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000): Promise<number | string> {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode!;
-  const exited = once(child, "exit") as Promise<[number | null, string | null]>;
+export async function stopProcess(
+  child: ChildProcess,
+  signal: NodeJS.Signals = "SIGTERM",
+  timeoutMs = 10_000,
+): Promise<number | string> {
+  const exited = (): number | string | null => child.exitCode ?? child.signalCode;
+  const already = exited();
+  if (already !== null) return already;
+  const exit = once(child, "exit");
   child.kill(signal);
   const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-  const [code, sig] = await exited;
+  await exit;
   clearTimeout(timer);
-  return code ?? sig!;
+  return exited() ?? "unknown";
 }
 
-/** Kills every process these helpers started and removes their temporary directories. */
+/** Listens with `server` on a free port of 127.0.0.1 until {@link stopAll}; resolves with `http://127.0.0.1:PORT`. */
+export async function listen(server: Server): Promise<string> {
+  onStopAll(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  if (typeof address !== "object" || address === null) throw new Error("the server has no port");
+  return `http://127.0.0.1:${address.port}`;
+}
+
+/** Registers a clean-up for {@link stopAll}, which runs them after stopping the processes, newest first. */
+export function onStopAll(cleanup: () => unknown): void {
+  cleanups.push(cleanup);
+}
+
+/**
+ * Kills every process these helpers started, runs the clean-ups of {@link onStopAll} (closing local servers
+ * among them), closes the HTTP client's keep-alive connections, and removes the temporary directories.
+ */
 export async function stopAll(): Promise<void> {
   await Promise.all([...running].map((child) => stopProcess(child, "SIGKILL")));
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  closeKeepAlive();
   await Promise.all(tempDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
-}
-
-/** An HTTP answer, read whole. */
-export interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-  text: string;
-}
-
-/** Sends one request (no keep-alive) and reads the whole answer. */
-export function fetchText(
-  url: string,
-  options: { method?: string; body?: string | Buffer; headers?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: options.method ?? "GET", headers: options.headers, agent: false, timeout: options.timeoutMs ?? 10_000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (chunk: Buffer) => chunks.push(chunk));
-      res.on("end", () => {
-        const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString("utf8") });
-      });
-      res.on("error", reject);
-    });
-    req.on("timeout", () => req.destroy(new Error(`no answer from ${url} in time`)));
-    req.on("error", reject);
-    req.end(options.body);
-  });
-}
-
-/** Polls `check` every 50 ms until it is true; fails after `timeoutMs` (default 15 s). */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (for a process that starts later). */
@@ -177,4 +196,20 @@ export async function freePort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   if (typeof address !== "object" || address === null) throw new Error("no port");
   return address.port;
+}
+
+/** A memory figure of a process in KiB (`VmRSS`: resident now; `VmHWM`: its peak), or `null` once it is gone. */
+export async function memoryKiB(pid: number, field: "VmRSS" | "VmHWM" = "VmRSS"): Promise<number | null> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, "utf8");
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(status);
+    return match ? Number(match[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** How many files (descriptors) a process holds open now; `self` is this process. */
+export async function openFiles(pid: number | "self"): Promise<number> {
+  return (await readdir(`/proc/${pid}/fd`)).length;
 }

@@ -2,10 +2,11 @@
  * A counting TCP proxy on loopback, for measuring what a follower sends to
  * and receives from its leader: bytes in both directions, connections, and
  * the HTTP exchanges (a request line and everything after it on the same
- * connection until the next request line).
+ * connection until the next request line). Closed by `stopAll` at the latest.
  */
 import { once } from "node:events";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { onStopAll } from "./mehdb.ts";
 
 /** One HTTP request and its answer, as seen on the wire. */
 export interface Exchange {
@@ -35,7 +36,10 @@ export interface CountingProxy {
 
 const REQUEST_LINE = /(?:^|\r\n)((?:GET|HEAD|PUT|DELETE|POST|OPTIONS|PATCH) \S+ HTTP\/1\.[01])\r\n/g;
 
-/** Starts a proxy on 127.0.0.1 (a free port) that forwards every connection to `127.0.0.1:targetPort`. */
+/**
+ * Starts a proxy on 127.0.0.1 (a free port) that forwards every connection to `127.0.0.1:targetPort`, until
+ * it is closed or `stopAll` runs.
+ */
 export async function startCountingProxy(targetPort: number): Promise<CountingProxy> {
   const all: Exchange[] = [];
   const sockets = new Set<Socket>();
@@ -58,10 +62,11 @@ export async function startCountingProxy(targetPort: number): Promise<CountingPr
       // The whole chunk counts for the newest exchange it starts, or the current one.
       const text = tail + chunk.toString("latin1");
       let end = 0;
-      for (const match of text.matchAll(REQUEST_LINE)) {
-        current = { requestLine: match[1], bytesUp: 0, bytesDown: 0 };
-        all.push(current);
-        end = match.index + match[0].length;
+      for (const { 0: whole, 1: requestLine = "", index } of text.matchAll(REQUEST_LINE)) {
+        const exchange = { requestLine, bytesUp: 0, bytesDown: 0 };
+        all.push(exchange);
+        current = exchange;
+        end = index + whole.length;
       }
       if (current !== null) current.bytesUp += chunk.length;
       tail = text.slice(Math.max(end, text.length - 200));
@@ -90,6 +95,12 @@ export async function startCountingProxy(targetPort: number): Promise<CountingPr
   await once(server, "listening");
   const address = server.address();
   const port = typeof address === "object" && address ? address.port : 0;
+  const close = async () => {
+    const closed = new Promise((resolve) => server.close(resolve)); // resolves (with an error) if already closed
+    for (const socket of sockets) socket.destroy();
+    await closed;
+  };
+  onStopAll(close);
   return {
     url: `http://127.0.0.1:${port}`,
     port,
@@ -97,10 +108,6 @@ export async function startCountingProxy(targetPort: number): Promise<CountingPr
     exchanges: () => all,
     bytes: () => ({ up, down }),
     lastActivity: () => last,
-    close: async () => {
-      const closed = new Promise((resolve) => server.close(resolve));
-      for (const socket of sockets) socket.destroy();
-      await closed;
-    },
+    close,
   };
 }

@@ -12,8 +12,10 @@
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startMehdb, stopAll, type Mehdb } from "../helpers/mehdb.ts";
-import { checkedValue, closeHttpAgent, difference, http, randomInt, rssKiB, sleep, snapshot, staleRetries, verifyValue } from "../helpers/reliability.ts";
+import { checkedValue, converged, pick, randomInt, snapshot, verifyValue } from "../helpers/data.ts";
+import { del, http, put, staleRetries } from "../helpers/http.ts";
+import { memoryKiB, startFollower, startMehdb, stopAll, type Mehdb } from "../helpers/mehdb.ts";
+import { sleep } from "../helpers/wait.ts";
 
 /** Options of {@link runSoak}. */
 export interface SoakOptions {
@@ -65,6 +67,7 @@ export function flatLimitKiB(afterWarmUpKiB: number): number {
   return Math.max(24 * 1024, afterWarmUpKiB / 4);
 }
 
+/** The middle value (the upper one of an even count); 0 for none. */
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] ?? 0;
@@ -78,10 +81,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const leader = await startMehdb({ host: "mehdb-0" });
   const followers: Mehdb[] = [];
   for (const host of ["mehdb-1", "mehdb-2"]) {
-    followers.push(await startMehdb({ host, leaderUrl: leader.url, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true }));
+    followers.push(await startFollower(leader.url, { host, env: { MEHDB_SYNC_INTERVAL_MS: "200" }, waitReady: true }));
   }
   const servers = [leader, ...followers];
-  const byOp: Record<string, number> = { get: 0, put: 0, delete: 0, keys: 0 };
+  const byOp = { get: 0, put: 0, delete: 0, keys: 0 };
   let requests = 0;
   let errors = 0;
   const firstErrors: string[] = [];
@@ -99,28 +102,31 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       const roll = Math.random();
       try {
         if (roll < 0.55) {
-          const server = servers[randomInt(0, 2)];
-          const res = await http(`${server.url}/get/${key}`);
+          const server = pick(servers);
+          const res = await http(`${server.url}/get/${key}`, { keepAlive: true });
           byOp.get++;
           if (res.status === 200) {
             const check = verifyValue(res.body);
             if (!check.ok) fail(`GET ${key} from ${server.url}: ${check.reason}`);
           } else if (res.status !== 404) {
-            fail(`GET ${key} from ${server.url}: ${res.status} ${res.body}`);
+            fail(`GET ${key} from ${server.url}: ${res.status} ${res.text}`);
           }
         } else if (roll < 0.88) {
-          const res = await http(`${leader.url}/set/${key}`, { method: "PUT", body: checkedValue(`w${w}n${n}`, randomInt(64, 32 * 1024)) });
+          const value = checkedValue(`w${w}n${n}`, randomInt(64, 32 * 1024));
+          const res = await put(leader.url, key, value, { keepAlive: true });
           byOp.put++;
-          if (res.status !== 200) fail(`PUT ${key}: ${res.status} ${res.body}`);
+          if (res.status !== 200) fail(`PUT ${key}: ${res.status} ${res.text}`);
         } else if (roll < 0.98) {
-          const res = await http(`${leader.url}/set/${key}`, { method: "DELETE" });
+          const res = await del(leader.url, key, { keepAlive: true });
           byOp.delete++;
-          if (res.status !== 200 && res.status !== 404) fail(`DELETE ${key}: ${res.status} ${res.body}`);
+          if (res.status !== 200 && res.status !== 404) fail(`DELETE ${key}: ${res.status} ${res.text}`);
         } else {
-          const server = servers[randomInt(0, 2)];
-          const res = await http(`${server.url}/keys`);
+          const server = pick(servers);
+          const res = await http(`${server.url}/keys`, { keepAlive: true });
           byOp.keys++;
-          if (res.status !== 200 || !Array.isArray(JSON.parse(res.body.toString()))) fail(`GET /keys from ${server.url}: ${res.status}`);
+          if (res.status !== 200 || !Array.isArray(JSON.parse(res.text))) {
+            fail(`GET /keys from ${server.url}: ${res.status}`);
+          }
         }
       } catch (error) {
         fail(`${key}: ${(error as Error).message}`);
@@ -132,15 +138,19 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const samples: RssSample[] = [];
   const sampleEveryMs = Math.min(1000, Math.max(200, options.seconds * 50));
   const printEvery = Math.max(1, Math.round(options.seconds * 1000 / sampleEveryMs / 12));
-  print(`soak: ${options.seconds} s, ${workers} clients, ${keyCount} keys, leader ${leader.url}, followers ${followers.map((f) => f.url).join(" ")}`);
-  print(`${"t (s)".padStart(7)} ${"requests".padStart(9)} ${"errors".padStart(6)}  ${NAMES.map((n) => `${n} RSS MiB`.padStart(19)).join(" ")}`);
-  const row = (s: RssSample) =>
-    `${s.atSeconds.toFixed(1).padStart(7)} ${String(s.requests).padStart(9)} ${String(s.errors).padStart(6)}  ${s.rssKiB.map((k) => (k / 1024).toFixed(1).padStart(19)).join(" ")}`;
+  print(`soak: ${options.seconds} s, ${workers} clients, ${keyCount} keys, leader ${leader.url}, ` +
+    `followers ${followers.map((f) => f.url).join(" ")}`);
+  const columns = (first: string, second: string, third: string, rss: string[]) =>
+    `${first.padStart(7)} ${second.padStart(9)} ${third.padStart(6)}  ${rss.map((m) => m.padStart(19)).join(" ")}`;
+  print(columns("t (s)", "requests", "errors", NAMES.map((n) => `${n} RSS MiB`)));
+  const row = (s: RssSample) => columns(s.atSeconds.toFixed(1), String(s.requests), String(s.errors),
+    s.rssKiB.map((k) => (k / 1024).toFixed(1)));
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      const rss = await Promise.all(servers.map((s) => rssKiB(s.child.pid!)));
-      const sample = { atSeconds: (performance.now() - started) / 1000, requests, errors, rssKiB: rss.map((k) => k ?? 0) };
+      const rss = await Promise.all(servers.map((s) => memoryKiB(s.pid)));
+      const atSeconds = (performance.now() - started) / 1000;
+      const sample = { atSeconds, requests, errors, rssKiB: rss.map((k) => k ?? 0) };
       samples.push(sample);
       if (samples.length % printEvery === 0) print(row(sample));
       await sleep(sampleEveryMs);
@@ -150,45 +160,63 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   await Promise.all(Array.from({ length: workers }, (_, w) => worker(w)));
   sampling = false;
   await sampler;
-  print(row(samples[samples.length - 1]));
+  const lastSample = samples.at(-1);
+  if (lastSample) print(row(lastSample));
 
   // The followers must end with exactly the leader's keys and bytes.
-  let converged = false;
-  let last: string | null = null;
-  let leaderSnapshot = new Map<string, Buffer>();
-  for (const until = performance.now() + 20_000; performance.now() < until;) {
-    leaderSnapshot = await snapshot(leader.url);
-    const diffs = await Promise.all(followers.map(async (f) => difference(leaderSnapshot, await snapshot(f.url))));
-    last = diffs.find((d) => d !== null) ?? null;
-    if (last === null) {
-      converged = true;
-      break;
-    }
-    await sleep(200);
+  let exact = true;
+  for (const follower of followers) {
+    await converged(follower.url, leader.url, 20_000).catch((error: Error) => {
+      exact = false;
+      fail(`followers did not converge: ${error.message}`);
+    });
   }
-  if (!converged) fail(`followers did not converge within 20 s: ${last}`);
+  const leaderSnapshot = await snapshot(leader.url);
   for (const server of servers) {
-    if (server.child.exitCode !== null || server.child.signalCode !== null) fail(`${server.url} exited: ${server.output().slice(-500)}`);
+    if (server.child.exitCode !== null || server.child.signalCode !== null) {
+      fail(`${server.url} exited: ${server.output().slice(-500)}`);
+    }
   }
 
   // Memory: the median of the last quarter against the median just after warm-up (the first 30 %).
   const warm = samples.filter((s) => s.atSeconds >= options.seconds * 0.3);
   const early = warm.slice(0, Math.max(1, Math.floor(warm.length / 4)));
   const late = warm.slice(-Math.max(1, Math.floor(warm.length / 4)));
-  const rssGrowthKiB = servers.map((_, i) => median(late.map((s) => s.rssKiB[i])) - median(early.map((s) => s.rssKiB[i])));
-  const rssFlat = servers.map((_, i) => rssGrowthKiB[i] <= flatLimitKiB(median(early.map((s) => s.rssKiB[i]))));
+  const memory = servers.map((server, i) => {
+    const medianOf = (some: RssSample[]) => median(some.map((s) => s.rssKiB[i] ?? 0));
+    const afterWarmUp = medianOf(early);
+    const growth = medianOf(late) - afterWarmUp;
+    return { name: NAMES[i] ?? server.url, growth, flat: growth <= flatLimitKiB(afterWarmUp) };
+  });
+  const rssGrowthKiB = memory.map((m) => m.growth);
+  const rssFlat = memory.map((m) => m.flat);
 
   const bytes = [...leaderSnapshot.values()].reduce((sum, v) => sum + v.length, 0);
   const seconds = (performance.now() - started) / 1000;
   const retried = staleRetries.count - retriesBefore;
-  print(`requests ${requests} (${Object.entries(byOp).map(([op, n]) => `${op} ${n}`).join(", ")}), ${(requests / options.seconds).toFixed(0)}/s, ` +
+  const ops = Object.entries(byOp).map(([op, n]) => `${op} ${n}`).join(", ");
+  print(`requests ${requests} (${ops}), ${(requests / options.seconds).toFixed(0)}/s, ` +
     `errors ${errors}, sent again after a keep-alive close race ${retried}`);
-  print(`followers ${converged ? "exact" : "NOT exact"}: ${leaderSnapshot.size} keys, ${bytes} bytes`);
-  print(`RSS growth after warm-up: ${servers.map((_, i) => `${NAMES[i]} ${(rssGrowthKiB[i] / 1024).toFixed(1)} MiB (${rssFlat[i] ? "flat" : "GROWING"})`).join(", ")}`);
+  print(`followers ${exact ? "exact" : "NOT exact"}: ${leaderSnapshot.size} keys, ${bytes} bytes`);
+  const growths = memory.map((m) => `${m.name} ${(m.growth / 1024).toFixed(1)} MiB (${m.flat ? "flat" : "GROWING"})`);
+  print(`RSS growth after warm-up: ${growths.join(", ")}`);
   for (const error of firstErrors) print(`error: ${error}`);
 
   await Promise.all(servers.map((s) => s.stop()));
-  return { seconds, requests, byOp, errors, firstErrors, staleRetries: retried, converged, keys: leaderSnapshot.size, bytes, samples, rssGrowthKiB, rssFlat };
+  return {
+    seconds,
+    requests,
+    byOp,
+    errors,
+    firstErrors,
+    staleRetries: retried,
+    converged: exact,
+    keys: leaderSnapshot.size,
+    bytes,
+    samples,
+    rssGrowthKiB,
+    rssFlat,
+  };
 }
 
 /** `--seconds N` from the command line (default 60). */
@@ -212,7 +240,6 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     console.log(ok ? "soak: PASS" : "soak: FAIL");
   } finally {
     await stopAll();
-    closeHttpAgent();
   }
   process.exit(ok ? 0 : 1);
 }
