@@ -110,9 +110,11 @@ export function refuse(x: Exchange, status: number, message: string, headers: Re
     return;
   }
   if (!req.complete && bodyExpected(req)) {
-    if (req.headers.expect !== undefined || Number(req.headers["content-length"] ?? 0) > DRAIN_LIMIT) {
-      headers.Connection = "close"; // the body was not asked for, or is too large to read and drop
-    }
+    // A body that was not asked for (`Expect: 100-continue`) may never come: the connection closes after the answer.
+    // Any other is read and dropped; past a bound, drain() closes the connection a while after the answer. (With
+    // `Connection: close` node:http would close it as soon as the answer is out, and a reset for the bytes still
+    // coming could make the client lose that answer.)
+    if (req.headers.expect !== undefined) headers.Connection = "close";
     drain(req);
   }
   send(x, status, `${message}\n`, "text/plain; charset=utf-8", headers);
