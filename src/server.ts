@@ -135,21 +135,22 @@ export function createMehdbServer(options: ServerOptions): Server {
 
   function getValue(req: IncomingMessage, res: ServerResponse, key: string): void | Promise<void> {
     const hit = store.cached(key);
-    if (hit) return sendValue(req, res, key, hit.entry, hit.body);
+    // A cached value keeps its answer's headers, so a GET of it formats nothing.
+    if (hit) return sendValue(req, res, key, hit.entry, hit.body, (hit.headers ??= valueHeaders(hit.entry)));
     return store.get(key).then((value) => {
       if (value === null) return send(res, "get", NOT_FOUND, `key not found: ${key}\n`);
-      return sendValue(req, res, key, value.entry, value.body ?? value.stream);
+      return sendValue(req, res, key, value.entry, value.body ?? value.stream, valueHeaders(value.entry));
     });
   }
 
   /** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */
-  function sendValue(req: IncomingMessage, res: ServerResponse, key: string, entry: Entry, body: Buffer | ReadStream): void {
+  function sendValue(req: IncomingMessage, res: ServerResponse, key: string, entry: Entry, body: Buffer | ReadStream, headers: string[]): void {
     const streamed = !Buffer.isBuffer(body);
     if (notModified(req, entry)) {
       if (streamed) body.destroy();
       return sendNotModified(res, entry);
     }
-    res.writeHead(OK, valueHeaders(entry));
+    res.writeHead(OK, headers);
     metrics.count("get", OK);
     if (!streamed) return void res.end(body); // node:http sends no body for HEAD
     if (req.method === "HEAD") {
@@ -163,15 +164,9 @@ export function createMehdbServer(options: ServerOptions): Server {
     });
   }
 
-  /** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */
-  const headersOf = new WeakMap<Entry, string[]>();
+  /** The headers of a value's answer (`writeHead`'s flat array form). */
   function valueHeaders(entry: Entry): string[] {
-    let headers = headersOf.get(entry);
-    if (!headers) {
-      headers = ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
-      headersOf.set(entry, headers);
-    }
-    return headers;
+    return ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
   }
 
   function notModified(req: IncomingMessage, entry: Entry): boolean {
@@ -329,16 +324,22 @@ export function createMehdbServer(options: ServerOptions): Server {
     // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
     // client would otherwise keep sending on it and hold the shutdown until it is forced.
     if (!server.listening) res.shouldKeepAlive = false;
-    const failed = (error: unknown) => {
-      log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
-      if (!res.headersSent) send(res, "other", INTERNAL_SERVER_ERROR, "internal error\n");
-      else res.destroy();
-    };
+    // No closure is made per request: most GETs answer synchronously, from the cache, and under tsx
+    // every closure also costs a defineProperty (its name).
+    let pending: void | Promise<void>;
     try {
-      handle(req, res, expectsContinue)?.catch(failed); // most GETs answer synchronously, from the cache
+      pending = handle(req, res, expectsContinue);
     } catch (error) {
-      failed(error);
+      return failed(req, res, error);
     }
+    if (pending) pending.catch((error: unknown) => failed(req, res, error));
+  }
+
+  /** A handler threw: logs it and answers 500 (or drops the connection when the answer has begun). */
+  function failed(req: IncomingMessage, res: ServerResponse, error: unknown): void {
+    log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
+    if (!res.headersSent) send(res, "other", INTERNAL_SERVER_ERROR, "internal error\n");
+    else res.destroy();
   }
 
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? 5_000;
