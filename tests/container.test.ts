@@ -217,11 +217,23 @@ describe('Containerfile', () => {
     assert.ok(!lines.some((l) => /npm (ci|install)/.test(l)), 'no npm install');
   });
 
-  it('runs `node src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876', () => {
+  it('runs `node [--flag=value ...] src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876', () => {
     assert.ok(lines.includes('USER 1000:1000'));
     assert.ok(lines.some((l) => /^ENV\s.*\bMEHDB_DATADIR=\/data\b/.test(l)));
     assert.ok(lines.includes('EXPOSE 9876'));
-    assert.equal(lines.at(-1), 'CMD ["node", "src/main.ts"]');
+    assert.match(lines.at(-1)!, /^CMD \[/);
+    const cmd = JSON.parse(lines.at(-1)!.slice(4)) as string[];
+    assert.equal(cmd[0], 'node');
+    assert.equal(cmd.at(-1), 'src/main.ts');
+    for (const flag of cmd.slice(1, -1)) assert.match(flag, /^--[a-z-]+=\S+$/);
+  });
+
+  it('gives Node the young-generation size that `npm start` gives it', () => {
+    const cmd = JSON.parse(lines.at(-1)!.slice(4)) as string[];
+    const semi = cmd.find((f) => f.startsWith('--max-semi-space-size='));
+    assert.ok(semi, 'the image caps the young generation');
+    const start = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start;
+    assert.ok(start.split(/\s+/).includes(semi), `npm start (${start}) passes ${semi} too`);
   });
 });
 

@@ -130,6 +130,27 @@ export function memoryMb(pid: number): { rssMb: number | null; peakMb: number | 
   }
 }
 
+/**
+ * CPU time (user + system) the process has used so far, in seconds, from
+ * /proc/PID/stat (clock ticks, 100 per second on Linux); null where unreadable.
+ * Less sensitive than throughput to other work on a shared machine.
+ */
+export function cpuSeconds(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return null;
+  }
+}
+
+/** Moves every thread of a running process to `cpus` (taskset list, e.g. "0" or "0-1"). */
+export function setAffinity(pid: number, cpus: string): void {
+  execFileSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
+}
+
 /** The child's recent output, for an error message. */
 export function tail(child: Child, n = 20): string {
   return child.lines.slice(-n).map((l) => `  ${child.name}| ${l}`).join("\n");
