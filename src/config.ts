@@ -32,7 +32,7 @@ export interface Config {
   syncTimeoutMs: number;
   /** Largest value accepted, in bytes. `MEHDB_MAX_VALUE_BYTES`, default 16 MiB. */
   maxValueBytes: number;
-  /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 16 MiB (0 turns it off). */
+  /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 8 MiB (0 turns it off). */
   cacheBytes: number;
 }
 
@@ -50,7 +50,7 @@ export const DEFAULTS = {
   syncIntervalMs: 1000,
   syncTimeoutMs: 10_000,
   maxValueBytes: 16 * 1024 * 1024,
-  cacheBytes: 16 * 1024 * 1024,
+  cacheBytes: 8 * 1024 * 1024,
   /** Where `MEHDB_LOCAL=yes` looks for the leader, as in the original. */
   localLeaderUrl: "http://localhost:9999",
 } as const;

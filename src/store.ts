@@ -52,7 +52,7 @@ export interface Changes {
 
 /** Options of {@link Store.open}. */
 export interface StoreOptions {
-  /** Bytes of small values kept in memory (each counted with 256 B of overhead). Default 16 MiB; 0 turns the cache off. */
+  /** Bytes of small values kept in memory (each counted with 512 B of overhead). Default 8 MiB; 0 turns the cache off. */
   cacheBytes?: number;
   /** Largest value the cache holds. Default 64 KiB. */
   cacheValueBytes?: number;
@@ -92,8 +92,12 @@ export class ValueTooLargeError extends Error {
 const CACHE_ON_WRITE_BYTES = 4 * 1024;
 /** Bytes of a value gathered before they are written (with one `writev`). */
 const WRITE_BATCH_BYTES = 256 * 1024;
-/** What the cache counts for each value on top of its bytes (the objects that hold it). */
-const CACHE_ENTRY_OVERHEAD = 256;
+/**
+ * What the cache counts for each value on top of its bytes: the objects that hold it. Measured
+ * in heap snapshots of a leader with 100 000 keys: about 450 B per cached 50-byte value (the
+ * Buffer and its ArrayBuffer, the backing store, the cache's node, its key, its headers, the Map's slot).
+ */
+const CACHE_ENTRY_OVERHEAD = 512;
 /** Values larger than this are streamed from the file instead of read whole. */
 const STREAM_THRESHOLD = 1024 * 1024;
 /** Prefix of temporary files; no key starts with `.`. */
@@ -124,7 +128,7 @@ export class Store {
     this.dir = dir;
     this.epoch = randomBytes(6).toString("hex");
     this.#dirSync = new DirSync(dirHandle);
-    const cacheBytes = options.cacheBytes ?? 16 * 1024 * 1024;
+    const cacheBytes = options.cacheBytes ?? 8 * 1024 * 1024;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
     this.#maxTombstones = options.maxTombstones ?? 100_000;
   }
