@@ -44,7 +44,7 @@ export interface Config {
   syncTimeoutMs: number;
   /** Largest value accepted, in bytes. `MEHDB_MAX_VALUE_BYTES`, default 16 MiB. */
   maxValueBytes: number;
-  /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 16 MiB (0 turns it off). */
+  /** Memory for caching small values, in bytes. `MEHDB_CACHE_BYTES`, default 8 MiB (0 turns it off). */
   cacheBytes: number;
   /** File holding the write token. `MEHDB_WRITE_TOKEN_FILE`, default none (writes open). */
   writeTokenFile: string | null;
@@ -66,7 +66,7 @@ export const DEFAULTS = {
   syncIntervalMs: 1000,
   syncTimeoutMs: 10_000,
   maxValueBytes: 16 * 1024 * 1024,
-  cacheBytes: 16 * 1024 * 1024,
+  cacheBytes: 8 * 1024 * 1024,
   /** Time the server allows for a request's headers. */
   headersTimeoutMs: 10_000,
   /** Time the server allows for a whole request, body included. */

@@ -13,7 +13,7 @@ import type { Followers } from "./followers.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PollerState } from "./protocol.ts";
-import type { Entry, Store } from "./store.ts";
+import type { Store } from "./store.ts";
 import type { Tokens } from "./tokens.ts";
 
 export const OK = 200;
@@ -53,8 +53,6 @@ export interface Context {
   followers: Followers | null;
   /** Conditional writes, `?after=`, and held `/keys` answers. */
   consistency: Consistency;
-  /** The headers of each value's answer, made once per entry. */
-  valueHeaders: WeakMap<Entry, string[]>;
 }
 
 /** One request being answered: the server's context, the request and response, and the route's label. */

@@ -169,6 +169,13 @@ function exchange(ctx: Context, req: IncomingMessage, res: ServerResponse): Exch
   return { ctx, req, res, route: UNROUTED.label, rest: "", query: "", expectsContinue: false };
 }
 
+/** A handler threw: logs it and answers 500 (or drops the connection when the answer has begun). */
+function failed(ctx: Context, req: IncomingMessage, res: ServerResponse, error: unknown): void {
+  ctx.log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
+  if (res.headersSent) return void res.destroy();
+  send(exchange(ctx, req, res), INTERNAL_SERVER_ERROR, "internal error\n");
+}
+
 /** A follower's answer to a write: `307` to the same key on the leader, the body not read. */
 function redirectToLeader(x: Exchange): void {
   const key = requestedKey(x);
@@ -191,7 +198,6 @@ export function createMehdbServer(options: ServerOptions): Server {
     host: options.host ?? options.role,
     followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
     consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, poller: options.poller }),
-    valueHeaders: new WeakMap(),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
   const server = createServer({
@@ -211,16 +217,14 @@ export function createMehdbServer(options: ServerOptions): Server {
     // Once the server is closing, a keep-alive connection gets its answer and then closes: a busy
     // client would otherwise keep sending on it and hold the shutdown until it is forced.
     if (!server.listening) res.shouldKeepAlive = false;
-    const failed = (error: unknown) => {
-      ctx.log("error", { op: "request", method: req.method, path: req.url?.slice(0, 200), error: String(error) });
-      if (res.headersSent) return void res.destroy();
-      send(exchange(ctx, req, res), INTERNAL_SERVER_ERROR, "internal error\n");
-    };
+    // No closure is made per request: most GETs answer synchronously, from the cache.
+    let pending: void | Promise<void>;
     try {
-      dispatch(ctx, req, res, expectsContinue)?.catch(failed); // most GETs answer synchronously, from the cache
+      pending = dispatch(ctx, req, res, expectsContinue);
     } catch (error) {
-      failed(error);
+      return failed(ctx, req, res, error);
     }
+    if (pending) pending.catch((error: unknown) => failed(ctx, req, res, error));
   };
   // Held watches are answered at once when the server closes, so a stop stays prompt.
   const closeServer = server.close.bind(server);

@@ -52,7 +52,7 @@ export type Value =
 
 /** Options of {@link Store.open}. */
 export interface StoreOptions {
-  /** Bytes of small values kept in memory (each counted with 256 B of overhead). Default `DEFAULTS.cacheBytes` (16 MiB); 0 turns the cache off. */
+  /** Bytes of small values kept in memory (each counted with 512 B of overhead). Default `DEFAULTS.cacheBytes` (8 MiB); 0 turns the cache off. */
   cacheBytes?: number;
   /** Largest value the cache holds. Default 64 KiB. */
   cacheValueBytes?: number;
@@ -135,8 +135,12 @@ export class ValueTooLargeError extends Error {
 const CACHE_ON_WRITE_BYTES = 4 * 1024;
 /** Bytes of a value gathered before they are written (with one `writev`). */
 const WRITE_BATCH_BYTES = 256 * 1024;
-/** What the cache counts for each value on top of its bytes (the objects that hold it). */
-const CACHE_ENTRY_OVERHEAD = 256;
+/**
+ * What the cache counts for each value on top of its bytes: the objects that hold it. Measured
+ * in heap snapshots of a leader with 100 000 keys: about 450 B per cached 50-byte value (the
+ * Buffer and its ArrayBuffer, the backing store, the cache's node, its key, its headers, the Map's slot).
+ */
+const CACHE_ENTRY_OVERHEAD = 512;
 /** Values larger than this are streamed from the file instead of read whole. */
 const STREAM_THRESHOLD = 1024 * 1024;
 /** Prefix of temporary files; no key starts with `.`. */
@@ -228,12 +232,10 @@ export class Store {
     return this.#index.get(key);
   }
 
-  /** The value of `key` when it is in the cache (no I/O), else `undefined`. */
-  cached(key: string): { entry: Entry; body: Buffer } | undefined {
+  /** The value of `key` when it is in the cache (no I/O, no allocation), else `undefined`. */
+  cached(key: string): CachedValue | undefined {
     const entry = this.#index.get(key);
-    if (!entry) return undefined;
-    const body = this.#cache.get(key, entry);
-    return body ? { entry, body } : undefined;
+    return entry && this.#cache.hit(key, entry);
   }
 
   /**
@@ -687,43 +689,92 @@ class DirFsync {
   }
 }
 
-/** Least-recently-used cache of small values, bounded in bytes, checked against the entry. */
+/** A value held by the cache: the bytes of one entry. */
+export interface CachedValue {
+  readonly entry: Entry;
+  readonly body: Buffer;
+  /** A slot for the server: the headers of this value's answer, made on its first GET. */
+  headers?: string[];
+}
+
+/** A cached value in the cache's recency list. */
+interface CacheNode extends CachedValue {
+  readonly key: string;
+  newer: CacheNode | null;
+  older: CacheNode | null;
+}
+
+/**
+ * Least-recently-used cache of small values, bounded in bytes, checked against the entry.
+ *
+ * Recency is a linked list beside the Map, not the Map's insertion order: moving a key to the
+ * end of a V8 Map (delete, then set) leaves a deleted slot in that key's hash chain each time,
+ * so a hot key's next set walks every earlier one until the table is rebuilt (measured: 1.7 µs
+ * per hit with 1 000 entries, 117 µs with 55 000), and taking the oldest key by iterating
+ * skips every slot deleted at the front. Here a hit moves two pointers and the Map only
+ * changes when a key comes in or goes out.
+ */
 class ValueCache {
   readonly maxValueBytes: number;
   #maxBytes: number;
   #bytes = 0;
-  #values = new Map<string, { entry: Entry; body: Buffer }>();
+  #nodes = new Map<string, CacheNode>();
+  #newest: CacheNode | null = null;
+  #oldest: CacheNode | null = null;
 
   constructor(maxBytes: number, maxValueBytes: number) {
     this.#maxBytes = maxBytes;
     this.maxValueBytes = maxBytes > 0 ? maxValueBytes : -1;
   }
 
+  /** The cached value of `key` when it holds `entry`'s bytes; marks it most recently used. */
+  hit(key: string, entry: Entry): CachedValue | undefined {
+    const node = this.#nodes.get(key);
+    if (!node || node.entry !== entry) return undefined;
+    if (node !== this.#newest) {
+      this.#unlink(node);
+      this.#push(node);
+    }
+    return node;
+  }
+
+  /** The bytes of `key` when they are `entry`'s. */
   get(key: string, entry: Entry): Buffer | undefined {
-    const hit = this.#values.get(key);
-    if (!hit || hit.entry !== entry) return undefined;
-    this.#values.delete(key);
-    this.#values.set(key, hit);
-    return hit.body;
+    return this.hit(key, entry)?.body;
   }
 
   set(key: string, entry: Entry, body: Buffer): void {
     if (body.length > this.maxValueBytes) return;
     this.delete(key);
-    this.#values.set(key, { entry, body });
+    const node: CacheNode = { key, entry, body, headers: undefined, newer: null, older: null };
+    this.#nodes.set(key, node);
+    this.#push(node);
     this.#bytes += body.length + CACHE_ENTRY_OVERHEAD;
-    for (const [oldest, value] of this.#values) {
-      if (this.#bytes <= this.#maxBytes) break;
-      this.#values.delete(oldest);
-      this.#bytes -= value.body.length + CACHE_ENTRY_OVERHEAD;
-    }
+    while (this.#bytes > this.#maxBytes && this.#oldest) this.delete(this.#oldest.key);
   }
 
   delete(key: string): void {
-    const hit = this.#values.get(key);
-    if (!hit) return;
-    this.#values.delete(key);
-    this.#bytes -= hit.body.length + CACHE_ENTRY_OVERHEAD;
+    const node = this.#nodes.get(key);
+    if (!node) return;
+    this.#nodes.delete(key);
+    this.#unlink(node);
+    this.#bytes -= node.body.length + CACHE_ENTRY_OVERHEAD;
+  }
+
+  #push(node: CacheNode): void {
+    node.older = this.#newest;
+    node.newer = null;
+    if (this.#newest) this.#newest.newer = node;
+    else this.#oldest = node;
+    this.#newest = node;
+  }
+
+  #unlink(node: CacheNode): void {
+    if (node.newer) node.newer.older = node.older;
+    else this.#newest = node.older;
+    if (node.older) node.older.newer = node.newer;
+    else this.#oldest = node.newer;
+    node.newer = node.older = null;
   }
 }
 

@@ -108,10 +108,11 @@ export function judgeAuthorization(authorization: string | string[] | undefined,
   if (authorization === undefined) {
     return `${needs(access, secrets)}; this request had no Authorization header (curl -L drops it on the redirect to the leader unless given --location-trusted)`;
   }
-  if (Array.isArray(authorization) && authorization.length !== 1) {
-    return `${needs(access, secrets)}; this request had ${authorization.length} Authorization headers, send exactly one`;
+  const [header, more] = Array.isArray(authorization) ? authorization : [authorization];
+  if (header === undefined || more !== undefined) {
+    const count = Array.isArray(authorization) ? authorization.length : 0;
+    return `${needs(access, secrets)}; this request had ${count} Authorization headers, send exactly one`;
   }
-  const header = Array.isArray(authorization) ? authorization[0]! : authorization;
   const from = credentialsStart(header);
   if (from < 0) return `${needs(access, secrets)}; the Authorization header is not of the form "Bearer <token>"`;
   // For a read, both comparisons run, whichever matches.
@@ -137,14 +138,10 @@ export function authorizationOf(req: { headers: IncomingHttpHeaders; rawHeaders:
   const first = req.headers.authorization;
   if (first === undefined) return undefined;
   const raw = req.rawHeaders;
-  let all: string[] | undefined;
-  let seen = 0;
-  for (let i = 0; i < raw.length; i += 2) {
-    if (!isAuthorizationName(raw[i]!)) continue;
-    if (++seen === 2) all = [first];
-    if (seen >= 2) all!.push(raw[i + 1]!);
-  }
-  return all ?? first;
+  let count = 0; // the common case, one header, allocates nothing
+  for (let i = 0; i < raw.length; i += 2) if (isAuthorizationName(raw[i] ?? "")) count++;
+  if (count < 2) return first;
+  return raw.filter((_, i) => i % 2 === 1 && isAuthorizationName(raw[i - 1] ?? ""));
 }
 
 function isAuthorizationName(name: string): boolean {

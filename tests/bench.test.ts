@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -14,6 +14,8 @@ import { freePort } from "./helpers/mehdb.ts";
 import { runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
 import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
+import { serverNodeFlags } from "./bench/mehdb.ts";
+import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
 test("npm run bench --quick on tiny settings produces every figure", { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-test-"));
@@ -39,7 +41,9 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
     for (const t of results.targets) {
       assert.ok(typeof t.value === "number" && Number.isFinite(t.value), `target ${t.name} has no value`);
     }
-    assert.match(output, /GET 10 B value/);
+    assert.match(output, /GET 10 B value, before writes/);
+    assert.match(output, /GET 10 B value, after a \S+ s PUT burst/);
+    assert.match(output, /leader RSS [\d.]+ MB \(peak [\d.]+\) after a mixed load/);
     assert.match(output, /results: /);
     // The bench removed its temporary data dirs.
     assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith("mehdb-bench-")), []);
@@ -68,6 +72,49 @@ test("the Node load generator (used when wrk is missing) drives GET and PUT agai
     }
   } finally {
     await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the bench runs servers with the Node flags of npm start, or of the image's CMD on another Node", () => {
+  const start = (JSON.parse(readFileSync(`${REPO_ROOT}/package.json`, "utf8")) as { scripts: { start: string } }).scripts.start;
+  const saved = process.env.MEHDB_BENCH_NODE;
+  try {
+    delete process.env.MEHDB_BENCH_NODE;
+    const flags = serverNodeFlags();
+    for (const flag of flags) assert.ok(start.split(/\s+/).includes(flag), `${flag} is in npm start`);
+    assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "npm start sizes the young generation");
+    process.env.MEHDB_BENCH_NODE = "/nonexistent/node";
+    const image = serverNodeFlags();
+    assert.ok(readFileSync(`${REPO_ROOT}/Containerfile`, "utf8").includes(`CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`));
+  } finally {
+    if (saved === undefined) delete process.env.MEHDB_BENCH_NODE;
+    else process.env.MEHDB_BENCH_NODE = saved;
+  }
+});
+
+test("--pod reads the container's memory limit from the StatefulSet, in k8s/ or k8s/base/", () => {
+  assert.equal(quantityBytes("256Mi"), 256 * 2 ** 20);
+  assert.equal(quantityBytes("1Gi"), 2 ** 30);
+  assert.equal(quantityBytes("300M"), 300e6);
+  assert.throws(() => quantityBytes("lots"));
+  const dir = mkdtempSync(join(tmpdir(), "mehdb-pod-test-"));
+  try {
+    const manifest = (memory: string) =>
+      `spec:\n  template:\n    spec:\n      containers:\n        - name: mehdb\n          resources:\n            requests:\n              cpu: 50m\n` +
+      `              memory: 192Mi\n            limits:\n              cpu: "1"\n              memory: ${memory}\n          volumeMounts: []\n` +
+      `  volumeClaimTemplates:\n    - spec:\n        resources:\n          requests:\n            storage: 1Gi\n`;
+    mkdirSync(join(dir, "k8s"));
+    writeFileSync(join(dir, "k8s", "statefulset.yaml"), manifest("256Mi"));
+    assert.deepEqual(manifestResources(dir), {
+      file: "k8s/statefulset.yaml", memoryLimit: "256Mi", memoryLimitBytes: 256 * 2 ** 20, memoryRequest: "192Mi", cpuLimit: "1",
+    });
+    mkdirSync(join(dir, "k8s", "base"));
+    writeFileSync(join(dir, "k8s", "base", "statefulset.yaml"), manifest("512Mi"));
+    assert.equal(manifestResources(dir).memoryLimitBytes, 512 * 2 ** 20);
+    // The repository's own manifest has a limit the pod mode can use.
+    assert.ok(manifestResources().memoryLimitBytes > 0);
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

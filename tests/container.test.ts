@@ -230,11 +230,24 @@ describe("Containerfile", () => {
     assert.ok(!lines.some((l) => /npm (ci|install)/.test(l)), "no npm install");
   });
 
-  test("runs `node src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876", () => {
+  test("runs `node [--flag=value ...] src/main.ts` as 1000:1000 with MEHDB_DATADIR=/data, port 9876", () => {
     assert.ok(lines.includes("USER 1000:1000"));
     assert.ok(lines.some((l) => /^ENV\s.*\bMEHDB_DATADIR=\/data\b/.test(l)));
     assert.ok(lines.includes("EXPOSE 9876"));
-    assert.equal(lines.at(-1), `CMD ["node", "src/main.ts"]`);
+    const last = lines.at(-1) ?? "";
+    assert.match(last, /^CMD \[/);
+    const cmd = JSON.parse(last.slice(4)) as string[];
+    assert.equal(cmd[0], "node");
+    assert.equal(cmd.at(-1), "src/main.ts");
+    for (const flag of cmd.slice(1, -1)) assert.match(flag, /^--[a-z-]+=\S+$/);
+  });
+
+  test("gives Node the young-generation size that `npm start` gives it", () => {
+    const cmd = JSON.parse((lines.at(-1) ?? "").slice(4)) as string[];
+    const semi = cmd.find((f) => f.startsWith("--max-semi-space-size="));
+    assert.ok(semi, "the image caps the young generation");
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+    assert.ok(pkg.scripts.start.split(/\s+/).includes(semi), `npm start (${pkg.scripts.start}) passes ${semi} too`);
   });
 });
 
@@ -295,7 +308,11 @@ if (skipReason) {
       assert.equal(cfg.User, "1000:1000");
       assert.ok(cfg.Env.includes("MEHDB_DATADIR=/data"), `Env ${cfg.Env}`);
       assert.ok(Object.keys(cfg.ExposedPorts ?? {}).includes(`${PORT}/tcp`), "EXPOSE 9876");
-      assert.deepEqual(cfg.Cmd, ["node", "src/main.ts"]);
+      // The Containerfile's CMD as it is: node, its flags, src/main.ts.
+      const containerfile = readFileSync(path.join(ROOT, "Containerfile"), "utf8").split("\n");
+      const cmdLine = containerfile.filter((l) => l.startsWith("CMD ")).at(-1);
+      assert.deepEqual(cfg.Cmd, JSON.parse(cmdLine?.slice(4) ?? "null"));
+      assert.equal(cfg.Cmd.at(-1), "src/main.ts");
       const probeVolume = `mehdb-probe-${runId}`;
       await createVolume(probeVolume);
       // No --user here: the image's own USER must be non-root.

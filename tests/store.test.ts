@@ -58,6 +58,24 @@ test("every write gets a new entity tag; the cache never serves an old value", a
   await store.close();
 });
 
+test("the cache drops the least recently read value first, and a read keeps a value in it", async () => {
+  // Room for three 4 000-byte values (with up to 833 bytes of overhead each), not four.
+  const store = await Store.open(await tempDir(), { cacheBytes: 14_500 });
+  const value = (c: string) => chunks(c.repeat(4000));
+  for (const key of ["a", "b", "c"]) await store.put(key, value(key), { maxBytes: 10_000 });
+  for (let i = 0; i < 5; i++) assert.ok(store.cached("a"), "a is cached"); // a hot key, read again and again
+  await store.put("d", value("d"), { maxBytes: 10_000 }); // evicts b, the least recently used
+  assert.deepEqual(["a", "b", "c", "d"].map((k) => store.cached(k) !== undefined), [true, false, true, true]);
+  assert.ok(store.cached("c"));
+  await store.put("e", value("e"), { maxBytes: 10_000 }); // then a: c was read after it
+  assert.deepEqual(["a", "c", "d", "e"].map((k) => store.cached(k) !== undefined), [false, true, true, true]);
+  await store.put("c", value("C"), { maxBytes: 10_000 }); // an overwrite replaces the cached bytes
+  assert.equal(store.cached("c")?.body.toString(), "C".repeat(4000));
+  assert.equal((await read(store, "b"))?.toString(), "b".repeat(4000)); // read from its file, and cached again
+  assert.ok(store.cached("b"));
+  await store.close();
+});
+
 test("a value over the limit is refused and the old value stays, with no temporary file", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);

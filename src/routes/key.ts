@@ -42,10 +42,11 @@ export function getValue(x: Exchange): void | Promise<void> {
 function readValue(x: Exchange, key: string): void | Promise<void> {
   const { store } = x.ctx;
   const hit = store.cached(key);
-  if (hit) return sendValue(x, key, hit.entry, hit.body);
+  // A cached value keeps its answer's headers, so a GET of it formats nothing.
+  if (hit) return sendValue(x, key, hit.entry, hit.body, (hit.headers ??= valueHeaders(store, hit.entry)));
   return store.get(key).then((value) => {
     if (value === null) return send(x, NOT_FOUND, `key not found: ${key}\n`);
-    return sendValue(x, key, value.entry, value.body ?? value.stream);
+    return sendValue(x, key, value.entry, value.body ?? value.stream, valueHeaders(store, value.entry));
   });
 }
 
@@ -106,7 +107,7 @@ export async function deleteValue(x: Exchange): Promise<void> {
 }
 
 /** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */
-function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadStream): void {
+function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadStream, headers: string[]): void {
   const { req, res, ctx } = x;
   const streamed = !Buffer.isBuffer(body);
   if (notModified(ctx.store, req.headers["if-none-match"], entry)) {
@@ -116,7 +117,7 @@ function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadSt
     ctx.metrics.count(x.route, NOT_MODIFIED);
     return;
   }
-  res.writeHead(OK, valueHeaders(x, entry));
+  res.writeHead(OK, headers);
   ctx.metrics.count(x.route, OK);
   if (!streamed) return void res.end(body); // node:http sends no body for HEAD
   if (req.method === "HEAD") {
@@ -130,15 +131,9 @@ function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadSt
   });
 }
 
-/** The headers of a value's answer, made once per entry (a GET of a cached value then does no formatting). */
-function valueHeaders(x: Exchange, entry: Entry): string[] {
-  const { valueHeaders, store } = x.ctx;
-  let headers = valueHeaders.get(entry);
-  if (!headers) {
-    headers = ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
-    valueHeaders.set(entry, headers);
-  }
-  return headers;
+/** The headers of a value's answer (`writeHead`'s flat array form). */
+function valueHeaders(store: Store, entry: Entry): string[] {
+  return ["Content-Type", "application/octet-stream", "Content-Length", String(entry.size), "ETag", store.etag(entry)];
 }
 
 function notModified(store: Store, match: string | undefined, entry: Entry): boolean {

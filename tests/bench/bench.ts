@@ -4,19 +4,20 @@
 // Options: see options.ts (`npm run bench -- --help`).
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../helpers/mehdb.ts";
 import { req, sleep, waitReady } from "./http.ts";
 import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload } from "./load.ts";
-import { startFollower, startLeader, type Node } from "./mehdb.ts";
+import { serverNodeFlags, startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
-import { populate } from "./populate.ts";
-import { cpuSeconds, haveTaskset, killAllSync, memoryMb, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import { populate, POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
+import { cpuSeconds, haveTaskset, killAllSync, memoryMb, setAffinity, startTs, stopAll, stopProcess, tail } from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
+import { formatPod, runPod, type PodResults } from "./pod.ts";
 import { checkTargets, formatTable, missingFigures, type Results, type Throughput, type Workload } from "./report.ts";
 import { median, ratio } from "./stats.ts";
 
@@ -24,12 +25,10 @@ import { median, ratio } from "./stats.ts";
 const FSYNC_LOOPS = 4;
 /** Value size of the pre-populated keys. */
 const PREPOPULATED_VALUE_BYTES = 50;
-/** The read token of `--read-token` (as long as a typical generated token). */
-const READ_TOKEN = "bench-read-token-0123456789abcdefghijklmnopqrstuv";
 /** The GET workload's value (as long as the ceiling's constant answer). */
 const GET_VALUE = "0123456789";
 
-/** The CPUs of the load generator when pinned: all but CPU 0 (taskset list). */
+/** The CPUs of the load generator in pinned runs: all but CPU 0 (taskset list). */
 function loadCpuList(): string {
   const n = cpus().length;
   return n === 2 ? "1" : `1-${n - 1}`;
@@ -73,11 +72,11 @@ function fsInfo(dir: string): string {
   }
 }
 
-function emptyWorkload(label: string, put: boolean): Workload {
+function emptyWorkload(label: string, put: boolean, pinned = false): Workload {
   const t: Throughput = { rps: null, p50Ms: null, p99Ms: null, runs: [], failures: 0 };
   return put
-    ? { label, mehdb: t, ceiling: t, ratioToCeiling: null, fsync: { opsPerSec: null, p50Ms: null, p99Ms: null, runs: [] }, ratioToFsync: null }
-    : { label, mehdb: t, ceiling: t, ratioToCeiling: null };
+    ? { label, mehdb: t, ceiling: t, ratioToCeiling: null, fsync: { opsPerSec: null, p50Ms: null, p99Ms: null, runs: [] }, ratioToFsync: null, pinned }
+    : { label, mehdb: t, ceiling: t, ratioToCeiling: null, cpu: { mehdbUs: null, ceilingUs: null, ratio: null }, pinned };
 }
 
 /** Runs the whole benchmark into `r` (figures it cannot get stay null, with a line in r.errors). */
@@ -96,87 +95,83 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
   const readyTimeout = 120_000;
 
   // 1. Throughput: GET and PUT against the ceiling and a fresh leader, in alternation,
-  //    with the fsync loop of the same value size in the same repetition.
+  //    with the fsync loop of the same value size in the same repetition. Unpinned, as in a pod
+  //    (CPU shares, not a core); GET also pinned beside it. Then GET again, each repetition
+  //    right after a PUT burst: a store that slows down once it has taken writes shows it there.
   await phase("throughput (ceiling, leader, fsync loop)", async () => {
     const ceilingPort = await freePort();
-    // Pinned: the server under test (and the fsync loop) on CPU 0, the load generator on the others.
-    const serverCpus = o.pin ? "0" : null;
-    const loadCpus = o.pin ? loadCpuList() : null;
-    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)], {}, [], serverCpus);
+    const ceiling = startTs("ceiling", "tests/bench/ceiling.ts", [String(ceilingPort)]);
     await waitReady(ceiling, ceilingPort, readyTimeout);
     const profArgs = o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : [];
-    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput", profArgs, serverCpus);
+    const leader = await startLeader(o.entry, join(root, "throughput"), "leader-throughput", profArgs);
     r.startup.emptyReadyMs = await waitReady(leader.child, leader.port, readyTimeout);
     r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
-    // --read-token: a second leader whose reads need a token, GET measured in the same repetitions.
-    let tokenLeader: Node | null = null;
-    if (o.readToken) {
-      const dir = join(root, "throughput-token");
-      mkdirSync(dir, { recursive: true });
-      writeFileSync(join(dir, "bench-get"), GET_VALUE); // no PUT: that would need the write token
-      writeFileSync(join(root, "read-token"), `${READ_TOKEN}\n`);
-      tokenLeader = await startLeader(o.entry, dir, "leader-read-token", [], serverCpus, { MEHDB_READ_TOKEN_FILE: join(root, "read-token") });
-      await waitReady(tokenLeader.child, tokenLeader.port, readyTimeout);
-      const denied = await req(tokenLeader.port, "GET", "/get/bench-get");
-      if (denied.status !== 401) throw new Error(`the leader with a read token answered ${denied.status} to a GET without it`);
-    }
-    const threads = o.pin ? Math.min(o.threads, cpus().length - 1) : o.threads;
-    const base: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads, seconds: o.duration, tmpDir: root, cpus: loadCpus };
+    // Pinned runs: the servers (every thread) on CPU 0, the load generator on the others, one wrk thread each.
+    const allCpus = `0-${cpus().length - 1}`;
+    const pinServers = (pinned: boolean): void => {
+      if (o.pin) for (const pid of [ceiling.pid, leader.child.pid]) setAffinity(pid, pinned ? "0" : allCpus);
+    };
+    const unpinned: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root, cpus: null };
+    const pinnedBase: Omit<LoadOptions, "port"> = { ...unpinned, threads: Math.min(o.threads, cpus().length - 1), cpus: loadCpuList() };
     const fsyncSeconds = Math.min(5, o.duration);
-    const cases: [Workload, LoadWorkload][] = [
-      [r.get, { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 }],
-      [r.put50, { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 }],
-      [r.put64k, { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 }],
+    const get: LoadWorkload = { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 };
+    const put50: LoadWorkload = { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 };
+    const put64k: LoadWorkload = { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 };
+    const cases: { w: Workload; load: LoadWorkload; pinned: boolean; afterBurst: boolean }[] = [
+      { w: r.get, load: get, pinned: false, afterBurst: false },
+      ...(r.getPinned ? [{ w: r.getPinned, load: get, pinned: true, afterBurst: false }] : []),
+      { w: r.put50, load: put50, pinned: false, afterBurst: false },
+      { w: r.put64k, load: put64k, pinned: false, afterBurst: false },
+      { w: r.getAfterPut, load: get, pinned: false, afterBurst: true },
+      ...(r.getAfterPutPinned ? [{ w: r.getAfterPutPinned, load: get, pinned: true, afterBurst: true }] : []),
     ];
-    const tokenLoad: LoadWorkload = { ...cases[0]![1], name: "get-read-token", headers: [`Authorization: Bearer ${READ_TOKEN}`] };
-    for (const [w, load] of cases) {
-      const withToken = w === r.get && tokenLeader !== null ? tokenLeader : null;
-      if (o.warmup > 0) {
+    for (const { w, load, pinned, afterBurst } of cases) {
+      pinServers(pinned);
+      const base = pinned ? pinnedBase : unpinned;
+      // "After writes" needs no warm-up: the leader is warm, and a GET warm-up would come between the burst and the run.
+      if (o.warmup > 0 && !afterBurst) {
         for (const port of [ceilingPort, leader.port]) await runLoad(load, { ...base, port, seconds: o.warmup });
-        if (withToken) await runLoad(tokenLoad, { ...base, port: withToken.port, seconds: o.warmup });
       }
       const mine: LoadResult[] = [];
       const theirs: LoadResult[] = [];
-      const tokened: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
-      // With --read-token, the CPU time each GET leader spends per request, per repetition.
-      const cpuPlain: (number | null)[] = [];
-      const cpuToken: (number | null)[] = [];
-      const measured = async (node: Node, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
-        const before = cpuSeconds(node.child.pid);
+      const cpuMine: (number | null)[] = [];
+      const cpuTheirs: (number | null)[] = [];
+      // The server's CPU time per request answered during one load run (GET only).
+      const measured = async (pid: number, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
+        const before = cpuSeconds(pid);
         const result = await work();
-        const after = cpuSeconds(node.child.pid);
+        const after = cpuSeconds(pid);
         cpu.push(before === null || after === null || result.requests === 0 ? null : ((after - before) * 1e6) / result.requests);
         return result;
       };
       for (let i = 0; i < o.reps; i++) {
+        if (afterBurst) {
+          const burst = await runLoad(put50, { ...base, port: leader.port, seconds: o.burstSeconds });
+          log(`  PUT burst before ${w.label} #${i + 1}: ${Math.round(burst.rps)}/s for ${o.burstSeconds} s`);
+        }
         // Odd repetitions run in the reverse order, so that a drift of the machine
         // (other work, page cache, disk) weighs on both sides of each ratio alike.
         const steps = [
-          async () => void theirs.push(await runLoad(load, { ...base, port: ceilingPort })),
-          async () => void mine.push(await measured(leader, cpuPlain, () => runLoad(load, { ...base, port: leader.port }))),
-          async () => void (withToken && tokened.push(await measured(withToken, cpuToken, () => runLoad(tokenLoad, { ...base, port: withToken.port })))),
-          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, serverCpus))),
+          async () => void theirs.push(await measured(ceiling.pid, cpuTheirs, () => runLoad(load, { ...base, port: ceilingPort }))),
+          async () => void mine.push(await measured(leader.child.pid, cpuMine, () => runLoad(load, { ...base, port: leader.port }))),
+          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, null))),
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
-        log(`  ${load.name} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
-          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : "") +
-          (tokened[i] ? `, mehdb with a read token ${Math.round(tokened[i]!.rps)}/s` : ""));
+        log(`  ${w.label} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
+          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
       }
       w.mehdb = summarize(mine);
       w.ceiling = summarize(theirs);
       // Ratios are medians of the ratios within each repetition (paired, run back to back).
       w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]!.rps)));
-      if (withToken) {
-        r.getReadToken = {
-          label: `GET ${GET_VALUE.length} B, read token`,
-          mehdb: summarize(tokened),
-          ceiling: w.ceiling,
-          ratioToCeiling: median(tokened.map((m, i) => ratio(m.rps, theirs[i]!.rps))),
-          ratioToPlain: median(tokened.map((m, i) => ratio(m.rps, mine[i]!.rps))),
-          cpuUsPerRequest: { with: median(cpuToken), without: median(cpuPlain) },
+      if (load.method === "GET") {
+        w.cpu = {
+          mehdbUs: median(cpuMine),
+          ceilingUs: median(cpuTheirs),
+          ratio: median(cpuMine.map((m, i) => ratio(cpuTheirs[i], m))),
         };
       }
       if (w.fsync) {
@@ -189,6 +184,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
         w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]!.opsPerSec)));
       }
     }
+    pinServers(false);
   });
 
   // 2. Pre-populated data dirs for start-up, memory and catch-up.
@@ -210,6 +206,32 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     r.startup.readyMs = median(r.startup.runs);
     const l = leader!;
     r.memory.leaderRssAtReadyMb = memoryMb(l.child.pid).rssMb;
+
+    // Memory after a mixed load, as a store in use sees it: random GETs (most miss the cache and
+    // read the file), random PUTs over the same keys, random GETs again; then the leader's RSS.
+    const mixBase: LoadOptions = { tool: o.load, port: l.port, connections: o.connections, threads: o.threads, seconds: o.mixSeconds, tmpDir: root, cpus: null };
+    const randomKeys = { path: "", keys: o.keys, valueBytes: PREPOPULATED_VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true };
+    const mixRuns: LoadResult[] = [];
+    for (const w of [
+      { ...randomKeys, name: "get-random", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
+      { ...randomKeys, name: "put-random", method: "PUT", path: `/set/${POPULATED_KEY_PREFIX}` },
+      { ...randomKeys, name: "get-random-again", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
+    ] as LoadWorkload[]) {
+      const run = await runLoad(w, mixBase);
+      mixRuns.push(run);
+      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; leader RSS ${memoryMb(l.child.pid).rssMb?.toFixed(1)} MB`);
+    }
+    await sleep(500);
+    const afterLoad = memoryMb(l.child.pid);
+    r.memory.leaderAfterLoadRssMb = afterLoad.rssMb;
+    r.memory.leaderAfterLoadPeakMb = afterLoad.peakMb;
+    r.memory.mixedLoad = {
+      seconds: o.mixSeconds,
+      getRps: mixRuns[0]!.rps,
+      putRps: mixRuns[1]!.rps,
+      getAgainRps: mixRuns[2]!.rps,
+      failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
+    };
     const leaderUrl = `http://127.0.0.1:${l.port}`;
     const followerDir = join(root, "follower");
     const f = await startFollower(o.entry, followerDir, leaderUrl, o.syncIntervalMs, "follower");
@@ -263,6 +285,7 @@ async function main(): Promise<number> {
     process.stderr.write(`${(e as Error).message}\n`);
     return 2;
   }
+  if (o.pod) return podMain(o);
   const root = mkdtempSync(join(o.dir, "mehdb-bench-"));
   let cleaned = false;
   const cleanup = (): void => {
@@ -292,8 +315,9 @@ async function main(): Promise<number> {
       cpuModel: cpus()[0]?.model ?? "?",
       memoryGb: Math.round(totalmem() / 2 ** 30),
       os: `${type()} ${release()}`,
-      loadTool: (o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.pin ? Math.min(o.threads, cpus().length - 1) : o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)") +
-        (o.pin ? `, pinned: servers and fsync loop on CPU 0, load on CPU ${loadCpuList()}` : ", not pinned"),
+      loadTool: (o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)") +
+        ", not pinned" + (o.pin ? `; pinned rows: servers on CPU 0, load on CPU ${loadCpuList()}` : ""),
+      serverNodeFlags: serverNodeFlags().join(" "),
       pinned: o.pin,
       connections: o.connections,
       durationSeconds: o.load === "wrk" ? wrkSeconds(o.duration) : o.duration,
@@ -309,10 +333,12 @@ async function main(): Promise<number> {
       loadAvgAtStart: loadavg().map((v) => Math.round(v * 100) / 100),
       command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     },
-    get: emptyWorkload(`GET ${GET_VALUE.length} B value`, false),
-    getReadToken: null,
+    get: emptyWorkload(`GET ${GET_VALUE.length} B value, before writes`, false),
+    getPinned: o.pin ? emptyWorkload(`GET ${GET_VALUE.length} B value, before writes, pinned`, false, true) : null,
     put50: emptyWorkload("PUT 50 B, 1000 keys", true),
     put64k: emptyWorkload("PUT 64 KB, 1000 keys", true),
+    getAfterPut: emptyWorkload(`GET ${GET_VALUE.length} B value, after a ${o.burstSeconds} s PUT burst`, false),
+    getAfterPutPinned: o.pin ? emptyWorkload(`GET ${GET_VALUE.length} B value, after a PUT burst, pinned`, false, true) : null,
     replication: {
       syncIntervalMs: o.syncIntervalMs,
       keysStored: o.keys,
@@ -323,7 +349,18 @@ async function main(): Promise<number> {
       restartReadySeconds: null,
       idle: null,
     },
-    memory: { keys: o.keys, emptyLeaderRssMb: null, leaderRssAtReadyMb: null, leaderRssMb: null, leaderPeakMb: null, followerRssMb: null, followerPeakMb: null },
+    memory: {
+      keys: o.keys,
+      emptyLeaderRssMb: null,
+      leaderRssAtReadyMb: null,
+      leaderAfterLoadRssMb: null,
+      leaderAfterLoadPeakMb: null,
+      mixedLoad: null,
+      leaderRssMb: null,
+      leaderPeakMb: null,
+      followerRssMb: null,
+      followerPeakMb: null,
+    },
     startup: { keys: o.keys, readyMs: null, runs: [], emptyReadyMs: null },
     errors: [],
   };
@@ -348,6 +385,30 @@ async function main(): Promise<number> {
   const missing = missingFigures(results);
   if (missing.length) process.stdout.write(`missing figures: ${missing.join(", ")}\n`);
   return r.errors.length || missing.length ? 1 : 0;
+}
+
+/** `--pod`: the image in podman with the manifests' limits (pod.ts); exit 1 when a container was killed or a figure is missing. */
+async function podMain(o: Options): Promise<number> {
+  const r: PodResults = {
+    meta: { date: new Date().toISOString(), mode: "pod", node: process.version, cpus: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim() },
+    resources: null,
+    keys: o.keys,
+    leaderReadySeconds: null,
+    mixedLoad: null,
+    catchupSeconds: null,
+    leader: null,
+    follower: null,
+    errors: [],
+  };
+  try {
+    await runPod(o, log, r);
+  } catch (e) {
+    r.errors.push((e as Error).message);
+    log(`FAILED: ${(e as Error).message}`);
+  }
+  writeFileSync(o.out, `${JSON.stringify(r, null, 2)}\n`);
+  process.stdout.write(`${formatPod(r)}\n\nresults: ${o.out}\n`);
+  return r.errors.length || !r.leader?.survived || !r.follower?.survived ? 1 : 0;
 }
 
 main().then(

@@ -19,8 +19,10 @@ export interface NodeLoadArgs {
   keys: number;
   /** PUT: value size in bytes. */
   valueBytes: number;
-  /** Extra request headers, `Name: value`. */
-  headers?: string[];
+  /** Key numbers zero-padded to this many digits. Default: not padded. */
+  keyDigits?: number;
+  /** A key at random for every request (else in turn). */
+  random?: boolean;
 }
 
 /** Incremental parser of HTTP/1.1 responses (Content-Length or chunked bodies). */
@@ -84,10 +86,10 @@ class ResponseParser {
 export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, number | null>> {
   const body = a.method === "PUT" ? Buffer.alloc(a.valueBytes, 0x76) : null;
   const heads: Buffer[] = [];
-  const count = a.method === "PUT" ? a.keys : 1;
+  const count = a.method === "PUT" || a.keys > 1 ? a.keys : 1;
   for (let i = 0; i < count; i++) {
-    const path = a.method === "PUT" ? `${a.path}${i}` : a.path;
-    const extra = (body ? `Content-Length: ${body.length}\r\n` : "") + (a.headers ?? []).map((h) => `${h}\r\n`).join("");
+    const path = count > 1 || a.method === "PUT" ? `${a.path}${a.keyDigits ? String(i).padStart(a.keyDigits, "0") : i}` : a.path;
+    const extra = body ? `Content-Length: ${body.length}\r\n` : "";
     heads.push(Buffer.from(`${a.method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\n${extra}\r\n`, "latin1"));
   }
   let latencies = new Float64Array(1 << 16);
@@ -118,7 +120,7 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
           resolveConn();
           return;
         }
-        const head = heads[next++ % heads.length]!;
+        const head = heads[a.random ? Math.floor(Math.random() * heads.length) : next++ % heads.length]!;
         sentAt = performance.now();
         inFlight = true;
         if (body) {

@@ -1,8 +1,12 @@
 // Starts mehdb as real processes (leader or follower) on 127.0.0.1, one
-// `node --import tsx ENTRY` process each, so that its pid is the server's own.
+// `node [FLAGS] --import tsx ENTRY` process each, so that its pid is the server's own,
+// with the Node flags users get: those of `npm start` (package.json), or those of the
+// image's CMD (Containerfile) when MEHDB_BENCH_NODE runs the servers on another Node.
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Child } from "./procs.ts";
-import { startTs } from "./procs.ts";
+import { REPO_ROOT, startTs } from "./procs.ts";
 import { freePort } from "../helpers/mehdb.ts";
 
 /** A started mehdb node: its process, port and data directory. */
@@ -12,22 +16,28 @@ export interface Node {
   dir: string;
 }
 
-/** Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof); pinned to `cpus` when given; `env` adds variables. */
-export async function startLeader(
-  entry: string,
-  dir: string,
-  name = "leader",
-  nodeArgs: string[] = [],
-  cpus: string | null = null,
-  env: Record<string, string> = {},
-): Promise<Node> {
+/**
+ * The Node options (`--name=value` words before the entry, other than tsx's `--import`) that
+ * `npm start` passes, or, with MEHDB_BENCH_NODE set, those of the Containerfile's CMD.
+ */
+export function serverNodeFlags(): string[] {
+  if (process.env.MEHDB_BENCH_NODE) {
+    const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(REPO_ROOT, "Containerfile"), "utf8"));
+    const words = cmd ? (JSON.parse(cmd[1]!) as string[]) : [];
+    return words.filter((w) => /^--[a-z-]+=\S+$/.test(w));
+  }
+  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+  return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
+}
+
+/** Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof); pinned to `cpus` when given. */
+export async function startLeader(entry: string, dir: string, name = "leader", nodeArgs: string[] = [], cpus: string | null = null): Promise<Node> {
   const port = await freePort();
   const child = startTs(name, entry, [], {
     MEHDB_HOST: "mehdb-0",
     MEHDB_PORT: String(port),
     MEHDB_DATADIR: dir,
-    ...env,
-  }, nodeArgs, cpus);
+  }, [...serverNodeFlags(), ...nodeArgs], cpus);
   return { child, port, dir };
 }
 
@@ -46,6 +56,6 @@ export async function startFollower(
     MEHDB_DATADIR: dir,
     MEHDB_LEADER_URL: leaderUrl,
     MEHDB_SYNC_INTERVAL_MS: String(intervalMs),
-  });
+  }, serverNodeFlags());
   return { child, port, dir };
 }

@@ -30,15 +30,22 @@ export interface Options {
   entry: string;
   /** When set, the throughput leader runs with --cpu-prof and writes its profile here. */
   cpuProf: string | null;
-  /** Pin the servers of the throughput runs to CPU 0 and the load generator to the others (taskset). */
+  /** Also measure GET pinned: the servers on CPU 0, the load generator on the others (taskset). */
   pin: boolean;
-  /** Also measure GET on a leader with a read token (the load sending `Authorization`), in the same repetitions. */
-  readToken: boolean;
+  /** Seconds of the PUT burst (50 B values over 1 000 keys) before each repetition of "GET after writes". */
+  burstSeconds: number;
+  /** Seconds of each part of the mixed load (random GETs, random PUTs, random GETs) before the memory figure. */
+  mixSeconds: number;
+  /** Run the image in podman with the manifests' memory limit instead (see pod.ts). */
+  pod: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
-  --quick             under a minute: 2 000 keys, 2 s load runs, 1 repetition, 250 ms sync interval
+  --quick             about a minute: 2 000 keys, 2 s load runs, 1 repetition, 250 ms sync interval
   --full              the default: 100 000 keys, 8 s load runs, 5 repetitions, 1 000 ms sync interval
+  --pod               instead: build the image and run it in podman with the memory limit of
+                      k8s/statefulset.yaml, a leader with --keys keys (default 100 000) under load and
+                      a follower catching up, and check that neither is OOM-killed (see pod.ts)
   --duration SEC      seconds per load run (wrk: whole seconds)
   --warmup SEC        untimed warm-up run per workload and server (0: none)
   --keys N            keys stored for start-up, memory, lag and the large catch-up
@@ -53,11 +60,12 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --out FILE          JSON results (default ./bench-results.json)
   --dir DIR           where the temporary data dirs go (default the OS temp dir)
   --entry FILE        server entry (default src/main.ts)
-  --no-pin            do not pin (default with 2+ CPUs and taskset: the server under test and the
-                      fsync loop on CPU 0, the load generator on the other CPUs, one wrk thread each)
+  --burst SEC         PUT burst before each repetition of "GET after writes" (default 4; quick 2)
+  --mix SEC           each part of the mixed load before the memory figure (default 6; quick 2)
+  --no-pin            no pinned GET rows (by default, with 2+ CPUs and taskset, GET is also measured
+                      with the servers on CPU 0 and the load generator on the other CPUs; every other
+                      figure, and the GET rows the targets judge, run unpinned, as in a pod)
   --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots
-  --read-token        also run the GET measurement on a second leader with a read token (the load
-                      sending "Authorization: Bearer ..."), in the same repetitions, and print both ratios
 environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>= 22.18, no tsx),
   e.g. the Node 24 of the image`;
 
@@ -68,7 +76,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     const a = argv[i]!;
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
-    if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "read-token") {
+    if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod") {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -93,12 +101,12 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     return v ?? dflt;
   };
   const pin = canPin && !flags.has("no-pin");
-  const readToken = flags.has("read-token");
-  flags.delete("read-token");
+  const pod = flags.has("pod");
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
-  const keys = Math.round(num("keys", quick ? 2000 : 100_000, 10));
+  flags.delete("pod");
+  const keys = Math.round(num("keys", quick && !pod ? 2000 : 100_000, 10));
   const load = str("load", haveWrk ? "wrk" : "node");
   if (load !== "wrk" && load !== "node") throw new Error("--load must be wrk or node");
   const o: Options = {
@@ -119,7 +127,9 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     entry: str("entry", "src/main.ts"),
     cpuProf: flags.has("cpu-prof") ? resolve(str("cpu-prof", "")) : null,
     pin,
-    readToken,
+    burstSeconds: num("burst", quick ? 2 : 4, 0.5),
+    mixSeconds: num("mix", quick ? 2 : 6, 0.5),
+    pod,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

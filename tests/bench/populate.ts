@@ -5,9 +5,13 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
+/** Pre-populated keys are this prefix and the key's number, zero-padded to {@link POPULATED_KEY_DIGITS} digits. */
+export const POPULATED_KEY_PREFIX = "pre-";
+export const POPULATED_KEY_DIGITS = 6;
+
 /** The key name of entry `i` of a pre-populated set. */
 export function populatedKey(i: number): string {
-  return `pre-${String(i).padStart(6, "0")}`;
+  return `${POPULATED_KEY_PREFIX}${String(i).padStart(POPULATED_KEY_DIGITS, "0")}`;
 }
 
 /** Writes `n` keys of `valueBytes` bytes each into `dir` (created if needed); returns ms taken. */

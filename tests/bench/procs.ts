@@ -146,6 +146,11 @@ export function cpuSeconds(pid: number): number | null {
   }
 }
 
+/** Moves every thread of a running process to `cpus` (taskset list, e.g. "0" or "0-1"). */
+export function setAffinity(pid: number, cpus: string): void {
+  execFileSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
+}
+
 /** The child's recent output, for an error message. */
 export function tail(child: Child, n = 20): string {
   return child.lines.slice(-n).map((l) => `  ${child.name}| ${l}`).join("\n");
