@@ -38,7 +38,9 @@ function say(line: string): void {
 const rawPort = process.env.MEHDB_CLUSTER_PORT?.trim() || "9876";
 const basePort = /^[0-9]+$/.test(rawPort) ? Number(rawPort) : NaN;
 if (!Number.isSafeInteger(basePort) || basePort < 1 || basePort > 65535 - (PODS - 1)) {
-  process.stderr.write(`cluster: MEHDB_CLUSTER_PORT must be a port from 1 to ${65535 - (PODS - 1)}, got ${JSON.stringify(rawPort)}\n`);
+  process.stderr.write(
+    `cluster: MEHDB_CLUSTER_PORT must be a port from 1 to ${65535 - (PODS - 1)}, got ${JSON.stringify(rawPort)}\n`,
+  );
   process.exit(2);
 }
 const leaderUrl = `http://localhost:${basePort}`;
@@ -112,7 +114,12 @@ function exited(pod: Pod, ordinal: number, code: number | null, signal: string |
 }
 
 /** Copies `input` to `output` line by line, each line prefixed. */
-function forward(input: NodeJS.ReadableStream, output: NodeJS.WritableStream, prefix: string, onLine: (line: string) => void): void {
+function forward(
+  input: NodeJS.ReadableStream,
+  output: NodeJS.WritableStream,
+  prefix: string,
+  onLine: (line: string) => void,
+): void {
   let rest = "";
   input.setEncoding("utf8");
   input.on("data", (chunk: string) => {
@@ -139,12 +146,17 @@ async function stop(reason: string, exitCode = 0): Promise<void> {
     exitCode = 1;
     for (const pod of pods) pod.child?.kill("SIGKILL");
   }, STOP_GRACE_MS);
-  await Promise.all(running.map((pod) => new Promise<void>((resolve) => {
-    const child = pod.child!;
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once("exit", () => resolve());
-    child.kill("SIGTERM");
-  })));
+  await Promise.all(
+    running.map(
+      (pod) =>
+        new Promise<void>((resolve) => {
+          const child = pod.child!;
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          child.once("exit", () => resolve());
+          child.kill("SIGTERM");
+        }),
+    ),
+  );
   clearTimeout(force);
   say("all pods stopped");
   process.exit(exitCode);
@@ -161,6 +173,12 @@ for (const [ordinal, pod] of pods.entries()) {
   await startPod(pod, ordinal);
 }
 if (!stopping) {
-  say(`up: write with  curl -L -X PUT --data-binary @FILE http://localhost:${basePort + 1}/set/KEY  (a follower redirects to the leader)`);
-  say(`Ctrl-C stops all three; kill -9 a pod's PID (see its event=start line) and it comes back in ${RESTART_DELAY_MS / 1000} s`);
+  say(
+    `up: write with  curl -L -X PUT --data-binary @FILE http://localhost:${basePort + 1}/set/KEY  ` +
+      "(a follower redirects to the leader)",
+  );
+  say(
+    "Ctrl-C stops all three; kill -9 a pod's PID (see its event=start line) and it comes back in " +
+      `${RESTART_DELAY_MS / 1000} s`,
+  );
 }

@@ -5,7 +5,11 @@
  * error no new call starts; it resolves once the calls in flight have ended,
  * and rejects with that first error.
  */
-export async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {
+export async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
   const queue = items.values(); // shared by the workers: each item is taken once
   let firstError: { error: unknown } | null = null;
   const worker = async () => {

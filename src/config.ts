@@ -40,7 +40,9 @@ export interface Config {
   dataDir: string;
   /** How often a follower polls its leader. `MEHDB_SYNC_INTERVAL_MS`, default 1000. */
   syncIntervalMs: number;
-  /** Time a follower allows each request to its leader before giving up on it. `MEHDB_SYNC_TIMEOUT_MS`, default 10 000. */
+  /**
+   * Time a follower allows each request to its leader before giving up on it. `MEHDB_SYNC_TIMEOUT_MS`, default 10 000.
+   */
   syncTimeoutMs: number;
   /** Largest value accepted, in bytes. `MEHDB_MAX_VALUE_BYTES`, default 16 MiB. */
   maxValueBytes: number;
@@ -111,9 +113,8 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
   const port = integer(env, "MEHDB_PORT", DEFAULTS.port, 0, 65535);
   const local = yesNo(env, "MEHDB_LOCAL");
   const explicitLeader = nonEmpty(env.MEHDB_LEADER_URL);
-  const leaderOverride = explicitLeader !== undefined
-    ? httpUrl(explicitLeader)
-    : local ? DEFAULTS.localLeaderUrl : undefined;
+  const leaderOverride =
+    explicitLeader !== undefined ? httpUrl(explicitLeader) : local ? DEFAULTS.localLeaderUrl : undefined;
   const overrideSource = explicitLeader !== undefined ? "MEHDB_LEADER_URL" : "MEHDB_LOCAL=yes";
 
   const pod = parsePodName(host);
@@ -126,19 +127,22 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
     roleReason = `hostname ${host} has ordinal 0`;
     if (leaderOverride) {
       ignoredLeaderUrl = leaderOverride;
-      roleReason += `; ${overrideSource} (${leaderOverride}) is ignored: the ordinal decides, and 0 leads ` +
+      roleReason +=
+        `; ${overrideSource} (${leaderOverride}) is ignored: the ordinal decides, and 0 leads ` +
         `(to follow that leader, set MEHDB_HOST to a name with ordinal 1 or more, or without one)`;
     }
   } else if (pod) {
     role = "follower";
     roleReason = `hostname ${host} has ordinal ${pod.ordinal}`;
-    leaderUrl = leaderOverride ?? clusterLeaderUrl({
-      set: pod.set,
-      service: dnsLabel(env, "MEHDB_SERVICE", pod.set),
-      namespace: dnsLabel(env, "MEHDB_NAMESPACE", DEFAULTS.namespace),
-      clusterDomain: dnsName(env, "MEHDB_CLUSTER_DOMAIN", DEFAULTS.clusterDomain),
-      port,
-    });
+    leaderUrl =
+      leaderOverride ??
+      clusterLeaderUrl({
+        set: pod.set,
+        service: dnsLabel(env, "MEHDB_SERVICE", pod.set),
+        namespace: dnsLabel(env, "MEHDB_NAMESPACE", DEFAULTS.namespace),
+        clusterDomain: dnsName(env, "MEHDB_CLUSTER_DOMAIN", DEFAULTS.clusterDomain),
+        port,
+      });
   } else if (leaderOverride) {
     role = "follower";
     roleReason = `hostname ${host} has no ordinal and a leader address is set`;

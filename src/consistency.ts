@@ -15,7 +15,15 @@ import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } 
 import { sample } from "./metrics.ts";
 import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
 import { KEY_RULE } from "./keys.ts";
-import { CURSOR_HEADER, CURSOR_RULE, parseCursor, parseListingPage, type Changes, type ListingPage, type PollerState } from "./protocol.ts";
+import {
+  CURSOR_HEADER,
+  CURSOR_RULE,
+  parseCursor,
+  parseListingPage,
+  type Changes,
+  type ListingPage,
+  type PollerState,
+} from "./protocol.ts";
 import type { Entry, Precondition, Store } from "./store.ts";
 import {
   changesWithPrefix,
@@ -36,7 +44,10 @@ export interface ConsistencyOptions {
   poller?: PollerState;
   /** Held `/keys` answers at once. Default 256 (see `watch.ts`). */
   maxHeld?: number;
-  /** How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync interval). */
+  /**
+   * How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync
+   * interval).
+   */
   afterWaitMs?: number;
 }
 
@@ -74,7 +85,11 @@ export class Consistency {
    * read) to answer at once; else `{ precondition }` for the store to judge
    * again in the key's lock, right before the write.
    */
-  preconditions(headers: IncomingHttpHeaders, method: string, key: string): { reply: Reply } | { precondition: Precondition } | null {
+  preconditions(
+    headers: IncomingHttpHeaders,
+    method: string,
+    key: string,
+  ): { reply: Reply } | { precondition: Precondition } | null {
     const pre = readPreconditions(headers);
     if (pre === null) return null;
     if ("error" in pre) return { reply: line(BAD_REQUEST, pre.error) };
@@ -86,10 +101,15 @@ export class Consistency {
     return failed === null ? { precondition } : { reply: line(PRECONDITION_FAILED, failed) };
   }
 
-  /** The headers of a successful `PUT` (`entry` given) or `DELETE`: the new `ETag`, and the cursor at which the change is visible. */
+  /**
+   * The headers of a successful `PUT` (`entry` given) or `DELETE`: the new `ETag`, and the cursor at which the change
+   * is visible.
+   */
   writeHeaders(entry?: Entry): Record<string, string> {
     const store = this.#store;
-    return entry ? { ETag: store.etag(entry), [CURSOR_HEADER]: store.cursorOf(entry) } : { [CURSOR_HEADER]: store.cursor };
+    return entry
+      ? { ETag: store.etag(entry), [CURSOR_HEADER]: store.cursorOf(entry) }
+      : { [CURSOR_HEADER]: store.cursor };
   }
 
   /**
@@ -123,14 +143,27 @@ export class Consistency {
     const since = params.get("since");
     const prefix = params.get("prefix") ?? "";
     const waitText = params.get("wait");
-    if (!isValidPrefix(prefix)) return line(BAD_REQUEST, `invalid prefix=${quote(prefix)}: a prefix is empty or follows the key rule (${KEY_RULE})`);
+    if (!isValidPrefix(prefix))
+      return line(
+        BAD_REQUEST,
+        `invalid prefix=${quote(prefix)}: a prefix is empty or follows the key rule (${KEY_RULE})`,
+      );
     const wait = waitText === null ? null : parseWait(waitText);
-    if (waitText !== null && wait === null) return line(BAD_REQUEST, `invalid wait=${quote(waitText)}: a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`);
+    if (waitText !== null && wait === null)
+      return line(
+        BAD_REQUEST,
+        `invalid wait=${quote(waitText)}: a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`,
+      );
     if (since === null) {
-      if (wait !== null) return line(BAD_REQUEST, "wait needs since=CURSOR: the cursor of the last answer, to wait for what comes after it");
+      if (wait !== null)
+        return line(
+          BAD_REQUEST,
+          "wait needs since=CURSOR: the cursor of the last answer, to wait for what comes after it",
+        );
       return json(withPrefix(this.#store.list(), prefix));
     }
-    if (since !== "" && parseCursor(since) === null) return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
+    if (since !== "" && parseCursor(since) === null)
+      return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
     const page = parseListingPage(params);
     if (typeof page === "string") return line(BAD_REQUEST, page);
     const listing = { prefix, page };
@@ -146,8 +179,15 @@ export class Consistency {
 
   /** The watch figures, Prometheus text. */
   metrics(): string {
-    return sample("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.watches.held) +
-      sample("mehdb_watches_unheld_total", "counter", `Watches answered at once because ${this.watches.max} were held already.`, this.watches.refused);
+    return (
+      sample("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.watches.held) +
+      sample(
+        "mehdb_watches_unheld_total",
+        "counter",
+        `Watches answered at once because ${this.watches.max} were held already.`,
+        this.watches.refused,
+      )
+    );
   }
 
   async #held(since: string, listing: Listing, deadline: number, res: ServerResponse): Promise<Reply> {
@@ -176,7 +216,11 @@ export class Consistency {
 
   #redirect(path: string, params: URLSearchParams, after: string): Reply {
     const location = `${this.#leaderUrl}${path}?${params.toString()}`;
-    return line(TEMPORARY_REDIRECT, `this follower has not synced up to ${after} yet; read from the leader at ${location}`, { Location: location });
+    return line(
+      TEMPORARY_REDIRECT,
+      `this follower has not synced up to ${after} yet; read from the leader at ${location}`,
+      { Location: location },
+    );
   }
 }
 

@@ -12,7 +12,6 @@
  */
 import { FOLLOWER_HEADER } from "./protocol.ts";
 
-
 /** One follower as the leader sees it. */
 export interface FollowerStatus {
   /** Its host name, lower-cased (always a valid host name). */
@@ -35,12 +34,20 @@ export interface FollowersOptions {
   now?: () => number;
 }
 
-/** Is `name` a host name as RFC 1123 has it: dot-separated labels of 1–63 letters, digits and `-`, not starting or ending with `-`, 253 characters at most. */
+/**
+ * Is `name` a host name as RFC 1123 has it: dot-separated labels of 1–63 letters, digits and `-`, not starting or
+ * ending with `-`, 253 characters at most.
+ */
 export function isHostName(name: string): boolean {
-  return name.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name);
+  return (
+    name.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name)
+  );
 }
 
-/** The headers a follower called `host` sends to its leader: `Mehdb-Follower`, or none when `host` is not a valid host name. */
+/**
+ * The headers a follower called `host` sends to its leader: `Mehdb-Follower`, or none when `host` is not a valid host
+ * name.
+ */
 export function followerHeaders(host: string | undefined): Record<string, string> {
   return host !== undefined && isHostName(host) ? { [FOLLOWER_HEADER]: host } : {};
 }
@@ -80,7 +87,8 @@ export class Followers {
     const known = this.#byName.get(name);
     const since = path === "/keys" ? new URLSearchParams(query).get("since") : undefined;
     // A cursor is `EPOCH-SEQ`, a few dozen characters; a longer one cannot be served, and is not kept.
-    const cursor = since === undefined ? known?.cursor ?? null : since && since.length <= MAX_CURSOR_CHARS ? since : null;
+    const cursor =
+      since === undefined ? (known?.cursor ?? null) : since && since.length <= MAX_CURSOR_CHARS ? since : null;
     this.#byName.delete(name); // re-inserted last: the map stays in order of last poll
     this.#byName.set(name, { lastPoll: this.#now(), cursor });
     if (this.#byName.size > this.#max) this.#byName.delete(this.#byName.keys().next().value!);
@@ -106,15 +114,28 @@ export class Followers {
     const family = (name: string, help: string, value: (f: FollowerStatus) => number) =>
       `# HELP ${name} ${help}\n# TYPE ${name} gauge\n` +
       list.map((f) => `${name}{follower="${labelValue(f.name)}"} ${value(f)}\n`).join("");
-    return family("mehdb_follower_lag_changes", "Changes the leader has made since the cursor each follower last asked from.", (f) => f.lagChanges) +
-      family("mehdb_follower_last_poll_seconds", "Seconds since each follower last polled the leader.", (f) => Number(f.lastPollSeconds.toFixed(3)));
+    return (
+      family(
+        "mehdb_follower_lag_changes",
+        "Changes the leader has made since the cursor each follower last asked from.",
+        (f) => f.lagChanges,
+      ) +
+      family("mehdb_follower_last_poll_seconds", "Seconds since each follower last polled the leader.", (f) =>
+        Number(f.lastPollSeconds.toFixed(3)),
+      )
+    );
   }
 
-  /** The followers for the `/status?level=full` line: `, followers: mehdb-1 (lag 0 changes, last poll 0.4 s ago), …`; empty when none. */
+  /**
+   * The followers for the `/status?level=full` line: `, followers: mehdb-1 (lag 0 changes, last poll 0.4 s ago), …`;
+   * empty when none.
+   */
   summary(): string {
     const list = this.list();
     if (list.length === 0) return "";
-    return `, followers: ${list.map((f) => `${f.name} (lag ${f.lagChanges} changes, last poll ${f.lastPollSeconds.toFixed(1)} s ago)`).join(", ")}`;
+    const one = (f: FollowerStatus) =>
+      `${f.name} (lag ${f.lagChanges} changes, last poll ${f.lastPollSeconds.toFixed(1)} s ago)`;
+    return `, followers: ${list.map(one).join(", ")}`;
   }
 }
 

@@ -11,8 +11,7 @@
 export const MAX_KEY_LENGTH = 200;
 
 /** The rule in words, as it appears in `400` answers. */
-export const KEY_RULE =
-  "a key is 1-200 characters of A-Z a-z 0-9 . _ - and does not start with '.'";
+export const KEY_RULE = "a key is 1-200 characters of A-Z a-z 0-9 . _ - and does not start with '.'";
 
 const KEY_PATTERN = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$/;
 

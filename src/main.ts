@@ -81,18 +81,19 @@ async function main(log: Logger): Promise<void> {
   log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
   if (stopping) return;
 
-  const poller = config.role === "follower" && config.leaderUrl !== null
-    ? new Poller({
-      store,
-      leaderUrl: config.leaderUrl,
-      intervalMs: config.syncIntervalMs,
-      timeoutMs: config.syncTimeoutMs,
-      maxValueBytes: config.maxValueBytes,
-      log,
-      host: config.host,
-      authorization: () => tokens?.leaderAuthorization(),
-    })
-    : undefined;
+  const poller =
+    config.role === "follower" && config.leaderUrl !== null
+      ? new Poller({
+          store,
+          leaderUrl: config.leaderUrl,
+          intervalMs: config.syncIntervalMs,
+          timeoutMs: config.syncTimeoutMs,
+          maxValueBytes: config.maxValueBytes,
+          log,
+          host: config.host,
+          authorization: () => tokens?.leaderAuthorization(),
+        })
+      : undefined;
   const server = createMehdbServer({
     store,
     role: config.role,

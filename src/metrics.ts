@@ -17,7 +17,8 @@ export class Metrics {
 
   /** The request counters as Prometheus text. */
   render(): string {
-    let text = "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +
+    let text =
+      "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +
       "# TYPE mehdb_http_requests_total counter\n";
     for (const route of [...this.#requests.keys()].sort()) {
       const byStatus = this.#requests.get(route)!;

@@ -47,7 +47,11 @@ export function renderPage(state: PageState): string {
     card("data", bytes(state.bytes), `${count(state.bytes)} bytes`),
     leader
       ? card("followers", count(state.followers?.length ?? 0), "seen in the last 10 min")
-      : card("last sync", state.secondsSinceSync === null ? "never" : ago(state.secondsSinceSync), state.lastError === null ? "" : "last try failed"),
+      : card(
+          "last sync",
+          state.secondsSinceSync === null ? "never" : ago(state.secondsSinceSync),
+          state.lastError === null ? "" : "last try failed",
+        ),
   ];
   const body = leader ? followersSection(state.followers ?? []) : leaderSection(state);
   return `<!doctype html>
@@ -87,11 +91,12 @@ function followersSection(followers: readonly FollowerStatus[]): string {
 </section>`;
   }
   const rows = followers.map((f) => {
-    const [state, label] = f.lastPollSeconds >= SILENT_SECONDS
-      ? ["bad", "not polling"]
-      : f.lagChanges === 0
-      ? ["ok", "in sync"]
-      : ["warn", "catching up"];
+    const [state, label] =
+      f.lastPollSeconds >= SILENT_SECONDS
+        ? ["bad", "not polling"]
+        : f.lagChanges === 0
+          ? ["ok", "in sync"]
+          : ["warn", "catching up"];
     return `<tr><td class="name">${esc(f.name)}</td><td class="num">${count(f.lagChanges)}</td><td class="num">${esc(ago(f.lastPollSeconds))}</td><td><span class="pill ${state}">${label}</span></td></tr>`;
   });
   return `<section>
@@ -127,7 +132,9 @@ function card(label: string, value: string, hint = ""): string {
 }
 
 function readiness(notReady: string | null): string {
-  return notReady === null ? `<span class="pill ok">ready</span>` : `<span class="pill bad">not ready</span> <span class="error">${esc(notReady)}</span>`;
+  return notReady === null
+    ? `<span class="pill ok">ready</span>`
+    : `<span class="pill bad">not ready</span> <span class="error">${esc(notReady)}</span>`;
 }
 
 /** Escapes text for HTML content and quoted attribute values. */
@@ -137,7 +144,9 @@ export function esc(text: string): string {
 
 /** A whole number with thousands separators: `12,345`. */
 function count(n: number): string {
-  return Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return Math.round(n)
+    .toString()
+    .replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 }
 
 /** Bytes in binary units: `512 B`, `1.5 KiB`, `12.0 MiB`. */

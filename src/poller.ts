@@ -50,7 +50,10 @@ export interface PollerOptions {
   concurrency?: number;
   /** Time allowed for each request to the leader, from start to the end of its answer, in ms. Default 10 000. */
   timeoutMs?: number;
-  /** This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host name). Default: none. */
+  /**
+   * This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host
+   * name). Default: none.
+   */
   host?: string;
   /** The `Authorization` value sent on every request to the leader, asked each time (tokens rotate). Default: none. */
   authorization?: () => string | undefined;
@@ -70,7 +73,10 @@ const GROUP_KEY_CHARS = 8000;
 const GROUP_CONCURRENCY = 8;
 /** Values of one group written at once (each holds one temporary file open while it is written). */
 const GROUP_WRITE_CONCURRENCY = 4;
-/** Largest `GET /values` answer read (values may have grown since they were listed); past it, the group is fetched key by key. */
+/**
+ * Largest `GET /values` answer read (values may have grown since they were listed); past it, the group is fetched key
+ * by key.
+ */
 const MAX_GROUP_ANSWER_BYTES = 4 * 1024 * 1024;
 /** Local keys removed at once. */
 const DELETE_CONCURRENCY = 8;
@@ -91,8 +97,20 @@ type FailureKind = keyof typeof FAILURE_EVENTS;
 
 /** Error codes of a leader that cannot be reached (name resolution, connection, transport). */
 const NETWORK_CODES: ReadonlySet<string> = new Set([
-  "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN",
-  "ENETUNREACH", "ENETDOWN", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "EAI_NONAME", "ERR_STREAM_PREMATURE_CLOSE",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "EHOSTDOWN",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EAI_FAIL",
+  "EAI_NONAME",
+  "ERR_STREAM_PREMATURE_CLOSE",
 ]);
 
 /** The leader answered, but not as a leader should (status, shape, size). Logged as `leader-error`. */
@@ -134,7 +152,13 @@ export class Poller implements PollerState {
   #unheld = new Map<string, string>();
 
   constructor(options: PollerOptions) {
-    this.#options = { concurrency: 8, timeoutMs: DEFAULTS.syncTimeoutMs, host: "", authorization: () => undefined, ...options };
+    this.#options = {
+      concurrency: 8,
+      timeoutMs: DEFAULTS.syncTimeoutMs,
+      host: "",
+      authorization: () => undefined,
+      ...options,
+    };
     this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
   }
 
@@ -152,8 +176,12 @@ export class Poller implements PollerState {
   get unheld(): string | null {
     const count = this.#unheld.size;
     if (count === 0) return null;
-    const named = [...this.#unheld].slice(0, 3).map(([key, reason]) => `${key} (${reason})`).join(", ");
-    return `${count} key${count === 1 ? "" : "s"} not held: ${named}${count > 3 ? ", …" : ""}; retried on the next full reconcile`;
+    const named = [...this.#unheld]
+      .slice(0, 3)
+      .map(([key, reason]) => `${key} (${reason})`)
+      .join(", ");
+    const more = count > 3 ? ", …" : "";
+    return `${count} key${count === 1 ? "" : "s"} not held: ${named}${more}; retried on the next full reconcile`;
   }
 
   /** Seconds since the last complete sync, `null` before the first. */
@@ -166,7 +194,10 @@ export class Poller implements PollerState {
     return cursorReached(this.#cursor, cursor);
   }
 
-  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
+  /**
+   * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
+   * stopped).
+   */
   nextSync(maxStartMs: number): Promise<void> {
     return this.#syncWaits.next(maxStartMs);
   }
@@ -191,24 +222,35 @@ export class Poller implements PollerState {
     if (this.#abort.signal.aborted) return Promise.resolve();
     this.#counts.ticks++;
     const ended = this.#syncWaits.started();
-    this.#running = this.#syncOnce().then(
-      () => this.#succeeded(),
-      (error: unknown) => this.#failed(error),
-    ).finally(() => {
-      this.#running = null;
-      ended();
-    });
+    this.#running = this.#syncOnce()
+      .then(
+        () => this.#succeeded(),
+        (error: unknown) => this.#failed(error),
+      )
+      .finally(() => {
+        this.#running = null;
+        ended();
+      });
     return this.#running;
   }
 
   #succeeded(): void {
     const { log, leaderUrl } = this.#options;
     if (!this.#synced) {
-      log("synced", { leader: leaderUrl, keys: this.#options.store.count, copied: this.#counts.copied, deleted: this.#counts.deleted });
+      log("synced", {
+        leader: leaderUrl,
+        keys: this.#options.store.count,
+        copied: this.#counts.copied,
+        deleted: this.#counts.deleted,
+      });
     }
     if (this.#outage !== null) {
       const after = [...this.#outage.logged].map((kind) => FAILURE_EVENTS[kind]).join(",");
-      log("sync-recovered", { leader: leaderUrl, after, down_seconds: ((performance.now() - this.#outage.since) / 1000).toFixed(1) });
+      log("sync-recovered", {
+        leader: leaderUrl,
+        after,
+        down_seconds: ((performance.now() - this.#outage.since) / 1000).toFixed(1),
+      });
       this.#outage = null;
     }
     this.#synced = true;
@@ -260,7 +302,8 @@ export class Poller implements PollerState {
       return;
     }
     throw new LeaderAnswerError(
-      `${this.#options.leaderUrl} answers GET /status with ${said}, not "leader"; nothing is copied or deleted until it does`,
+      `${this.#options.leaderUrl} answers GET /status with ${said}, not "leader"; ` +
+        "nothing is copied or deleted until it does",
     );
   }
 
@@ -277,13 +320,15 @@ export class Poller implements PollerState {
     let from: string | null = null;
     for (;;) {
       const next = page.next ?? null;
-      if (next !== null && from !== null && next <= from) throw new LeaderAnswerError("leader's listing pages do not advance");
+      if (next !== null && from !== null && next <= from)
+        throw new LeaderAnswerError("leader's listing pages do not advance");
       const listed = new Set<string>();
       const fetch: Listed[] = [];
       for (const item of page.keys) {
         const [key, size, mtimeMs] = item;
         if (!this.#acceptable(key)) continue;
-        if (from !== null && key <= from) throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
+        if (from !== null && key <= from)
+          throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
         listed.add(key);
         const held = store.stat(key);
         if (!held || held.size !== size || held.mtimeMs !== Math.round(mtimeMs)) fetch.push(item);
@@ -311,29 +356,37 @@ export class Poller implements PollerState {
     for (const key of this.#unheld.keys()) if (!listed.has(key)) this.#unheld.delete(key);
     const gone = store.list().filter((key) => !listed.has(key));
     await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
-    await forEachLimited([...listed], concurrency, (key) => this.#fetch(`/get/${key}`, async (res) => {
-      if (!isFound(res, key)) return;
-      let bytes: Buffer;
-      try {
-        bytes = await readAll(res, maxValueBytes, `GET /get/${key}`);
-      } catch (error) {
-        if (!(error instanceof AnswerTooLargeError)) throw error;
-        return this.#notHeld(key, new ValueTooLargeError(`value is larger than ${maxValueBytes} bytes`));
-      }
-      const held = await store.get(key);
-      if (held?.body?.equals(bytes)) return;
-      held?.stream?.destroy();
-      await this.#write([{ key, body: [bytes] }], 1);
-    }));
+    await forEachLimited([...listed], concurrency, (key) =>
+      this.#fetch(`/get/${key}`, async (res) => {
+        if (!isFound(res, key)) return;
+        let bytes: Buffer;
+        try {
+          bytes = await readAll(res, maxValueBytes, `GET /get/${key}`);
+        } catch (error) {
+          if (!(error instanceof AnswerTooLargeError)) throw error;
+          return this.#notHeld(key, new ValueTooLargeError(`value is larger than ${maxValueBytes} bytes`));
+        }
+        const held = await store.get(key);
+        if (held?.body?.equals(bytes)) return;
+        held?.stream?.destroy();
+        await this.#write([{ key, body: [bytes] }], 1);
+      }),
+    );
   }
 
-  /** Copies listed keys: small ones in groups, larger ones one by one; those over this follower's limit are not held. */
+  /**
+   * Copies listed keys: small ones in groups, larger ones one by one; those over this follower's limit are not held.
+   */
   async #copy(listed: Listed[]): Promise<void> {
     const { maxValueBytes, concurrency } = this.#options;
     const small: Listed[] = [];
     const large: Listed[] = [];
     for (const item of listed) {
-      if (item[1] > maxValueBytes) this.#notHeld(item[0], new ValueTooLargeError(`value of ${item[1]} bytes is larger than ${maxValueBytes} bytes`));
+      if (item[1] > maxValueBytes)
+        this.#notHeld(
+          item[0],
+          new ValueTooLargeError(`value of ${item[1]} bytes is larger than ${maxValueBytes} bytes`),
+        );
       else (item[1] <= GROUP_VALUE_BYTES ? small : large).push(item);
     }
     await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
@@ -392,9 +445,10 @@ export class Poller implements PollerState {
     this.#counts.unheld++;
     if (this.#unheld.has(key) || this.#unheld.size >= MAX_UNHELD_NAMES) return;
     const code = (error as NodeJS.ErrnoException).code;
-    const reason = error instanceof ValueTooLargeError
-      ? `${error.message}, this follower's MEHDB_MAX_VALUE_BYTES`
-      : `${code ?? error.name}: something other than a file is in the way in the data directory`;
+    const reason =
+      error instanceof ValueTooLargeError
+        ? `${error.message}, this follower's MEHDB_MAX_VALUE_BYTES`
+        : `${code ?? error.name}: something other than a file is in the way in the data directory`;
     this.#unheld.set(key, reason);
     this.#options.log("key-not-held", { key, reason, retry: "on the next full reconcile" });
   }
@@ -410,8 +464,14 @@ export class Poller implements PollerState {
     this.#counts.skipped++;
     if (this.#skippedNames.has(key) || this.#skippedNames.size > MAX_LOGGED_SKIPS) return false;
     this.#skippedNames.add(key);
-    const more = this.#skippedNames.size > MAX_LOGGED_SKIPS ? "; further bad names are only counted in mehdb_sync_keys_skipped_total" : "";
-    this.#options.log("skip-key", { reason: `the leader listed a name that breaks the key rules${more}`, name: JSON.stringify(key).slice(0, 220) });
+    const more =
+      this.#skippedNames.size > MAX_LOGGED_SKIPS
+        ? "; further bad names are only counted in mehdb_sync_keys_skipped_total"
+        : "";
+    this.#options.log("skip-key", {
+      reason: `the leader listed a name that breaks the key rules${more}`,
+      name: JSON.stringify(key).slice(0, 220),
+    });
     return false;
   }
 
@@ -420,7 +480,8 @@ export class Poller implements PollerState {
     return this.#fetch(path, async (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        if (res.statusCode === 401) throw new LeaderAnswerError(leaderRefusal(this.#options.authorization() !== undefined));
+        if (res.statusCode === 401)
+          throw new LeaderAnswerError(leaderRefusal(this.#options.authorization() !== undefined));
         throw new LeaderAnswerError(`leader answered ${res.statusCode} to GET /keys`);
       }
       const text = (await readAll(res, MAX_LISTING_BYTES, "GET /keys")).toString("utf8");
@@ -451,10 +512,19 @@ export class Poller implements PollerState {
       }, timeoutMs);
       try {
         res = await new Promise<IncomingMessage>((resolve, reject) => {
-          const headers = { ...followerHeaders(this.#options.host), ...authorizationHeader(this.#options.authorization()) };
-          const sent = request(`${leaderUrl}${path}`, { agent: this.#agent, signal: this.#abort.signal, headers }, resolve);
+          const headers = {
+            ...followerHeaders(this.#options.host),
+            ...authorizationHeader(this.#options.authorization()),
+          };
+          const sent = request(
+            `${leaderUrl}${path}`,
+            { agent: this.#agent, signal: this.#abort.signal, headers },
+            resolve,
+          );
           req = sent;
-          sent.on("error", (error: NodeJS.ErrnoException) => reject(Object.assign(error, { reused: sent.reusedSocket })));
+          sent.on("error", (error: NodeJS.ErrnoException) =>
+            reject(Object.assign(error, { reused: sent.reusedSocket })),
+          );
           sent.end();
         });
         res.once("end", () => clearTimeout(timer));
@@ -473,16 +543,43 @@ export class Poller implements PollerState {
   metrics(): string {
     const c = this.#counts;
     const age = this.secondsSinceSync();
-    return sample("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
+    return (
+      sample("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
       sample("mehdb_sync_requests_total", "counter", "Requests sent to the leader.", c.requests) +
       sample("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
-      sample("mehdb_sync_keys_deleted_total", "counter", "Keys removed because the leader no longer has them.", c.deleted) +
-      sample("mehdb_sync_keys_skipped_total", "counter", "Listed names skipped because they break the key rules.", c.skipped) +
-      sample("mehdb_sync_keys_unheld_total", "counter", "Copies skipped because this follower cannot hold the key.", c.unheld) +
-      sample("mehdb_sync_keys_unheld", "gauge", "Keys of the leader this follower cannot hold now.", this.#unheld.size) +
+      sample(
+        "mehdb_sync_keys_deleted_total",
+        "counter",
+        "Keys removed because the leader no longer has them.",
+        c.deleted,
+      ) +
+      sample(
+        "mehdb_sync_keys_skipped_total",
+        "counter",
+        "Listed names skipped because they break the key rules.",
+        c.skipped,
+      ) +
+      sample(
+        "mehdb_sync_keys_unheld_total",
+        "counter",
+        "Copies skipped because this follower cannot hold the key.",
+        c.unheld,
+      ) +
+      sample(
+        "mehdb_sync_keys_unheld",
+        "gauge",
+        "Keys of the leader this follower cannot hold now.",
+        this.#unheld.size,
+      ) +
       sample("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
       sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
-      sample("mehdb_sync_seconds_since_success", "gauge", "Seconds since the last complete sync (-1 before the first).", age === null ? -1 : Number(age.toFixed(3)));
+      sample(
+        "mehdb_sync_seconds_since_success",
+        "gauge",
+        "Seconds since the last complete sync (-1 before the first).",
+        age === null ? -1 : Number(age.toFixed(3)),
+      )
+    );
   }
 }
 
@@ -496,7 +593,10 @@ function groups(listed: Listed[]): Listed[][] {
   let bytes = 0;
   let chars = 0;
   for (const item of listed) {
-    if (group.length > 0 && (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)) {
+    if (
+      group.length > 0 &&
+      (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)
+    ) {
       out.push(group);
       group = [];
       bytes = 0;
@@ -524,7 +624,10 @@ async function readAll(res: IncomingMessage, limit: number, what: string): Promi
   let size = 0;
   for await (const chunk of res as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > limit) throw new AnswerTooLargeError(`leader's answer to ${what} is larger than ${limit} bytes, this follower's bound; not read further`);
+    if (size > limit)
+      throw new AnswerTooLargeError(
+        `leader's answer to ${what} is larger than ${limit} bytes, this follower's bound; not read further`,
+      );
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, size);

@@ -54,12 +54,16 @@ export function parseTagList(value: string): TagList | { error: string } {
     let end = at + 1;
     while (end < text.length && isEtagc(text.charCodeAt(end))) end++;
     if (text[end] !== '"') {
-      return { error: `${end >= text.length ? "unterminated entity tag" : "invalid character in entity tag"} at ${show(text, start)}; ${TAG_LIST_RULE}` };
+      return {
+        error: `${end >= text.length ? "unterminated entity tag" : "invalid character in entity tag"} ` +
+          `at ${show(text, start)}; ${TAG_LIST_RULE}`,
+      };
     }
     tags.push({ opaque: text.slice(at, end + 1), weak });
     at = end + 1;
     while (at < text.length && isOws(text.charCodeAt(at))) at++;
-    if (at < text.length && text[at] !== ",") return { error: `entity tags must be separated by commas; found ${show(text, at)}` };
+    if (at < text.length && text[at] !== ",")
+      return { error: `entity tags must be separated by commas; found ${show(text, at)}` };
   }
 }
 
@@ -67,7 +71,10 @@ export function parseTagList(value: string): TagList | { error: string } {
  * Reads the preconditions of a request's headers: `null` when there are none,
  * the parsed headers, or `{ error }` with a one-line reason (a `400`).
  */
-export function readPreconditions(headers: { "if-match"?: string; "if-none-match"?: string }): Preconditions | { error: string } | null {
+export function readPreconditions(headers: {
+  "if-match"?: string;
+  "if-none-match"?: string;
+}): Preconditions | { error: string } | null {
   const match = headers["if-match"];
   const noneMatch = headers["if-none-match"];
   if (match === undefined && noneMatch === undefined) return null;
@@ -87,7 +94,8 @@ export function readPreconditions(headers: { "if-match"?: string; "if-none-match
 export function evaluatePreconditions(pre: Preconditions, key: string, current: string | undefined): string | null {
   const { ifMatch, ifNoneMatch } = pre;
   if (ifMatch !== null) {
-    const holds = current !== undefined && (ifMatch === "*" || ifMatch.some((tag) => !tag.weak && tag.opaque === current));
+    const holds =
+      current !== undefined && (ifMatch === "*" || ifMatch.some((tag) => !tag.weak && tag.opaque === current));
     if (!holds) {
       return current === undefined
         ? `precondition failed: If-Match needs a current value, and ${key} is absent`
@@ -95,7 +103,8 @@ export function evaluatePreconditions(pre: Preconditions, key: string, current: 
     }
   }
   if (ifNoneMatch !== null && current !== undefined) {
-    if (ifNoneMatch === "*") return `precondition failed: If-None-Match: * and ${key} exists, with entity tag ${current}`;
+    if (ifNoneMatch === "*")
+      return `precondition failed: If-None-Match: * and ${key} exists, with entity tag ${current}`;
     if (ifNoneMatch.some((tag) => tag.opaque === current)) {
       return `precondition failed: If-None-Match names ${key}'s current entity tag ${current}`;
     }

@@ -20,7 +20,8 @@ export interface Cursor {
 }
 
 /** The cursor format in words, for `400` answers. */
-export const CURSOR_RULE = "a cursor is EPOCH-SEQ, as in the Mehdb-Cursor header of a write or the cursor of GET /keys?since=";
+export const CURSOR_RULE =
+  "a cursor is EPOCH-SEQ, as in the Mehdb-Cursor header of a write or the cursor of GET /keys?since=";
 
 const CURSOR_PATTERN = /^([0-9A-Za-z]{1,64})-([0-9]{1,16})$/;
 
@@ -37,7 +38,10 @@ export function parseCursor(text: string | null): Cursor | null {
   return Number.isSafeInteger(seq) ? { epoch: match[1], seq } : null;
 }
 
-/** True when a follower whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not beyond. */
+/**
+ * True when a follower whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not
+ * beyond.
+ */
 export function cursorReached(reached: string | null, wanted: string): boolean {
   const have = parseCursor(reached);
   const want = parseCursor(wanted);
@@ -47,7 +51,9 @@ export function cursorReached(reached: string | null, wanted: string): boolean {
 /** A key in a change-feed listing: `[name, size, mtimeMs]`. */
 export type ListedKey = [name: string, size: number, mtimeMs: number];
 
-/** The answer of `GET /keys?since=CURSOR`: what changed since the cursor, or the whole listing when it cannot be served. */
+/**
+ * The answer of `GET /keys?since=CURSOR`: what changed since the cursor, or the whole listing when it cannot be served.
+ */
 export interface Changes {
   /** The cursor to ask from next time. */
   cursor: string;
@@ -57,15 +63,23 @@ export interface Changes {
   keys: ListedKey[];
   /** Keys deleted since the cursor (empty when `full`). */
   deleted: string[];
-  /** Only in a paged full listing ({@link ListingPage}): the name to ask `from` for the next page, or `null` on the last page. */
+  /**
+   * Only in a paged full listing ({@link ListingPage}): the name to ask `from` for the next page, or `null` on the last
+   * page.
+   */
   next?: string | null;
 }
 
 /** Paging of the change feed (`&limit=N[&from=NAME]`): a full listing is cut into pages sorted by name. */
 export interface ListingPage {
-  /** Most keys in one answer. An incremental answer with more changes than this gets the first page of the full listing instead. */
+  /**
+   * Most keys in one answer. An incremental answer with more changes than this gets the first page of the full listing
+   * instead.
+   */
   limit: number;
-  /** Ask for the page of the full listing that starts after this name (whatever the cursor). Default: the first page. */
+  /**
+   * Ask for the page of the full listing that starts after this name (whatever the cursor). Default: the first page.
+   */
   from?: string;
 }
 
@@ -97,10 +111,17 @@ export class ProtocolError extends Error {
 /** Checks the shape of a change-feed answer; throws {@link ProtocolError}. */
 export function checkChanges(value: unknown): Changes {
   const v = value as Partial<Changes> | null;
-  const ok = v !== null && typeof v === "object" && typeof v.cursor === "string" && typeof v.full === "boolean" &&
-    Array.isArray(v.keys) && Array.isArray(v.deleted) &&
+  const ok =
+    v !== null &&
+    typeof v === "object" &&
+    typeof v.cursor === "string" &&
+    typeof v.full === "boolean" &&
+    Array.isArray(v.keys) &&
+    Array.isArray(v.deleted) &&
     (v.next === undefined || v.next === null || typeof v.next === "string") &&
-    v.keys.every((k) => Array.isArray(k) && typeof k[0] === "string" && Number.isFinite(k[1]) && Number.isFinite(k[2])) &&
+    v.keys.every(
+      (k) => Array.isArray(k) && typeof k[0] === "string" && Number.isFinite(k[1]) && Number.isFinite(k[2]),
+    ) &&
     v.deleted.every((k) => typeof k === "string");
   if (!ok) throw new ProtocolError("leader's GET /keys?since answer is not a change listing");
   return v as Changes;
@@ -132,7 +153,13 @@ export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs
     if (size === "-") continue;
     const length = Number(size);
     const mtimeMs = Number(mtime);
-    if (!isValidKey(key) || !Number.isSafeInteger(length) || length < 0 || !Number.isFinite(mtimeMs) || at + length > answer.length) {
+    if (
+      !isValidKey(key) ||
+      !Number.isSafeInteger(length) ||
+      length < 0 ||
+      !Number.isFinite(mtimeMs) ||
+      at + length > answer.length
+    ) {
       throw new ProtocolError("leader's /values answer is malformed or cut short");
     }
     values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
@@ -153,7 +180,10 @@ export interface PollerState {
   readonly unheld: string | null;
   /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
   reached(cursor: string): boolean;
-  /** Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when stopped). */
+  /**
+   * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
+   * stopped).
+   */
   nextSync(maxStartMs: number): Promise<void>;
   /** The poller's own metrics, Prometheus text. */
   metrics(): string;

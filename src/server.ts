@@ -132,7 +132,12 @@ export function accessOf(path: string): Access {
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 
 /** Finds the request's route, checks its method and answers through its handler. */
-function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void | Promise<void> {
+function dispatch(
+  ctx: Context,
+  req: IncomingMessage,
+  res: ServerResponse,
+  expectsContinue: boolean,
+): void | Promise<void> {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const path = q < 0 ? url : url.slice(0, q);
@@ -153,7 +158,11 @@ function dispatch(ctx: Context, req: IncomingMessage, res: ServerResponse, expec
   }
   ctx.followers?.record(req.headers["mehdb-follower"], path, query); // a follower names itself when it polls
   if (found === undefined) {
-    return refuse(x, NOT_FOUND, `not found: ${path.slice(0, 100)} (try /, /get/KEY, /set/KEY, /keys, /status, /metrics)`);
+    return refuse(
+      x,
+      NOT_FOUND,
+      `not found: ${path.slice(0, 100)} (try /, /get/KEY, /set/KEY, /keys, /status, /metrics)`,
+    );
   }
   // Before the method and the redirect: a follower refuses a bad token itself, a good one gets the 307.
   const denied = found.access === "open" ? null : ctx.access?.refusal(req, found.access);
@@ -196,7 +205,8 @@ export function createMehdbServer(options: ServerOptions): Server {
     metrics: options.metrics ?? new Metrics(),
     access: options.access,
     host: options.host ?? options.role,
-    followers: options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
+    followers:
+      options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
     consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, poller: options.poller }),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
@@ -236,7 +246,11 @@ export function createMehdbServer(options: ServerOptions): Server {
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
     res.setHeader("Connection", "close");
-    send(exchange(ctx, req, res), EXPECTATION_FAILED, `unsupported Expect header: ${String(req.headers.expect).slice(0, 100)}\n`);
+    send(
+      exchange(ctx, req, res),
+      EXPECTATION_FAILED,
+      `unsupported Expect header: ${String(req.headers.expect).slice(0, 100)}\n`,
+    );
   });
   server.on("clientError", (error: NodeJS.ErrnoException & { reason?: string }, socket: Socket) => {
     const inResponse = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent;
@@ -244,11 +258,12 @@ export function createMehdbServer(options: ServerOptions): Server {
       socket.destroy();
       return;
     }
-    const [code, text] = error.code === "HPE_HEADER_OVERFLOW"
-      ? [HEADERS_TOO_LARGE, "request headers too large"]
-      : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-      ? [REQUEST_TIMEOUT, "request timed out"]
-      : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
+    const [code, text] =
+      error.code === "HPE_HEADER_OVERFLOW"
+        ? [HEADERS_TOO_LARGE, "request headers too large"]
+        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [REQUEST_TIMEOUT, "request timed out"]
+          : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
     ctx.metrics.count(UNROUTED.label, code);
     rawAnswer(socket, code, text, keepAliveTimeoutMs);
   });

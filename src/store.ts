@@ -39,7 +39,10 @@ export interface Entry {
   readonly size: number;
   /** Modification time of the file, in whole milliseconds. */
   readonly mtimeMs: number;
-  /** The change number that wrote it (unique within one epoch; negative for a file the store did not write, see {@link Store.get}). */
+  /**
+   * The change number that wrote it (unique within one epoch; negative for a file the store did not write, see {@link
+   * Store.get}).
+   */
   readonly seq: number;
   /** The inode of its file: how a read knows which version it opened. */
   readonly ino: number;
@@ -47,12 +50,14 @@ export interface Entry {
 
 /** A value read from the store: its bytes when small, else a stream of the file. */
 export type Value =
-  | { entry: Entry; body: Buffer; stream?: undefined }
-  | { entry: Entry; body?: undefined; stream: ReadStream };
+  { entry: Entry; body: Buffer; stream?: undefined } | { entry: Entry; body?: undefined; stream: ReadStream };
 
 /** Options of {@link Store.open}. */
 export interface StoreOptions {
-  /** Bytes of small values kept in memory (each counted with 512 B of overhead). Default `DEFAULTS.cacheBytes` (8 MiB); 0 turns the cache off. */
+  /**
+   * Bytes of small values kept in memory (each counted with 512 B of overhead). Default `DEFAULTS.cacheBytes` (8 MiB);
+   * 0 turns the cache off.
+   */
   cacheBytes?: number;
   /** Largest value the cache holds. Default 64 KiB. */
   cacheValueBytes?: number;
@@ -68,7 +73,10 @@ export interface PutOptions {
   mtimeMs?: number;
   /** Keep a small value (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
   cache?: boolean;
-  /** Judged in the key's lock right before the write becomes visible: a reason makes it fail with {@link PreconditionFailedError}. Default none. */
+  /**
+   * Judged in the key's lock right before the write becomes visible: a reason makes it fail with {@link
+   * PreconditionFailedError}. Default none.
+   */
   precondition?: Precondition;
 }
 
@@ -110,8 +118,7 @@ export interface PutManyOptions {
  * file in the way: `EISDIR`, `ENOTEMPTY`, `ENOTDIR`); the other items are written all the same.
  */
 export type PutResult =
-  | { key: string; entry: Entry; error?: undefined }
-  | { key: string; entry?: undefined; error: Error };
+  { key: string; entry: Entry; error?: undefined } | { key: string; entry?: undefined; error: Error };
 
 /** A value written and fsynced in its (closed) temporary file, not yet renamed over its key's file. */
 interface Staged {
@@ -267,7 +274,7 @@ export class Store {
         let entry = await this.#opened(key, stats);
         if (!entry) {
           if (attempt < READ_ATTEMPTS) continue;
-          entry = { size: stats.size, mtimeMs: Math.round(stats.mtimeMs), seq: -(++this.#strays), ino: stats.ino };
+          entry = { size: stats.size, mtimeMs: Math.round(stats.mtimeMs), seq: -++this.#strays, ino: stats.ino };
         }
         if (entry.size > STREAM_THRESHOLD) {
           keep = true; // the stream closes the handle
@@ -292,7 +299,8 @@ export class Store {
    * when the store cannot tell.
    */
   async #opened(key: string, stats: Stats): Promise<Entry | undefined> {
-    const matches = (entry: Entry | null | undefined) => !!entry && entry.ino === stats.ino && entry.size === stats.size;
+    const matches = (entry: Entry | null | undefined) =>
+      !!entry && entry.ino === stats.ino && entry.size === stats.size;
     const current = this.#index.get(key);
     if (matches(current)) return current;
     const renaming = this.#renaming.get(stats.ino);
@@ -311,7 +319,10 @@ export class Store {
    * value stays and no temporary file is left.
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
-    const [result] = await this.putMany([{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }], options);
+    const [result] = await this.putMany(
+      [{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }],
+      options,
+    );
     if (!result?.entry) throw result?.error ?? new Error(`the write of ${key} gave no result`);
     return result.entry;
   }
@@ -345,9 +356,11 @@ export class Store {
         }
       }
     };
-    const workers = Array.from({ length: Math.max(1, options.concurrency ?? 1) }, () => worker().catch((error: unknown) => {
-      failed ??= { error };
-    }));
+    const workers = Array.from({ length: Math.max(1, options.concurrency ?? 1) }, () =>
+      worker().catch((error: unknown) => {
+        failed ??= { error };
+      }),
+    );
     await Promise.all(workers);
     if (failed !== null) {
       await pull.stop();
@@ -445,7 +458,10 @@ export class Store {
     }
   }
 
-  /** Removes `key` durably; resolves `false` when it was absent. `precondition` is judged as in {@link PutOptions} (not when absent). */
+  /**
+   * Removes `key` durably; resolves `false` when it was absent. `precondition` is judged as in {@link PutOptions} (not
+   * when absent).
+   */
   async delete(key: string, options: { precondition?: Precondition } = {}): Promise<boolean> {
     const removed = await this.#locked(key, async () => {
       if (!this.#index.has(key)) return false;
@@ -530,10 +546,13 @@ export class Store {
       const entry = this.#index.get(name);
       if (entry) keys.push([name, entry.size, entry.mtimeMs]);
     }
-    return { cursor, full: true, keys, deleted: [], next: end < names.length ? names[end - 1] ?? null : null };
+    return { cursor, full: true, keys, deleted: [], next: end < names.length ? (names[end - 1] ?? null) : null };
   }
 
-  /** How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys found at open included). */
+  /**
+   * How many changes were made since `cursor` (a missing or foreign one counts every change of this epoch, the keys
+   * found at open included).
+   */
   changesSince(cursor: string | null): number {
     return Math.max(0, this.#seq - (seqOf(cursor, this.epoch) ?? 0));
   }
@@ -644,8 +663,11 @@ export class Store {
   /** Runs `fn` after every earlier locked operation on `key` (renames land in the order the index records). */
   async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const before = this.#locks.get(key);
-    const run = (before ? before.then(fn, fn) : fn());
-    const settled = run.then(() => {}, () => {});
+    const run = before ? before.then(fn, fn) : fn();
+    const settled = run.then(
+      () => {},
+      () => {},
+    );
     this.#locks.set(key, settled);
     try {
       return await run;
@@ -668,10 +690,12 @@ class DirFsync {
   sync(): Promise<void> {
     if (this.#queued) return this.#queued;
     if (!this.#running) return this.#start();
-    this.#queued = this.#running.catch(() => {}).then(() => {
-      this.#queued = null;
-      return this.#start();
-    });
+    this.#queued = this.#running
+      .catch(() => {})
+      .then(() => {
+        this.#queued = null;
+        return this.#start();
+      });
     return this.#queued;
   }
 
@@ -830,9 +854,10 @@ async function removeAll(staged: readonly (Staged | undefined)[]): Promise<void>
  * the items in order. `stop()` ends the iteration early (a generator's clean-up runs).
  */
 function serialPull<T>(items: AsyncIterable<T> | Iterable<T>) {
-  const iterator: AsyncIterator<T> | Iterator<T> = Symbol.asyncIterator in items
-    ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
-    : (items as Iterable<T>)[Symbol.iterator]();
+  const iterator: AsyncIterator<T> | Iterator<T> =
+    Symbol.asyncIterator in items
+      ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
+      : (items as Iterable<T>)[Symbol.iterator]();
   let last: Promise<unknown> = Promise.resolve();
   let count = 0;
   let done = false;
@@ -866,7 +891,10 @@ function isMissing(error: unknown): boolean {
   return (error as NodeJS.ErrnoException)?.code === "ENOENT";
 }
 
-/** What opening something that is not a regular file with {@link READ_FLAGS} throws: a link (`ELOOP`), a socket (`ENXIO`). */
+/**
+ * What opening something that is not a regular file with {@link READ_FLAGS} throws: a link (`ELOOP`), a socket
+ * (`ENXIO`).
+ */
 function isNotAFile(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException)?.code;
   return code === "ELOOP" || code === "ENXIO";

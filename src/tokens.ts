@@ -79,7 +79,8 @@ export interface Secrets {
 export function tokenProblem(token: string): string | null {
   if (token === "") return "is empty";
   if (token.length > MAX_TOKEN_CHARS) return `holds more than ${MAX_TOKEN_CHARS} characters`;
-  if (!/^[\x21-\x7e]+$/.test(token)) return "holds characters a Bearer token cannot have (only visible ASCII, no spaces inside)";
+  if (!/^[\x21-\x7e]+$/.test(token))
+    return "holds characters a Bearer token cannot have (only visible ASCII, no spaces inside)";
   return null;
 }
 
@@ -101,12 +102,17 @@ export function credentialsStart(header: string): number {
  * (the read token when only that one is set); with a read token set, reads
  * need the read or the write token; `open` routes always pass.
  */
-export function judgeAuthorization(authorization: string | string[] | undefined, access: Access, secrets: Secrets): string | null {
+export function judgeAuthorization(
+  authorization: string | string[] | undefined,
+  access: Access,
+  secrets: Secrets,
+): string | null {
   if (access === "open") return null;
-  const needed = access === "write" ? secrets.write ?? secrets.read : secrets.read;
+  const needed = access === "write" ? (secrets.write ?? secrets.read) : secrets.read;
   if (needed === null) return null;
   if (authorization === undefined) {
-    return `${needs(access, secrets)}; this request had no Authorization header (curl -L drops it on the redirect to the leader unless given --location-trusted)`;
+    return `${needs(access, secrets)}; this request had no Authorization header ` +
+      "(curl -L drops it on the redirect to the leader unless given --location-trusted)";
   }
   const [header, more] = Array.isArray(authorization) ? authorization : [authorization];
   if (header === undefined || more !== undefined) {
@@ -116,10 +122,13 @@ export function judgeAuthorization(authorization: string | string[] | undefined,
   const from = credentialsStart(header);
   if (from < 0) return `${needs(access, secrets)}; the Authorization header is not of the form "Bearer <token>"`;
   // For a read, both comparisons run, whichever matches.
-  const ok = access === "write"
-    ? needed.matches(header, from)
-    : Number(needed.matches(header, from)) | Number(secrets.write?.matches(header, from) ?? false);
-  return ok ? null : `${needs(access, secrets)}; the token sent is not valid for ${access === "write" ? "writes" : "reads"}`;
+  const ok =
+    access === "write"
+      ? needed.matches(header, from)
+      : Number(needed.matches(header, from)) | Number(secrets.write?.matches(header, from) ?? false);
+  return ok
+    ? null
+    : `${needs(access, secrets)}; the token sent is not valid for ${access === "write" ? "writes" : "reads"}`;
 }
 
 /** The start of a refusal: what the route needs. */
@@ -134,7 +143,10 @@ function needs(access: Access, secrets: Secrets): string {
  * it: the value, `undefined` when absent, or every value when there are
  * several (node:http keeps only the first in `headers`).
  */
-export function authorizationOf(req: { headers: IncomingHttpHeaders; rawHeaders: string[] }): string | string[] | undefined {
+export function authorizationOf(req: {
+  headers: IncomingHttpHeaders;
+  rawHeaders: string[];
+}): string | string[] | undefined {
   const first = req.headers.authorization;
   if (first === undefined) return undefined;
   const raw = req.rawHeaders;
@@ -156,7 +168,9 @@ export function authorizationHeader(authorization: string | undefined): Record<s
   return authorization === undefined ? undefined : { Authorization: authorization };
 }
 
-/** A follower's one-line reason when its leader answers `401` (shown by its readiness line); `sent`: it sent a token. */
+/**
+ * A follower's one-line reason when its leader answers `401` (shown by its readiness line); `sent`: it sent a token.
+ */
 export function leaderRefusal(sent: boolean): string {
   return sent
     ? "the leader refused this follower's token (401): MEHDB_READ_TOKEN_FILE must hold the leader's read token"
@@ -242,14 +256,17 @@ export class Tokens {
   /** What is protected, for the start-up log line. */
   describe(): { writes: string; reads: string } {
     const { write, read } = this.#secrets;
-    return { writes: write ? "write-token" : read ? "read-token" : "open", reads: read ? "read-or-write-token" : "open" };
+    return {
+      writes: write ? "write-token" : read ? "read-token" : "open",
+      reads: read ? "read-or-write-token" : "open",
+    };
   }
 
   /** The one-line reason to answer `401` to a request for a route needing `access`, or `null` to let it through. */
   refusal(req: { headers: IncomingHttpHeaders; rawHeaders: string[] }, access: Access): string | null {
     if (access === "open") return null;
     const secrets = this.#secrets;
-    if ((access === "write" ? secrets.write ?? secrets.read : secrets.read) === null) return null;
+    if ((access === "write" ? (secrets.write ?? secrets.read) : secrets.read) === null) return null;
     return judgeAuthorization(authorizationOf(req), access, secrets);
   }
 
@@ -286,7 +303,8 @@ export class Tokens {
     }
     const fields = { variable: source.variable, path: source.path };
     if (problem !== null) {
-      if (problem !== source.problem) this.#log("token-file-problem", { ...fields, error: problem, action: "the last good token stays in force" });
+      if (problem !== source.problem)
+        this.#log("token-file-problem", { ...fields, error: problem, action: "the last good token stays in force" });
       source.problem = problem;
       return;
     }
@@ -299,7 +317,9 @@ export class Tokens {
   }
 }
 
-/** Opens without blocking (a FIFO would block a plain open), so a path that is not a regular file is refused at once. */
+/**
+ * Opens without blocking (a FIFO would block a plain open), so a path that is not a regular file is refused at once.
+ */
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK;
 /** Largest token file read, in bytes. */
 const MAX_FILE_BYTES = 64 * 1024;
@@ -332,12 +352,13 @@ function checkFile(stat: { isFile(): boolean; isDirectory(): boolean; size: numb
 
 function describe(error: unknown): string {
   const e = error as NodeJS.ErrnoException;
-  const text = e.code === "ENOENT"
-    ? "no such file"
-    : e.code === "EACCES"
-    ? "permission denied (the file cannot be read by this user)"
-    : e.code
-    ? `cannot read it (${e.code})`
-    : String(e.message ?? error);
+  const text =
+    e.code === "ENOENT"
+      ? "no such file"
+      : e.code === "EACCES"
+        ? "permission denied (the file cannot be read by this user)"
+        : e.code
+          ? `cannot read it (${e.code})`
+          : String(e.message ?? error);
   return text.replace(/\s+/g, " ").slice(0, 200);
 }

@@ -15,11 +15,17 @@ export function status(x: Exchange): void | Promise<void> {
 /** `GET /metrics`: request counters, the store's gauges and a follower's poller's figures. */
 export function metrics(x: Exchange): void {
   const { metrics, store, role, poller, followers, consistency } = x.ctx;
-  const text = metrics.render() +
+  const text =
+    metrics.render() +
     sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
     sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
     sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
-    sample("process_resident_memory_bytes", "gauge", "Resident memory of the process, in bytes.", process.memoryUsage.rss()) +
+    sample(
+      "process_resident_memory_bytes",
+      "gauge",
+      "Resident memory of the process, in bytes.",
+      process.memoryUsage.rss(),
+    ) +
     (poller ? poller.metrics() : "") +
     (followers?.metrics() ?? "") +
     consistency.metrics();

@@ -127,7 +127,8 @@ function sendValue(x: Exchange, key: string, entry: Entry, body: Buffer | ReadSt
   // pipeline closes the file when the client goes away early.
   pipeline(body, res, (error) => {
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
-    if (error && code !== "ERR_STREAM_PREMATURE_CLOSE") ctx.log("error", { op: "get", key, error: code ?? error.message });
+    if (error && code !== "ERR_STREAM_PREMATURE_CLOSE")
+      ctx.log("error", { op: "get", key, error: code ?? error.message });
   });
 }
 
