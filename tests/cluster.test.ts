@@ -29,7 +29,8 @@ after(async () => {
 /** Three consecutive ports on 127.0.0.1 that are free, the first of them. */
 async function freePorts(count: number): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    // Below Linux's ephemeral range (32768 and up), so no client's outgoing connection takes one meanwhile.
+    const base = 20_000 + Math.floor(Math.random() * 12_000);
     const servers = [];
     let ok = true;
     for (let i = 0; i < count && ok; i++) {
