@@ -17,7 +17,7 @@ import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
 import { serverNodeFlags } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
-test("npm run bench --quick on tiny settings produces every figure", { timeout: 180_000 }, async () => {
+test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-test-"));
   const out = join(dir, "results.json");
   try {
@@ -25,7 +25,7 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
       "--import", "tsx", "tests/bench/bench.ts", "--quick",
       "--duration", "1", "--warmup", "0", "--reps", "1", "--keys", "300", "--small-keys", "50",
       "--sync-interval", "100", "--lag-samples", "4", "--idle-ticks", "3", "--connections", "8",
-      "--out", out, "--dir", dir,
+      "--out", out, "--dir", dir, "--read-token",
     ];
     const child = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
@@ -43,6 +43,12 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
     }
     assert.match(output, /GET 10 B value, before writes/);
     assert.match(output, /GET 10 B value, after a \S+ s PUT burst/);
+    // --read-token: its row, its ratio, and no request refused (the load sent the token).
+    assert.ok(results.getReadToken, "no read-token figures");
+    assert.equal(results.getReadToken.mehdb.failures, 0, `requests failed with the read token:\n${output}`);
+    assert.ok(results.targets.some((t) => t.name === "GET with read token / without"), "no read-token target");
+    assert.match(output, /GET 10 B value, before writes, read token/);
+    assert.match(output, /read token: with \/ without +req\/s [\d.]+/);
     assert.match(output, /leader RSS [\d.]+ MB \(peak [\d.]+\) after a mixed load/);
     assert.match(output, /results: /);
     // The bench removed its temporary data dirs.

@@ -4,7 +4,7 @@
 // Options: see options.ts (`npm run bench -- --help`).
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../helpers/mehdb.ts";
@@ -25,6 +25,8 @@ import { median, ratio } from "./stats.ts";
 const FSYNC_LOOPS = 4;
 /** Value size of the pre-populated keys. */
 const PREPOPULATED_VALUE_BYTES = 50;
+/** The read token of `--read-token` (as long as a typical generated token). */
+const READ_TOKEN = "bench-read-token-0123456789abcdefghijklmnopqrstuv";
 /** The GET workload's value (as long as the ceiling's constant answer). */
 const GET_VALUE = "0123456789";
 
@@ -32,6 +34,11 @@ const GET_VALUE = "0123456789";
 function loadCpuList(): string {
   const n = cpus().length;
   return n === 2 ? "1" : `1-${n - 1}`;
+}
+
+/** A rate for the progress log: "1234/s", or "—/s" when missing. */
+function perSecond(v: number | undefined): string {
+  return `${v === undefined ? "—" : Math.round(v)}/s`;
 }
 
 function log(msg: string): void {
@@ -108,6 +115,21 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
+    // --read-token: a second leader whose reads need a token; its GET runs in the same repetitions as the
+    // plain leader's (unpinned, before writes). Its key is written into the data dir before start (one file
+    // per key, as populate.ts does): a PUT would need the token too. The warm-up's first GET caches it.
+    let tokenLeader: Node | null = null;
+    if (r.getReadToken) {
+      const tokenFile = join(root, "read-token");
+      writeFileSync(tokenFile, `${READ_TOKEN}\n`);
+      const tokenDir = join(root, "throughput-read-token");
+      mkdirSync(tokenDir, { recursive: true });
+      writeFileSync(join(tokenDir, "bench-get"), GET_VALUE);
+      tokenLeader = await startLeader(o.entry, tokenDir, "leader-read-token", [], null, { MEHDB_READ_TOKEN_FILE: tokenFile });
+      await waitReady(tokenLeader.child, tokenLeader.port, readyTimeout);
+      const denied = await req(tokenLeader.port, "GET", "/get/bench-get");
+      if (denied.status !== 401) throw new Error(`the leader with a read token answered ${denied.status} to a GET without it`);
+    }
     // Pinned runs: the servers (every thread) on CPU 0, the load generator on the others, one wrk thread each.
     const allCpus = `0-${cpus().length - 1}`;
     const pinServers = (pinned: boolean): void => {
@@ -117,6 +139,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     const pinnedBase: Omit<LoadOptions, "port"> = { ...unpinned, threads: Math.min(o.threads, cpus().length - 1), cpus: loadCpuList() };
     const fsyncSeconds = Math.min(5, o.duration);
     const get: LoadWorkload = { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 };
+    const getWithToken: LoadWorkload = { ...get, name: "get-read-token", headers: [`Authorization: Bearer ${READ_TOKEN}`] };
     const put50: LoadWorkload = { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 };
     const put64k: LoadWorkload = { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 };
     const cases: { w: Workload; load: LoadWorkload; pinned: boolean; afterBurst: boolean }[] = [
@@ -131,14 +154,18 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       pinServers(pinned);
       const base = pinned ? pinnedBase : unpinned;
       // "After writes" needs no warm-up: the leader is warm, and a GET warm-up would come between the burst and the run.
+      const withToken = w === r.get ? tokenLeader : null;
       if (o.warmup > 0 && !afterBurst) {
         for (const port of [ceilingPort, leader.port]) await runLoad(load, { ...base, port, seconds: o.warmup });
+        if (withToken) await runLoad(getWithToken, { ...base, port: withToken.port, seconds: o.warmup });
       }
       const mine: LoadResult[] = [];
       const theirs: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
       const cpuMine: (number | null)[] = [];
       const cpuTheirs: (number | null)[] = [];
+      const tokened: LoadResult[] = [];
+      const cpuTokened: (number | null)[] = [];
       // The server's CPU time per request answered during one load run (GET only).
       const measured = async (pid: number, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
         const before = cpuSeconds(pid);
@@ -157,16 +184,40 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
         const steps = [
           async () => void theirs.push(await measured(ceiling.pid, cpuTheirs, () => runLoad(load, { ...base, port: ceilingPort }))),
           async () => void mine.push(await measured(leader.child.pid, cpuMine, () => runLoad(load, { ...base, port: leader.port }))),
+          async () => {
+            if (withToken) {
+              const port = withToken.port;
+              tokened.push(await measured(withToken.child.pid, cpuTokened, () => runLoad(getWithToken, { ...base, port })));
+            }
+          },
           async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, null))),
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
-        log(`  ${w.label} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
-          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
+        const [m, c, f, t] = [mine[i], theirs[i], fsync[i], tokened[i]];
+        log(`  ${w.label} #${i + 1}: mehdb ${perSecond(m?.rps)}, ceiling ${perSecond(c?.rps)}` +
+          (f ? `, fsync loop ${perSecond(f.opsPerSec)}` : "") + (t ? `, mehdb with a read token ${perSecond(t.rps)}` : ""));
       }
       w.mehdb = summarize(mine);
       w.ceiling = summarize(theirs);
       // Ratios are medians of the ratios within each repetition (paired, run back to back).
-      w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]!.rps)));
+      w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]?.rps)));
+      if (withToken && r.getReadToken) {
+        const ratiosToPlain = tokened.map((t, i) => ratio(t.rps, mine[i]?.rps));
+        Object.assign(r.getReadToken, {
+          mehdb: summarize(tokened),
+          ceiling: w.ceiling,
+          ratioToCeiling: median(tokened.map((t, i) => ratio(t.rps, theirs[i]?.rps))),
+          cpu: {
+            mehdbUs: median(cpuTokened),
+            ceilingUs: median(cpuTheirs),
+            ratio: median(cpuTokened.map((t, i) => ratio(cpuTheirs[i], t))),
+          },
+          ratioToPlain: median(ratiosToPlain),
+          ratiosToPlain,
+        });
+        const failed = r.getReadToken.mehdb.failures;
+        if (failed > 0) r.errors.push(`GET with a read token: ${failed} failed requests (was the token sent?)`);
+      }
       if (load.method === "GET") {
         w.cpu = {
           mehdbUs: median(cpuMine),
@@ -181,7 +232,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
           p99Ms: median(fsync.map((f) => f.p99Ms)),
           runs: fsync.map((f) => Math.round(f.opsPerSec)),
         };
-        w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]!.opsPerSec)));
+        w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]?.opsPerSec)));
       }
     }
     pinServers(false);
@@ -334,6 +385,9 @@ async function main(): Promise<number> {
       command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     },
     get: emptyWorkload(`GET ${GET_VALUE.length} B value, before writes`, false),
+    getReadToken: o.readToken
+      ? { ...emptyWorkload(`GET ${GET_VALUE.length} B value, before writes, read token`, false), ratioToPlain: null, ratiosToPlain: [] }
+      : null,
     getPinned: o.pin ? emptyWorkload(`GET ${GET_VALUE.length} B value, before writes, pinned`, false, true) : null,
     put50: emptyWorkload("PUT 50 B, 1000 keys", true),
     put64k: emptyWorkload("PUT 64 KB, 1000 keys", true),

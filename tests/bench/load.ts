@@ -23,6 +23,8 @@ export interface Workload {
   keyDigits?: number;
   /** Pick a key at random for every request. Default false: in turn. */
   random?: boolean;
+  /** Extra request headers, `Name: value` (e.g. `Authorization: Bearer …`). Default none. */
+  headers?: string[];
 }
 
 
@@ -111,7 +113,8 @@ async function runWrk(w: Workload, o: LoadOptions): Promise<LoadResult> {
   const url = `http://127.0.0.1:${o.port}${w.method === "GET" ? w.path : "/"}`;
   const threads = Math.min(o.threads, o.connections);
   const child = startProcess(`wrk-${w.name}`, "wrk", [
-    `-t${threads}`, `-c${o.connections}`, `-d${secs}s`, "--timeout", "5s", "-s", script, url,
+    `-t${threads}`, `-c${o.connections}`, `-d${secs}s`, "--timeout", "5s",
+    ...(w.headers ?? []).flatMap((h) => ["-H", h]), "-s", script, url,
   ], {}, o.cpus ?? null);
   const killer = setTimeout(() => void stopProcess(child, 1000), (secs + 15) * 1000);
   const code = await child.exited;
@@ -143,6 +146,7 @@ async function runNode(w: Workload, o: LoadOptions): Promise<LoadResult> {
     valueBytes: w.valueBytes,
     keyDigits: w.keyDigits,
     random: w.random,
+    headers: w.headers,
   };
   const child = startTs(`loadgen-${w.name}`, "tests/bench/loadgen-node.ts", [JSON.stringify(args)], {}, [], o.cpus ?? null);
   const killer = setTimeout(() => void stopProcess(child, 1000), (o.seconds + 20) * 1000);

@@ -23,6 +23,8 @@ export interface NodeLoadArgs {
   keyDigits?: number;
   /** A key at random for every request (else in turn). */
   random?: boolean;
+  /** Extra request headers, `Name: value`. Default none. */
+  headers?: string[];
 }
 
 /** Incremental parser of HTTP/1.1 responses (Content-Length or chunked bodies). */
@@ -89,7 +91,8 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
   const count = a.method === "PUT" || a.keys > 1 ? a.keys : 1;
   for (let i = 0; i < count; i++) {
     const path = count > 1 || a.method === "PUT" ? `${a.path}${a.keyDigits ? String(i).padStart(a.keyDigits, "0") : i}` : a.path;
-    const extra = body ? `Content-Length: ${body.length}\r\n` : "";
+    const headers = (a.headers ?? []).map((h) => `${h}\r\n`).join("");
+    const extra = (body ? `Content-Length: ${body.length}\r\n` : "") + headers;
     heads.push(Buffer.from(`${a.method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\n${extra}\r\n`, "latin1"));
   }
   let latencies = new Float64Array(1 << 16);

@@ -30,13 +30,24 @@ export function serverNodeFlags(): string[] {
   return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
 }
 
-/** Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof); pinned to `cpus` when given. */
-export async function startLeader(entry: string, dir: string, name = "leader", nodeArgs: string[] = [], cpus: string | null = null): Promise<Node> {
+/**
+ * Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof);
+ * pinned to `cpus` when given (default not pinned); `env` adds variables (default none).
+ */
+export async function startLeader(
+  entry: string,
+  dir: string,
+  name = "leader",
+  nodeArgs: string[] = [],
+  cpus: string | null = null,
+  env: Record<string, string> = {},
+): Promise<Node> {
   const port = await freePort();
   const child = startTs(name, entry, [], {
     MEHDB_HOST: "mehdb-0",
     MEHDB_PORT: String(port),
     MEHDB_DATADIR: dir,
+    ...env,
   }, [...serverNodeFlags(), ...nodeArgs], cpus);
   return { child, port, dir };
 }

@@ -2,7 +2,7 @@
 // printed on stdout, and the list of figures every run must produce.
 
 import type { LagResult, IdleResult } from "./replication.ts";
-import { round } from "./stats.ts";
+import { ratio, round } from "./stats.ts";
 
 /** Throughput and latency of one workload: medians over the repetitions. */
 export interface Throughput {
@@ -35,6 +35,14 @@ export interface Workload {
   pinned?: boolean;
 }
 
+/** `--read-token`: GET on a second leader with a read token, in the same repetitions as `get`. */
+export interface ReadTokenWorkload extends Workload {
+  /** Median over the repetitions of (leader with a read token) / (leader without) req/s. */
+  ratioToPlain: number | null;
+  /** req/s with / without the token, per repetition. */
+  ratiosToPlain: (number | null)[];
+}
+
 /** One checked target. */
 export interface Target {
   name: string;
@@ -51,6 +59,8 @@ export interface Results {
   get: Workload;
   /** The same, pinned (null with --no-pin or without taskset). */
   getPinned: Workload | null;
+  /** `--read-token`: GET on a leader with a read token, in the same repetitions as `get`; else null. */
+  getReadToken: ReadTokenWorkload | null;
   put50: Workload;
   put64k: Workload;
   /** GET of the same value on the same leader, each repetition right after a PUT burst, unpinned. */
@@ -114,9 +124,17 @@ export function figure(obj: unknown, path: string): unknown {
   return v;
 }
 
-/** The required figures that are missing, not finite, or not positive. */
+/** The figures a `--read-token` run must produce as well. */
+export const READ_TOKEN_FIGURES = [
+  "getReadToken.mehdb.rps", "getReadToken.mehdb.p50Ms", "getReadToken.mehdb.p99Ms", "getReadToken.ratioToCeiling",
+  "getReadToken.ratioToPlain", "getReadToken.cpu.mehdbUs", "getReadToken.cpu.ratio",
+] as const;
+
+/** The required figures (and those of `--read-token` when `getReadToken` is set) missing, not finite, or not positive. */
 export function missingFigures(r: unknown): string[] {
-  return REQUIRED_FIGURES.filter((p) => {
+  const paths: string[] = [...REQUIRED_FIGURES];
+  if (figure(r, "getReadToken") != null) paths.push(...READ_TOKEN_FIGURES);
+  return paths.filter((p) => {
     const v = figure(r, p);
     return typeof v !== "number" || !Number.isFinite(v) || v <= 0;
   });
@@ -133,6 +151,12 @@ export function checkTargets(r: Omit<Results, "targets">, fullScale: boolean): T
   const catchupRatio = large !== null && bound !== null && large > 0 ? bound / large : null;
   return [
     { name: "GET / ceiling (unpinned)", value: r.get.ratioToCeiling, target: "≥ 0.85", pass: at(r.get.ratioToCeiling, (v) => v >= 0.85) },
+    ...(r.getReadToken
+      ? [{
+        name: "GET with read token / without", value: r.getReadToken.ratioToPlain, target: "≥ 0.97",
+        pass: at(r.getReadToken.ratioToPlain, (v) => v >= 0.97),
+      }]
+      : []),
     { name: "GET after writes / ceiling (unpinned)", value: r.getAfterPut.ratioToCeiling, target: "≥ 0.85", pass: at(r.getAfterPut.ratioToCeiling, (v) => v >= 0.85) },
     { name: "PUT 50 B / fsync loop", value: r.put50.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put50.ratioToFsync, (v) => v >= 0.7) },
     { name: "PUT 64 KB / fsync loop", value: r.put64k.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put64k.ratioToFsync, (v) => v >= 0.7) },
@@ -161,7 +185,7 @@ export function formatTable(r: Results): string {
   out.push("");
   const W = 46;
   out.push(`${pad("workload", W)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
-  const rows = [r.get, r.getPinned, r.put50, r.put64k, r.getAfterPut, r.getAfterPutPinned].filter((w): w is Workload => w !== null);
+  const rows = [r.get, r.getReadToken, r.getPinned, r.put50, r.put64k, r.getAfterPut, r.getAfterPutPinned].filter((w): w is Workload => w !== null);
   for (const w of rows) {
     out.push(
       `${pad(w.label, W)}${lpad(n(w.mehdb.rps), 10)}${lpad(n(w.mehdb.p50Ms, 2), 9)}${lpad(n(w.mehdb.p99Ms, 2), 9)}` +
@@ -174,6 +198,12 @@ export function formatTable(r: Results): string {
   }
   out.push(`${pad("  ceiling latency p50/p99", W)}${[r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`).join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
   out.push(`${pad("  fsync loop p50/p99", W)}${[r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`).join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
+  if (r.getReadToken) {
+    const t = r.getReadToken;
+    out.push(`${pad("  read token: with / without", W)}req/s ${n(t.ratioToPlain, 3)} (per repetition ` +
+      `${t.ratiosToPlain.map((v) => n(v, 3)).join(", ")}); CPU per GET ${n(ratio(r.get.cpu?.mehdbUs, t.cpu?.mehdbUs), 3)} ` +
+      `(without / with); ratio to the ceiling ${n(t.ratioToCeiling, 3)} with, ${n(r.get.ratioToCeiling, 3)} without`);
+  }
   const fails = rows.reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
   if (fails > 0) out.push(`  WARNING: ${fails} failed requests (errors or non-2xx) during the load runs`);
   out.push("");
