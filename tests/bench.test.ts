@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { waitReady } from "./bench/http.ts";
 import { freePort } from "./helpers/mehdb.ts";
-import { runLoad } from "./bench/load.ts";
+import { haveWrk, runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
 import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
-import { serverNodeFlags } from "./bench/mehdb.ts";
+import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
 test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", { timeout: 180_000 }, async () => {
@@ -75,6 +75,35 @@ test("the Node load generator (used when wrk is missing) drives GET and PUT agai
       assert.ok(r.requests > 0 && r.rps > 0, `${w.name}: no requests completed`);
       assert.equal(r.errors + r.badStatus, 0, `${w.name}: failed requests`);
       assert.ok(r.p50Ms !== null && r.p99Ms !== null && r.p50Ms <= r.p99Ms, `${w.name}: latency percentiles`);
+    }
+  } finally {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("both load generators send the workload's headers: a read token gets 200s, none gets 401s", {
+  timeout: 60_000,
+}, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mehdb-loadgen-token-test-"));
+  try {
+    const tokenFile = join(dir, "read-token");
+    writeFileSync(tokenFile, "loadgen-test-token\n");
+    const data = join(dir, "data");
+    mkdirSync(data);
+    writeFileSync(join(data, "k"), "v");
+    const leader = await startLeader("src/main.ts", data, "leader-read-token", [], null, { MEHDB_READ_TOKEN_FILE: tokenFile });
+    await waitReady(leader.child, leader.port, 30_000);
+    const tools = haveWrk() ? (["node", "wrk"] as const) : (["node"] as const);
+    if (tools.length === 1) console.log("# skipped wrk here: wrk is not installed (the Node generator is checked)");
+    for (const tool of tools) {
+      const options = { tool, port: leader.port, connections: 2, threads: 1, seconds: 0.5, tmpDir: dir };
+      const get = { name: "get", method: "GET" as const, path: "/get/k", keys: 1, valueBytes: 0 };
+      const allowed = await runLoad({ ...get, headers: ["Authorization: Bearer loadgen-test-token"] }, options);
+      assert.ok(allowed.requests > 0, `${tool}: no requests completed`);
+      assert.equal(allowed.errors + allowed.badStatus, 0, `${tool}: requests with the token failed`);
+      const refused = await runLoad(get, options);
+      assert.ok(refused.badStatus > 0, `${tool}: requests without the token were not refused`);
     }
   } finally {
     await stopAll();
