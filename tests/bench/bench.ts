@@ -255,7 +255,8 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       r.startup.runs.push(Math.round(await waitReady(leader.child, leader.port, readyTimeout, o.keys)));
     }
     r.startup.readyMs = median(r.startup.runs);
-    const l = leader!;
+    if (leader === null) throw new Error("no leader started (--reps 0?)");
+    const l = leader;
     r.memory.leaderRssAtReadyMb = memoryMb(l.child.pid).rssMb;
 
     // Memory after a mixed load, as a store in use sees it: random GETs (most miss the cache and
@@ -276,11 +277,12 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     const afterLoad = memoryMb(l.child.pid);
     r.memory.leaderAfterLoadRssMb = afterLoad.rssMb;
     r.memory.leaderAfterLoadPeakMb = afterLoad.peakMb;
+    const [getRun, putRun, getAgainRun] = mixRuns;
     r.memory.mixedLoad = {
       seconds: o.mixSeconds,
-      getRps: mixRuns[0]!.rps,
-      putRps: mixRuns[1]!.rps,
-      getAgainRps: mixRuns[2]!.rps,
+      getRps: getRun?.rps ?? null,
+      putRps: putRun?.rps ?? null,
+      getAgainRps: getAgainRun?.rps ?? null,
       failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
     };
     const leaderUrl = `http://127.0.0.1:${l.port}`;

@@ -14,6 +14,8 @@ if (!dir || !secondsArg || !bytesArg) {
   console.error("usage: fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]");
   process.exit(2);
 }
+/** The data directory, narrowed to a string for the functions below. */
+const root: string = dir;
 const seconds = Number(secondsArg);
 const value = Buffer.alloc(Number(bytesArg), 0x76);
 const loops = Number(loopsArg ?? 4);
@@ -26,7 +28,7 @@ let seq = 0;
 
 async function writeOnce(loop: number): Promise<void> {
   const n = seq++;
-  const tmp = join(dir!, `.tmp-${loop}-${n}`);
+  const tmp = join(root, `.tmp-${loop}-${n}`);
   const fh = await open(tmp, "w");
   try {
     let off = 0;
@@ -38,7 +40,7 @@ async function writeOnce(loop: number): Promise<void> {
   } finally {
     await fh.close();
   }
-  await rename(tmp, join(dir!, `key-${n % keys}`));
+  await rename(tmp, join(root, `key-${n % keys}`));
 }
 
 async function loop(id: number, until: number, record: boolean): Promise<void> {

@@ -121,17 +121,23 @@ async function runWrk(w: Workload, o: LoadOptions): Promise<LoadResult> {
   clearTimeout(killer);
   const line = child.lines.find((l) => l.startsWith("BENCH_JSON "));
   if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}):\n${tail(child)}`);
-  const j = JSON.parse(line.slice("BENCH_JSON ".length)) as Record<string, number>;
-  const seconds = j.durationUs! / 1e6;
+  const j = JSON.parse(line.slice("BENCH_JSON ".length)) as Record<string, unknown>;
+  const field = (name: string): number => {
+    const v = j[name];
+    if (typeof v !== "number") throw new Error(`wrk: no number ${name} in ${line}`);
+    return v;
+  };
+  const seconds = field("durationUs") / 1e6;
+  const requests = field("requests");
   return {
     tool: "wrk",
-    requests: j.requests!,
+    requests,
     seconds,
-    rps: j.requests! / seconds,
-    p50Ms: j.p50Us! / 1000,
-    p99Ms: j.p99Us! / 1000,
-    errors: j.connect! + j.read! + j.write! + j.timeout!,
-    badStatus: j.status!,
+    rps: requests / seconds,
+    p50Ms: field("p50Us") / 1000,
+    p99Ms: field("p99Us") / 1000,
+    errors: field("connect") + field("read") + field("write") + field("timeout"),
+    badStatus: field("status"),
   };
 }
 

@@ -123,7 +123,8 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
           resolveConn();
           return;
         }
-        const head = heads[a.random ? Math.floor(Math.random() * heads.length) : next++ % heads.length]!;
+        const head = heads[a.random ? Math.floor(Math.random() * heads.length) : next++ % heads.length];
+        if (head === undefined) throw new Error("no request to send");
         sentAt = performance.now();
         inFlight = true;
         if (body) {

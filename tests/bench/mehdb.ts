@@ -23,7 +23,7 @@ export interface Node {
 export function serverNodeFlags(): string[] {
   if (process.env.MEHDB_BENCH_NODE) {
     const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(REPO_ROOT, "Containerfile"), "utf8"));
-    const words = cmd ? (JSON.parse(cmd[1]!) as string[]) : [];
+    const words = cmd?.[1] ? (JSON.parse(cmd[1]) as string[]) : [];
     return words.filter((w) => /^--[a-z-]+=\S+$/.test(w));
   }
   const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { scripts: { start: string } };

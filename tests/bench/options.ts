@@ -78,7 +78,8 @@ environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>
 export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): Options {
   const flags = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i];
+    if (a === undefined) break;
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
     if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||

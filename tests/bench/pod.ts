@@ -74,16 +74,18 @@ export function manifestResources(root = REPO_ROOT): ManifestResources {
   const lines = readFileSync(join(root, file), "utf8").split("\n");
   const at = lines.findIndex((l) => /^\s*resources:\s*$/.test(l));
   const values: Record<string, string> = {};
-  if (at >= 0) {
-    const indent = lines[at]!.search(/\S/);
+  const head = lines[at];
+  if (head !== undefined) {
+    const indent = head.search(/\S/);
     let section = "";
     for (const line of lines.slice(at + 1)) {
       if (!line.trim() || line.trim().startsWith("#")) continue;
       if (line.search(/\S/) <= indent) break;
       const m = /^\s*([a-z]+):\s*"?([^"\s#]*)"?/.exec(line);
-      if (!m) continue;
-      if (!m[2]) section = m[1]!;
-      else values[`${section}.${m[1]}`] = m[2];
+      const [, name, value] = m ?? [];
+      if (name === undefined) continue;
+      if (!value) section = name;
+      else values[`${section}.${name}`] = value;
     }
   }
   const memoryLimit = values["limits.memory"];
@@ -136,14 +138,15 @@ class Watch {
 
   /** Reads the cgroup's figures and the process's; keeps the peaks. */
   sample(): void {
-    const read = (f: string): string | null => {
-      try {
-        return readFileSync(join(this.#cgroup!, f), "utf8");
-      } catch {
-        return null;
-      }
-    };
-    if (this.#cgroup) {
+    const cgroup = this.#cgroup;
+    if (cgroup) {
+      const read = (f: string): string | null => {
+        try {
+          return readFileSync(join(cgroup, f), "utf8");
+        } catch {
+          return null;
+        }
+      };
       const stat = read("memory.stat") ?? "";
       const anon = Number(/^(?:rss|anon) (\d+)$/m.exec(stat)?.[1] ?? 0);
       this.anonPeak = Math.max(this.anonPeak, anon);
@@ -280,11 +283,12 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
       leaderWatch.sample();
       log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; cgroup peak ${(leaderWatch.cgroupPeak / MiB).toFixed(0)} MB, anonymous ${(leaderWatch.anonPeak / MiB).toFixed(0)} MB`);
     }
+    const [getRun, putRun, getAgainRun] = mixRuns;
     r.mixedLoad = {
       seconds: o.mixSeconds,
-      getRps: mixRuns[0]!.rps,
-      putRps: mixRuns[1]!.rps,
-      getAgainRps: mixRuns[2]!.rps,
+      getRps: getRun?.rps ?? null,
+      putRps: putRun?.rps ?? null,
+      getAgainRps: getAgainRun?.rps ?? null,
       failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
     };
 
