@@ -10,10 +10,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { waitReady } from "./bench/http.ts";
-import { freePort } from "./helpers/mehdb.ts";
+import { freePort, ROOT } from "./helpers/mehdb.ts";
 import { haveWrk, runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
-import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
+import { startTs, stopAll } from "./bench/procs.ts";
 import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
@@ -27,7 +27,7 @@ test("npm run bench --quick --read-token on tiny settings produces every figure,
       "--sync-interval", "100", "--lag-samples", "4", "--idle-ticks", "3", "--connections", "8",
       "--out", out, "--dir", dir, "--read-token",
     ];
-    const child = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     child.stdout.on("data", (c: Buffer) => (output += c.toString()));
     child.stderr.on("data", (c: Buffer) => (output += c.toString()));
@@ -112,7 +112,7 @@ test("both load generators send the workload's headers: a read token gets 200s, 
 });
 
 test("the bench runs servers with the Node flags of npm start, or of the image's CMD on another Node", () => {
-  const start = (JSON.parse(readFileSync(`${REPO_ROOT}/package.json`, "utf8")) as { scripts: { start: string } }).scripts.start;
+  const start = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } }).scripts.start;
   const saved = process.env.MEHDB_BENCH_NODE;
   try {
     delete process.env.MEHDB_BENCH_NODE;
@@ -121,7 +121,7 @@ test("the bench runs servers with the Node flags of npm start, or of the image's
     assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "npm start sizes the young generation");
     process.env.MEHDB_BENCH_NODE = "/nonexistent/node";
     const image = serverNodeFlags();
-    assert.ok(readFileSync(`${REPO_ROOT}/Containerfile`, "utf8").includes(`CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`));
+    assert.ok(readFileSync(join(ROOT, "Containerfile"), "utf8").includes(`CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`));
   } finally {
     if (saved === undefined) delete process.env.MEHDB_BENCH_NODE;
     else process.env.MEHDB_BENCH_NODE = saved;

@@ -1,14 +1,17 @@
-// `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
-// node:http ceiling and the fsync-loop baseline, drives load from a separate
-// process, prints a table and writes the same figures as JSON.
-// Options: see options.ts (`npm run bench -- --help`).
+/**
+ * `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
+ * node:http ceiling and the fsync-loop baseline, drives load from a separate
+ * process, prints a table and writes the same figures as JSON.
+ * Options: see options.ts (`npm run bench -- --help`).
+ */
 
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../helpers/mehdb.ts";
-import { req, sleep, waitReady } from "./http.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req, waitReady } from "./http.ts";
 import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload } from "./load.ts";
 import { serverNodeFlags, startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";

@@ -1,8 +1,10 @@
-// The durable-write baseline: what the disk allows for one fsynced file per write,
-// without HTTP. Four loops (the libuv pool's size) each repeat: open a temp file,
-// write the value, fsync, close, rename over one of 1000 key files.
-// Usage: node --import tsx tests/bench/fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]
-// Prints one JSON line: {"ops","seconds","opsPerSec","p50Ms","p99Ms"}.
+/**
+ * The durable-write baseline: what the disk allows for one fsynced file per write,
+ * without HTTP. Four loops (the libuv pool's size) each repeat: open a temp file,
+ * write the value, fsync, close, rename over one of 1000 key files.
+ * Usage: node --import tsx tests/bench/fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]
+ * Prints one JSON line: {"ops","seconds","opsPerSec","p50Ms","p99Ms"}.
+ */
 
 import { mkdirSync } from "node:fs";
 import { open, rename } from "node:fs/promises";

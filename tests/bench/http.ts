@@ -1,9 +1,12 @@
-// HTTP helpers for the benchmark's own requests (setup, probes, readiness):
-// a keep-alive client to 127.0.0.1 and readiness polling.
+/**
+ * HTTP helpers for the benchmark's own requests (setup, probes, readiness):
+ * a keep-alive client to 127.0.0.1 and readiness polling.
+ */
 
 import { Agent, request as httpRequest } from "node:http";
 import type { Child } from "./procs.ts";
 import { tail } from "./procs.ts";
+import { sleep } from "../helpers/wait.ts";
 
 const agent = new Agent({ keepAlive: true, maxSockets: 16 });
 
@@ -28,10 +31,6 @@ export function req(port: number, method: string, path: string, body?: Buffer | 
   });
 }
 
-/** Resolves after `ms` milliseconds. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((res) => setTimeout(res, ms));
-}
 
 /** The key count in a `/status?level=full` body (the first integer in it), or null. */
 export function keyCount(body: string): number | null {

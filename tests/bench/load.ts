@@ -1,6 +1,8 @@
-// Drives HTTP load from a separate process: wrk (with a Lua script written at run
-// time) when it is installed, else the Node generator of loadgen-node.ts.
-// Both report the same LoadResult.
+/**
+ * Drives HTTP load from a separate process: wrk (with a Lua script written at run
+ * time) when it is installed, else the Node generator of loadgen-node.ts.
+ * Both report the same LoadResult.
+ */
 
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";

@@ -1,8 +1,10 @@
-// The load generator of Node built-ins, used when wrk is missing (or with --load node):
-// N keep-alive connections over raw sockets, one request in flight on each,
-// duration-bounded, latency of every response recorded.
-// Usage: node --import tsx tests/bench/loadgen-node.ts 'JSON of NodeLoadArgs'
-// Prints one JSON line: {"requests","seconds","errors","badStatus","p50Ms","p99Ms"}.
+/**
+ * The load generator of Node built-ins, used when wrk is missing (or with --load node):
+ * N keep-alive connections over raw sockets, one request in flight on each,
+ * duration-bounded, latency of every response recorded.
+ * Usage: node --import tsx tests/bench/loadgen-node.ts 'JSON of NodeLoadArgs'
+ * Prints one JSON line: {"requests","seconds","errors","badStatus","p50Ms","p99Ms"}.
+ */
 
 import { connect, type Socket } from "node:net";
 import { percentile } from "./stats.ts";

@@ -1,4 +1,6 @@
-// Command-line options of `npm run bench`, with the quick and full presets.
+/**
+ * Command-line options of `npm run bench`, with the quick and full presets.
+ */
 
 import { resolve } from "node:path";
 import { tmpdir } from "node:os";

@@ -1,21 +1,24 @@
-// `npm run bench -- --pod`: the image in podman with the manifests' memory (and CPU) limit, as
-// a pod gets it. A leader with `keys` keys under a mixed load (random GETs, random PUTs, random
-// GETs), then a follower catching all of them up; neither may be OOM-killed. A kill is looked
-// for three ways, since `podman inspect` has said OOMKilled=false for a container the kernel had
-// killed on this host: the cgroup's own oom_kill counter, the container's exit code (137), and
-// the kernel log. Containers and volumes are named mehdb-bench-…, and removed at the end, also
-// on failure or Ctrl-C. Load goes only to ports the containers publish on 127.0.0.1.
+/**
+ * `npm run bench -- --pod`: the image in podman with the manifests' memory (and CPU) limit, as
+ * a pod gets it. A leader with `keys` keys under a mixed load (random GETs, random PUTs, random
+ * GETs), then a follower catching all of them up; neither may be OOM-killed. A kill is looked
+ * for three ways, since `podman inspect` has said OOMKilled=false for a container the kernel had
+ * killed on this host: the cgroup's own oom_kill counter, the container's exit code (137), and
+ * the kernel log. Containers and volumes are named mehdb-bench-…, and removed at the end, also
+ * on failure or Ctrl-C. Load goes only to ports the containers publish on 127.0.0.1.
+ */
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { freePort } from "../helpers/mehdb.ts";
+import { freePort, ROOT } from "../helpers/mehdb.ts";
 import { ensureNodeBase, mustPodman, podman, podmanMissing, RUN_LIMITS } from "../helpers/podman.ts";
-import { req, sleep } from "./http.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req } from "./http.ts";
 import { runLoad, type LoadOptions, type LoadResult, type Workload } from "./load.ts";
 import type { Options } from "./options.ts";
 import { POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
-import { memoryMb, REPO_ROOT } from "./procs.ts";
+import { memoryMb } from "./procs.ts";
 import { round } from "./stats.ts";
 
 /** Value size of the keys the leader starts with (as in the rest of the bench). */
@@ -68,7 +71,7 @@ export interface PodResults {
 }
 
 /** Reads the container's resources (its first `resources:` block) from the StatefulSet (k8s/base/ once the manifests move there, else k8s/). */
-export function manifestResources(root = REPO_ROOT): ManifestResources {
+export function manifestResources(root = ROOT): ManifestResources {
   const file = ["k8s/base/statefulset.yaml", "k8s/statefulset.yaml"].find((f) => existsSync(join(root, f)));
   if (!file) throw new Error("no k8s/statefulset.yaml");
   const lines = readFileSync(join(root, file), "utf8").split("\n");
@@ -250,7 +253,7 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
     const base = await ensureNodeBase(log);
     r.meta.base = base;
     log(`building ${image} on ${base}`);
-    await mustPodman(["build", "--pull=never", "--build-arg", `NODE_IMAGE=${base}`, "-t", image, "-f", "Containerfile", "."], { cwd: REPO_ROOT, timeoutMs: 600_000 });
+    await mustPodman(["build", "--pull=never", "--build-arg", `NODE_IMAGE=${base}`, "-t", image, "-f", "Containerfile", "."], { cwd: ROOT, timeoutMs: 600_000 });
     imageBuilt = true;
     for (const volume of volumes) await mustPodman(["volume", "create", volume]);
     const limits = ["--memory", `${Math.floor(resources.memoryLimitBytes / MiB)}m`, "--memory-swap", `${Math.floor(resources.memoryLimitBytes / MiB)}m`,

@@ -1,13 +1,11 @@
-// Child processes of the benchmark: start them, watch their output, stop them by
-// pid (also on error and Ctrl-C), and read their resident memory.
+/**
+ * Child processes of the benchmark: start them, watch their output, stop them by
+ * pid (also on error and Ctrl-C), and read their resident memory.
+ */
 
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { dirname, resolve } from "node:path";
-
-/** Repository root (two levels above this file). */
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+import { ROOT } from "../helpers/mehdb.ts";
 
 /** A started child: its pid, the last lines it printed, and a promise of its exit. */
 export interface Child {
@@ -28,7 +26,7 @@ export function startProcess(name: string, cmd: string, args: string[], env: Rec
   // taskset execs the command, so the pid stays the command's own.
   const [file, argv] = cpus === null ? [cmd, args] : ["taskset", ["-c", cpus, cmd, ...args]];
   const proc = spawn(file, argv, {
-    cwd: REPO_ROOT,
+    cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -1,11 +1,14 @@
-// Replication figures: lag from a PUT acknowledged by the leader to the value
-// readable on the follower, and the cost of an idle tick (requests and bytes,
-// seen by a counting proxy between follower and leader).
+/**
+ * Replication figures: lag from a PUT acknowledged by the leader to the value
+ * readable on the follower, and the cost of an idle tick (requests and bytes,
+ * seen by a counting proxy between follower and leader).
+ */
 
 import { randomBytes } from "node:crypto";
 import type { Node } from "./mehdb.ts";
 import type { CountingProxy } from "./proxy.ts";
-import { req, sleep } from "./http.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req } from "./http.ts";
 import { percentile } from "./stats.ts";
 
 /** Lag percentiles over `samples` probes, in ms. */

@@ -1,5 +1,7 @@
-// The results of a bench run: their JSON shape, the target checks, the table
-// printed on stdout, and the list of figures every run must produce.
+/**
+ * The results of a bench run: their JSON shape, the target checks, the table
+ * printed on stdout, and the list of figures every run must produce.
+ */
 
 import type { LagResult, IdleResult } from "./replication.ts";
 import { ratio, round } from "./stats.ts";
