@@ -17,7 +17,9 @@ import { startTs, stopAll } from "./bench/procs.ts";
 import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
-test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", { timeout: 180_000 }, async () => {
+test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", {
+  timeout: 180_000,
+}, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-test-"));
   const out = join(dir, "results.json");
   try {
@@ -92,7 +94,8 @@ test("both load generators send the workload's headers: a read token gets 200s, 
     const data = join(dir, "data");
     mkdirSync(data);
     writeFileSync(join(data, "k"), "v");
-    const leader = await startLeader("src/main.ts", data, "leader-read-token", [], null, { MEHDB_READ_TOKEN_FILE: tokenFile });
+    const env = { MEHDB_READ_TOKEN_FILE: tokenFile };
+    const leader = await startLeader("src/main.ts", data, "leader-read-token", [], null, env);
     await waitReady(leader.child, leader.port, 30_000);
     const tools = haveWrk() ? (["node", "wrk"] as const) : (["node"] as const);
     if (tools.length === 1) console.log("# skipped wrk here: wrk is not installed (the Node generator is checked)");
@@ -112,7 +115,8 @@ test("both load generators send the workload's headers: a read token gets 200s, 
 });
 
 test("the bench runs servers with the Node flags of npm start, or of the image's CMD on another Node", () => {
-  const start = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } }).scripts.start;
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+  const start = pkg.scripts.start;
   const saved = process.env.MEHDB_BENCH_NODE;
   try {
     delete process.env.MEHDB_BENCH_NODE;
@@ -121,7 +125,8 @@ test("the bench runs servers with the Node flags of npm start, or of the image's
     assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "npm start sizes the young generation");
     process.env.MEHDB_BENCH_NODE = "/nonexistent/node";
     const image = serverNodeFlags();
-    assert.ok(readFileSync(join(ROOT, "Containerfile"), "utf8").includes(`CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`));
+    const cmd = `CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`;
+    assert.ok(readFileSync(join(ROOT, "Containerfile"), "utf8").includes(cmd));
   } finally {
     if (saved === undefined) delete process.env.MEHDB_BENCH_NODE;
     else process.env.MEHDB_BENCH_NODE = saved;
@@ -136,13 +141,18 @@ test("--pod reads the container's memory limit from the StatefulSet, in k8s/ or 
   const dir = mkdtempSync(join(tmpdir(), "mehdb-pod-test-"));
   try {
     const manifest = (memory: string) =>
-      `spec:\n  template:\n    spec:\n      containers:\n        - name: mehdb\n          resources:\n            requests:\n              cpu: 50m\n` +
-      `              memory: 192Mi\n            limits:\n              cpu: "1"\n              memory: ${memory}\n          volumeMounts: []\n` +
+      `spec:\n  template:\n    spec:\n      containers:\n        - name: mehdb\n` +
+      `          resources:\n            requests:\n              cpu: 50m\n              memory: 192Mi\n` +
+      `            limits:\n              cpu: "1"\n              memory: ${memory}\n          volumeMounts: []\n` +
       `  volumeClaimTemplates:\n    - spec:\n        resources:\n          requests:\n            storage: 1Gi\n`;
     mkdirSync(join(dir, "k8s"));
     writeFileSync(join(dir, "k8s", "statefulset.yaml"), manifest("256Mi"));
     assert.deepEqual(manifestResources(dir), {
-      file: "k8s/statefulset.yaml", memoryLimit: "256Mi", memoryLimitBytes: 256 * 2 ** 20, memoryRequest: "192Mi", cpuLimit: "1",
+      file: "k8s/statefulset.yaml",
+      memoryLimit: "256Mi",
+      memoryLimitBytes: 256 * 2 ** 20,
+      memoryRequest: "192Mi",
+      cpuLimit: "1",
     });
     mkdirSync(join(dir, "k8s", "base"));
     writeFileSync(join(dir, "k8s", "base", "statefulset.yaml"), manifest("512Mi"));

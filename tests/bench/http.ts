@@ -17,7 +17,13 @@ export interface Reply {
 }
 
 /** One request to 127.0.0.1:port (keep-alive); rejects after `timeoutMs`. */
-export function req(port: number, method: string, path: string, body?: Buffer | string, timeoutMs = 10_000): Promise<Reply> {
+export function req(
+  port: number,
+  method: string,
+  path: string,
+  body?: Buffer | string,
+  timeoutMs = 10_000,
+): Promise<Reply> {
   return new Promise((res, rej) => {
     const r = httpRequest({ host: "127.0.0.1", port, method, path, agent, timeout: timeoutMs }, (resp) => {
       const chunks: Buffer[] = [];

@@ -20,8 +20,17 @@ export interface Child {
 
 const children = new Set<Child>();
 
-/** Starts `cmd args` with extra `env`, pinned to `cpus` (taskset list, e.g. "0" or "1-3") when given; output is kept (last 200 lines). */
-export function startProcess(name: string, cmd: string, args: string[], env: Record<string, string> = {}, cpus: string | null = null): Child {
+/**
+ * Starts `cmd args` with extra `env` (default none), pinned to `cpus` (taskset list, e.g. "0" or "1-3") when
+ * given (default not pinned); output is kept (last 200 lines).
+ */
+export function startProcess(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  cpus: string | null = null,
+): Child {
   const startedAt = performance.now();
   // taskset execs the command, so the pid stays the command's own.
   const [file, argv] = cpus === null ? [cmd, args] : ["taskset", ["-c", cpus, cmd, ...args]];
@@ -54,7 +63,10 @@ export function startProcess(name: string, cmd: string, args: string[], env: Rec
   return child;
 }
 
-/** Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`), pinned to `cpus` when given. */
+/**
+ * Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`), pinned to
+ * `cpus` when given.
+ */
 export function startTs(
   name: string,
   file: string,
