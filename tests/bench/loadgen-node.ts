@@ -92,7 +92,8 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
   const heads: Buffer[] = [];
   const count = a.method === "PUT" || a.keys > 1 ? a.keys : 1;
   for (let i = 0; i < count; i++) {
-    const path = count > 1 || a.method === "PUT" ? `${a.path}${a.keyDigits ? String(i).padStart(a.keyDigits, "0") : i}` : a.path;
+    const key = a.keyDigits ? String(i).padStart(a.keyDigits, "0") : String(i);
+    const path = count > 1 || a.method === "PUT" ? `${a.path}${key}` : a.path;
     const headers = (a.headers ?? []).map((h) => `${h}\r\n`).join("");
     const extra = (body ? `Content-Length: ${body.length}\r\n` : "") + headers;
     heads.push(Buffer.from(`${a.method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\n${extra}\r\n`, "latin1"));
