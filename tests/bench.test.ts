@@ -10,14 +10,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { waitReady } from "./bench/http.ts";
-import { freePort } from "./helpers/mehdb.ts";
-import { runLoad } from "./bench/load.ts";
+import { freePort, ROOT } from "./helpers/mehdb.ts";
+import { haveWrk, runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
-import { REPO_ROOT, startTs, stopAll } from "./bench/procs.ts";
-import { serverNodeFlags } from "./bench/mehdb.ts";
+import { startTs, stopAll } from "./bench/procs.ts";
+import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 
-test("npm run bench --quick on tiny settings produces every figure", { timeout: 180_000 }, async () => {
+test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", {
+  timeout: 180_000,
+}, async () => {
   const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-test-"));
   const out = join(dir, "results.json");
   try {
@@ -25,9 +27,9 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
       "--import", "tsx", "tests/bench/bench.ts", "--quick",
       "--duration", "1", "--warmup", "0", "--reps", "1", "--keys", "300", "--small-keys", "50",
       "--sync-interval", "100", "--lag-samples", "4", "--idle-ticks", "3", "--connections", "8",
-      "--out", out, "--dir", dir,
+      "--out", out, "--dir", dir, "--read-token",
     ];
-    const child = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     child.stdout.on("data", (c: Buffer) => (output += c.toString()));
     child.stderr.on("data", (c: Buffer) => (output += c.toString()));
@@ -43,6 +45,12 @@ test("npm run bench --quick on tiny settings produces every figure", { timeout: 
     }
     assert.match(output, /GET 10 B value, before writes/);
     assert.match(output, /GET 10 B value, after a \S+ s PUT burst/);
+    // --read-token: its row, its ratio, and no request refused (the load sent the token).
+    assert.ok(results.getReadToken, "no read-token figures");
+    assert.equal(results.getReadToken.mehdb.failures, 0, `requests failed with the read token:\n${output}`);
+    assert.ok(results.targets.some((t) => t.name === "GET with read token / without"), "no read-token target");
+    assert.match(output, /GET 10 B value, before writes, read token/);
+    assert.match(output, /read token: with \/ without +req\/s [\d.]+/);
     assert.match(output, /leader RSS [\d.]+ MB \(peak [\d.]+\) after a mixed load/);
     assert.match(output, /results: /);
     // The bench removed its temporary data dirs.
@@ -76,8 +84,39 @@ test("the Node load generator (used when wrk is missing) drives GET and PUT agai
   }
 });
 
+test("both load generators send the workload's headers: a read token gets 200s, none gets 401s", {
+  timeout: 60_000,
+}, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mehdb-loadgen-token-test-"));
+  try {
+    const tokenFile = join(dir, "read-token");
+    writeFileSync(tokenFile, "loadgen-test-token\n");
+    const data = join(dir, "data");
+    mkdirSync(data);
+    writeFileSync(join(data, "k"), "v");
+    const env = { MEHDB_READ_TOKEN_FILE: tokenFile };
+    const leader = await startLeader("src/main.ts", data, "leader-read-token", [], null, env);
+    await waitReady(leader.child, leader.port, 30_000);
+    const tools = haveWrk() ? (["node", "wrk"] as const) : (["node"] as const);
+    if (tools.length === 1) console.log("# skipped wrk here: wrk is not installed (the Node generator is checked)");
+    for (const tool of tools) {
+      const options = { tool, port: leader.port, connections: 2, threads: 1, seconds: 0.5, tmpDir: dir };
+      const get = { name: "get", method: "GET" as const, path: "/get/k", keys: 1, valueBytes: 0 };
+      const allowed = await runLoad({ ...get, headers: ["Authorization: Bearer loadgen-test-token"] }, options);
+      assert.ok(allowed.requests > 0, `${tool}: no requests completed`);
+      assert.equal(allowed.errors + allowed.badStatus, 0, `${tool}: requests with the token failed`);
+      const refused = await runLoad(get, options);
+      assert.ok(refused.badStatus > 0, `${tool}: requests without the token were not refused`);
+    }
+  } finally {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("the bench runs servers with the Node flags of npm start, or of the image's CMD on another Node", () => {
-  const start = (JSON.parse(readFileSync(`${REPO_ROOT}/package.json`, "utf8")) as { scripts: { start: string } }).scripts.start;
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+  const start = pkg.scripts.start;
   const saved = process.env.MEHDB_BENCH_NODE;
   try {
     delete process.env.MEHDB_BENCH_NODE;
@@ -86,7 +125,8 @@ test("the bench runs servers with the Node flags of npm start, or of the image's
     assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "npm start sizes the young generation");
     process.env.MEHDB_BENCH_NODE = "/nonexistent/node";
     const image = serverNodeFlags();
-    assert.ok(readFileSync(`${REPO_ROOT}/Containerfile`, "utf8").includes(`CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`));
+    const cmd = `CMD ["node", ${image.map((f) => JSON.stringify(f)).join(", ")}, "src/main.ts"]`;
+    assert.ok(readFileSync(join(ROOT, "Containerfile"), "utf8").includes(cmd));
   } finally {
     if (saved === undefined) delete process.env.MEHDB_BENCH_NODE;
     else process.env.MEHDB_BENCH_NODE = saved;
@@ -101,13 +141,18 @@ test("--pod reads the container's memory limit from the StatefulSet, in k8s/ or 
   const dir = mkdtempSync(join(tmpdir(), "mehdb-pod-test-"));
   try {
     const manifest = (memory: string) =>
-      `spec:\n  template:\n    spec:\n      containers:\n        - name: mehdb\n          resources:\n            requests:\n              cpu: 50m\n` +
-      `              memory: 192Mi\n            limits:\n              cpu: "1"\n              memory: ${memory}\n          volumeMounts: []\n` +
+      `spec:\n  template:\n    spec:\n      containers:\n        - name: mehdb\n` +
+      `          resources:\n            requests:\n              cpu: 50m\n              memory: 192Mi\n` +
+      `            limits:\n              cpu: "1"\n              memory: ${memory}\n          volumeMounts: []\n` +
       `  volumeClaimTemplates:\n    - spec:\n        resources:\n          requests:\n            storage: 1Gi\n`;
     mkdirSync(join(dir, "k8s"));
     writeFileSync(join(dir, "k8s", "statefulset.yaml"), manifest("256Mi"));
     assert.deepEqual(manifestResources(dir), {
-      file: "k8s/statefulset.yaml", memoryLimit: "256Mi", memoryLimitBytes: 256 * 2 ** 20, memoryRequest: "192Mi", cpuLimit: "1",
+      file: "k8s/statefulset.yaml",
+      memoryLimit: "256Mi",
+      memoryLimitBytes: 256 * 2 ** 20,
+      memoryRequest: "192Mi",
+      cpuLimit: "1",
     });
     mkdirSync(join(dir, "k8s", "base"));
     writeFileSync(join(dir, "k8s", "base", "statefulset.yaml"), manifest("512Mi"));

@@ -1,19 +1,26 @@
-// `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
-// node:http ceiling and the fsync-loop baseline, drives load from a separate
-// process, prints a table and writes the same figures as JSON.
-// Options: see options.ts (`npm run bench -- --help`).
+/**
+ * `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
+ * node:http ceiling and the fsync-loop baseline, drives load from a separate
+ * process, prints a table and writes the same figures as JSON.
+ * Options: see options.ts (`npm run bench -- --help`).
+ */
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, totalmem, type } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../helpers/mehdb.ts";
-import { req, sleep, waitReady } from "./http.ts";
-import { haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload } from "./load.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req, waitReady } from "./http.ts";
+import {
+  haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload,
+} from "./load.ts";
 import { serverNodeFlags, startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
 import { populate, POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
-import { cpuSeconds, haveTaskset, killAllSync, memoryMb, setAffinity, startTs, stopAll, stopProcess, tail } from "./procs.ts";
+import {
+  cpuSeconds, haveTaskset, killAllSync, memoryMb, setAffinity, startTs, stopAll, stopProcess, tail,
+} from "./procs.ts";
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
@@ -25,6 +32,8 @@ import { median, ratio } from "./stats.ts";
 const FSYNC_LOOPS = 4;
 /** Value size of the pre-populated keys. */
 const PREPOPULATED_VALUE_BYTES = 50;
+/** The read token of `--read-token` (as long as a typical generated token). */
+const READ_TOKEN = "bench-read-token-0123456789abcdefghijklmnopqrstuv";
 /** The GET workload's value (as long as the ceiling's constant answer). */
 const GET_VALUE = "0123456789";
 
@@ -32,6 +41,11 @@ const GET_VALUE = "0123456789";
 function loadCpuList(): string {
   const n = cpus().length;
   return n === 2 ? "1" : `1-${n - 1}`;
+}
+
+/** A rate for the progress log: "1234/s", or "—/s" when missing. */
+function perSecond(v: number | undefined): string {
+  return `${v === undefined ? "—" : Math.round(v)}/s`;
 }
 
 function log(msg: string): void {
@@ -55,7 +69,8 @@ interface FsyncRun {
 }
 
 async function fsyncLoop(dir: string, seconds: number, valueBytes: number, cpus: string | null): Promise<FsyncRun> {
-  const child = startTs(`fsync-${valueBytes}`, "tests/bench/fsync-loop.ts", [dir, String(seconds), String(valueBytes), String(FSYNC_LOOPS)], {}, [], cpus);
+  const args = [dir, String(seconds), String(valueBytes), String(FSYNC_LOOPS)];
+  const child = startTs(`fsync-${valueBytes}`, "tests/bench/fsync-loop.ts", args, {}, [], cpus);
   const killer = setTimeout(() => void stopProcess(child, 1000), (seconds + 30) * 1000);
   const code = await child.exited;
   clearTimeout(killer);
@@ -66,7 +81,8 @@ async function fsyncLoop(dir: string, seconds: number, valueBytes: number, cpus:
 
 function fsInfo(dir: string): string {
   try {
-    return execFileSync("findmnt", ["-T", dir, "-no", "FSTYPE,SOURCE"], { encoding: "utf8" }).trim().replace(/\s+/, " on ");
+    const found = execFileSync("findmnt", ["-T", dir, "-no", "FSTYPE,SOURCE"], { encoding: "utf8" });
+    return found.trim().replace(/\s+/, " on ");
   } catch {
     return "filesystem unknown";
   }
@@ -75,8 +91,13 @@ function fsInfo(dir: string): string {
 function emptyWorkload(label: string, put: boolean, pinned = false): Workload {
   const t: Throughput = { rps: null, p50Ms: null, p99Ms: null, runs: [], failures: 0 };
   return put
-    ? { label, mehdb: t, ceiling: t, ratioToCeiling: null, fsync: { opsPerSec: null, p50Ms: null, p99Ms: null, runs: [] }, ratioToFsync: null, pinned }
-    : { label, mehdb: t, ceiling: t, ratioToCeiling: null, cpu: { mehdbUs: null, ceilingUs: null, ratio: null }, pinned };
+    ? {
+      label, mehdb: t, ceiling: t, ratioToCeiling: null,
+      fsync: { opsPerSec: null, p50Ms: null, p99Ms: null, runs: [] }, ratioToFsync: null, pinned,
+    }
+    : {
+      label, mehdb: t, ceiling: t, ratioToCeiling: null, cpu: { mehdbUs: null, ceilingUs: null, ratio: null }, pinned,
+    };
 }
 
 /** Runs the whole benchmark into `r` (figures it cannot get stay null, with a line in r.errors). */
@@ -108,17 +129,43 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     r.memory.emptyLeaderRssMb = memoryMb(leader.child.pid).rssMb;
     const seeded = await req(leader.port, "PUT", "/set/bench-get", GET_VALUE);
     if (seeded.status !== 200) throw new Error(`seeding the GET key: ${seeded.status} ${seeded.body.toString()}`);
+    // --read-token: a second leader whose reads need a token; its GET runs in the same repetitions as the
+    // plain leader's (unpinned, before writes). Its key is written into the data dir before start (one file
+    // per key, as populate.ts does): a PUT would need the token too. The warm-up's first GET caches it.
+    let tokenLeader: Node | null = null;
+    if (r.getReadToken) {
+      const tokenFile = join(root, "read-token");
+      writeFileSync(tokenFile, `${READ_TOKEN}\n`);
+      const tokenDir = join(root, "throughput-read-token");
+      mkdirSync(tokenDir, { recursive: true });
+      writeFileSync(join(tokenDir, "bench-get"), GET_VALUE);
+      const env = { MEHDB_READ_TOKEN_FILE: tokenFile };
+      tokenLeader = await startLeader(o.entry, tokenDir, "leader-read-token", [], null, env);
+      await waitReady(tokenLeader.child, tokenLeader.port, readyTimeout);
+      const denied = await req(tokenLeader.port, "GET", "/get/bench-get");
+      if (denied.status !== 401) {
+        throw new Error(`the leader with a read token answered ${denied.status} to a GET without it`);
+      }
+    }
     // Pinned runs: the servers (every thread) on CPU 0, the load generator on the others, one wrk thread each.
     const allCpus = `0-${cpus().length - 1}`;
     const pinServers = (pinned: boolean): void => {
       if (o.pin) for (const pid of [ceiling.pid, leader.child.pid]) setAffinity(pid, pinned ? "0" : allCpus);
     };
-    const unpinned: Omit<LoadOptions, "port"> = { tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root, cpus: null };
-    const pinnedBase: Omit<LoadOptions, "port"> = { ...unpinned, threads: Math.min(o.threads, cpus().length - 1), cpus: loadCpuList() };
+    const unpinned: Omit<LoadOptions, "port"> = {
+      tool: o.load, connections: o.connections, threads: o.threads, seconds: o.duration, tmpDir: root, cpus: null,
+    };
+    const pinnedBase: Omit<LoadOptions, "port"> = {
+      ...unpinned, threads: Math.min(o.threads, cpus().length - 1), cpus: loadCpuList(),
+    };
     const fsyncSeconds = Math.min(5, o.duration);
     const get: LoadWorkload = { name: "get", method: "GET", path: "/get/bench-get", keys: 1, valueBytes: 0 };
+    const tokenHeaders = [`Authorization: Bearer ${READ_TOKEN}`];
+    const getWithToken: LoadWorkload = { ...get, name: "get-read-token", headers: tokenHeaders };
     const put50: LoadWorkload = { name: "put50", method: "PUT", path: "/set/bench50-", keys: 1000, valueBytes: 50 };
-    const put64k: LoadWorkload = { name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536 };
+    const put64k: LoadWorkload = {
+      name: "put64k", method: "PUT", path: "/set/bench64k-", keys: 1000, valueBytes: 65_536,
+    };
     const cases: { w: Workload; load: LoadWorkload; pinned: boolean; afterBurst: boolean }[] = [
       { w: r.get, load: get, pinned: false, afterBurst: false },
       ...(r.getPinned ? [{ w: r.getPinned, load: get, pinned: true, afterBurst: false }] : []),
@@ -130,21 +177,31 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     for (const { w, load, pinned, afterBurst } of cases) {
       pinServers(pinned);
       const base = pinned ? pinnedBase : unpinned;
-      // "After writes" needs no warm-up: the leader is warm, and a GET warm-up would come between the burst and the run.
+      // "After writes" needs no warm-up: the leader is warm, and a GET warm-up would come between the
+      // burst and the run.
+      const withToken = w === r.get ? tokenLeader : null;
       if (o.warmup > 0 && !afterBurst) {
         for (const port of [ceilingPort, leader.port]) await runLoad(load, { ...base, port, seconds: o.warmup });
+        if (withToken) await runLoad(getWithToken, { ...base, port: withToken.port, seconds: o.warmup });
       }
       const mine: LoadResult[] = [];
       const theirs: LoadResult[] = [];
       const fsync: FsyncRun[] = [];
       const cpuMine: (number | null)[] = [];
       const cpuTheirs: (number | null)[] = [];
+      const tokened: LoadResult[] = [];
+      const cpuTokened: (number | null)[] = [];
       // The server's CPU time per request answered during one load run (GET only).
-      const measured = async (pid: number, cpu: (number | null)[], work: () => Promise<LoadResult>): Promise<LoadResult> => {
+      const measured = async (
+        pid: number,
+        cpu: (number | null)[],
+        work: () => Promise<LoadResult>,
+      ): Promise<LoadResult> => {
         const before = cpuSeconds(pid);
         const result = await work();
         const after = cpuSeconds(pid);
-        cpu.push(before === null || after === null || result.requests === 0 ? null : ((after - before) * 1e6) / result.requests);
+        const known = before !== null && after !== null && result.requests > 0;
+        cpu.push(known ? ((after - before) * 1e6) / result.requests : null);
         return result;
       };
       for (let i = 0; i < o.reps; i++) {
@@ -155,18 +212,50 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
         // Odd repetitions run in the reverse order, so that a drift of the machine
         // (other work, page cache, disk) weighs on both sides of each ratio alike.
         const steps = [
-          async () => void theirs.push(await measured(ceiling.pid, cpuTheirs, () => runLoad(load, { ...base, port: ceilingPort }))),
-          async () => void mine.push(await measured(leader.child.pid, cpuMine, () => runLoad(load, { ...base, port: leader.port }))),
-          async () => void (w.fsync && fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, null))),
+          async () => {
+            theirs.push(await measured(ceiling.pid, cpuTheirs, () => runLoad(load, { ...base, port: ceilingPort })));
+          },
+          async () => {
+            mine.push(await measured(leader.child.pid, cpuMine, () => runLoad(load, { ...base, port: leader.port })));
+          },
+          async () => {
+            if (withToken) {
+              const port = withToken.port;
+              const work = () => runLoad(getWithToken, { ...base, port });
+              tokened.push(await measured(withToken.child.pid, cpuTokened, work));
+            }
+          },
+          async () => {
+            if (w.fsync) fsync.push(await fsyncLoop(join(root, "fsync"), fsyncSeconds, load.valueBytes, null));
+          },
         ];
         for (const step of i % 2 === 0 ? steps : steps.reverse()) await step();
-        log(`  ${w.label} #${i + 1}: mehdb ${Math.round(mine[i]!.rps)}/s, ceiling ${Math.round(theirs[i]!.rps)}/s` +
-          (fsync[i] ? `, fsync loop ${Math.round(fsync[i]!.opsPerSec)}/s` : ""));
+        const [m, c, f, t] = [mine[i], theirs[i], fsync[i], tokened[i]];
+        log(`  ${w.label} #${i + 1}: mehdb ${perSecond(m?.rps)}, ceiling ${perSecond(c?.rps)}` +
+          (f ? `, fsync loop ${perSecond(f.opsPerSec)}` : "") +
+          (t ? `, mehdb with a read token ${perSecond(t.rps)}` : ""));
       }
       w.mehdb = summarize(mine);
       w.ceiling = summarize(theirs);
       // Ratios are medians of the ratios within each repetition (paired, run back to back).
-      w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]!.rps)));
+      w.ratioToCeiling = median(mine.map((m, i) => ratio(m.rps, theirs[i]?.rps)));
+      if (withToken && r.getReadToken) {
+        const ratiosToPlain = tokened.map((t, i) => ratio(t.rps, mine[i]?.rps));
+        Object.assign(r.getReadToken, {
+          mehdb: summarize(tokened),
+          ceiling: w.ceiling,
+          ratioToCeiling: median(tokened.map((t, i) => ratio(t.rps, theirs[i]?.rps))),
+          cpu: {
+            mehdbUs: median(cpuTokened),
+            ceilingUs: median(cpuTheirs),
+            ratio: median(cpuTokened.map((t, i) => ratio(cpuTheirs[i], t))),
+          },
+          ratioToPlain: median(ratiosToPlain),
+          ratiosToPlain,
+        });
+        const failed = r.getReadToken.mehdb.failures;
+        if (failed > 0) r.errors.push(`GET with a read token: ${failed} failed requests (was the token sent?)`);
+      }
       if (load.method === "GET") {
         w.cpu = {
           mehdbUs: median(cpuMine),
@@ -181,7 +270,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
           p99Ms: median(fsync.map((f) => f.p99Ms)),
           runs: fsync.map((f) => Math.round(f.opsPerSec)),
         };
-        w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]!.opsPerSec)));
+        w.ratioToFsync = median(mine.map((m, i) => ratio(m.rps, fsync[i]?.opsPerSec)));
       }
     }
     pinServers(false);
@@ -204,13 +293,19 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       r.startup.runs.push(Math.round(await waitReady(leader.child, leader.port, readyTimeout, o.keys)));
     }
     r.startup.readyMs = median(r.startup.runs);
-    const l = leader!;
+    if (leader === null) throw new Error("no leader started (--reps 0?)");
+    const l = leader;
     r.memory.leaderRssAtReadyMb = memoryMb(l.child.pid).rssMb;
 
     // Memory after a mixed load, as a store in use sees it: random GETs (most miss the cache and
     // read the file), random PUTs over the same keys, random GETs again; then the leader's RSS.
-    const mixBase: LoadOptions = { tool: o.load, port: l.port, connections: o.connections, threads: o.threads, seconds: o.mixSeconds, tmpDir: root, cpus: null };
-    const randomKeys = { path: "", keys: o.keys, valueBytes: PREPOPULATED_VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true };
+    const mixBase: LoadOptions = {
+      tool: o.load, port: l.port, connections: o.connections, threads: o.threads, seconds: o.mixSeconds, tmpDir: root,
+      cpus: null,
+    };
+    const randomKeys = {
+      path: "", keys: o.keys, valueBytes: PREPOPULATED_VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true,
+    };
     const mixRuns: LoadResult[] = [];
     for (const w of [
       { ...randomKeys, name: "get-random", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
@@ -219,17 +314,19 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     ] as LoadWorkload[]) {
       const run = await runLoad(w, mixBase);
       mixRuns.push(run);
-      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; leader RSS ${memoryMb(l.child.pid).rssMb?.toFixed(1)} MB`);
+      const rss = memoryMb(l.child.pid).rssMb;
+      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; leader RSS ${rss?.toFixed(1)} MB`);
     }
     await sleep(500);
     const afterLoad = memoryMb(l.child.pid);
     r.memory.leaderAfterLoadRssMb = afterLoad.rssMb;
     r.memory.leaderAfterLoadPeakMb = afterLoad.peakMb;
+    const [getRun, putRun, getAgainRun] = mixRuns;
     r.memory.mixedLoad = {
       seconds: o.mixSeconds,
-      getRps: mixRuns[0]!.rps,
-      putRps: mixRuns[1]!.rps,
-      getAgainRps: mixRuns[2]!.rps,
+      getRps: getRun?.rps ?? null,
+      putRps: putRun?.rps ?? null,
+      getAgainRps: getAgainRun?.rps ?? null,
       failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
     };
     const leaderUrl = `http://127.0.0.1:${l.port}`;
@@ -238,7 +335,9 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     const catchupMs = await waitReady(f.child, f.port, Math.max(300_000, o.keys * 5), o.keys);
     r.replication.catchupLarge = { keys: o.keys, seconds: catchupMs / 1000 };
     const listed = JSON.parse((await req(f.port, "GET", "/keys")).body.toString("utf8")) as unknown[];
-    if (listed.length !== o.keys) throw new Error(`follower lists ${listed.length} keys after catch-up, expected ${o.keys}`);
+    if (listed.length !== o.keys) {
+      throw new Error(`follower lists ${listed.length} keys after catch-up, expected ${o.keys}`);
+    }
     log(`  catch-up of ${o.keys} keys: ${(catchupMs / 1000).toFixed(2)} s`);
     await sleep(o.syncIntervalMs);
     r.replication.lag = await measureLag(l, f, o.lagSamples, o.syncIntervalMs);
@@ -246,13 +345,16 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     await sleep(o.syncIntervalMs);
     const lm = memoryMb(l.child.pid);
     const fm = memoryMb(f.child.pid);
-    Object.assign(r.memory, { leaderRssMb: lm.rssMb, leaderPeakMb: lm.peakMb, followerRssMb: fm.rssMb, followerPeakMb: fm.peakMb });
+    Object.assign(r.memory, {
+      leaderRssMb: lm.rssMb, leaderPeakMb: lm.peakMb, followerRssMb: fm.rssMb, followerPeakMb: fm.peakMb,
+    });
 
     // The same follower, restarted behind a counting proxy: restart time, then idle ticks.
     await stopProcess(f.child);
     const proxy = await startCountingProxy(l.port);
     try {
-      const f2 = await startFollower(o.entry, followerDir, `http://127.0.0.1:${proxy.port}`, o.syncIntervalMs, "follower-restarted");
+      const proxied = `http://127.0.0.1:${proxy.port}`;
+      const f2 = await startFollower(o.entry, followerDir, proxied, o.syncIntervalMs, "follower-restarted");
       r.replication.restartReadySeconds = (await waitReady(f2.child, f2.port, readyTimeout, o.keys)) / 1000;
       await sleep(2 * o.syncIntervalMs);
       r.replication.idle = await measureIdle(proxy, o.syncIntervalMs, o.idleTicks);
@@ -268,7 +370,9 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     await waitReady(l.child, l.port, readyTimeout, o.smallKeys);
     const runs: number[] = [];
     for (let i = 0; i < o.reps; i++) {
-      const f: Node = await startFollower(o.entry, join(root, `follower-small-${i}`), `http://127.0.0.1:${l.port}`, o.syncIntervalMs, `follower-small-${i}`);
+      const name = `follower-small-${i}`;
+      const leaderUrl = `http://127.0.0.1:${l.port}`;
+      const f: Node = await startFollower(o.entry, join(root, name), leaderUrl, o.syncIntervalMs, name);
       runs.push((await waitReady(f.child, f.port, Math.max(120_000, o.smallKeys * 5), o.smallKeys)) / 1000);
       await stopProcess(f.child);
     }
@@ -305,7 +409,8 @@ async function main(): Promise<number> {
     });
   }
 
-  const wrkVersion = o.load === "wrk" ? (/wrk (\S+)/.exec(execFileSync("sh", ["-c", "wrk --version 2>&1 || true"], { encoding: "utf8" }))?.[1] ?? "?") : null;
+  const wrkBanner = (): string => execFileSync("sh", ["-c", "wrk --version 2>&1 || true"], { encoding: "utf8" });
+  const wrkVersion = o.load === "wrk" ? (/wrk (\S+)/.exec(wrkBanner())?.[1] ?? "?") : null;
   const r: Omit<Results, "targets"> = {
     meta: {
       date: new Date().toISOString(),
@@ -315,7 +420,9 @@ async function main(): Promise<number> {
       cpuModel: cpus()[0]?.model ?? "?",
       memoryGb: Math.round(totalmem() / 2 ** 30),
       os: `${type()} ${release()}`,
-      loadTool: (o.load === "wrk" ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}` : "node generator (tests/bench/loadgen-node.ts)") +
+      loadTool: (o.load === "wrk"
+        ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}`
+        : "node generator (tests/bench/loadgen-node.ts)") +
         ", not pinned" + (o.pin ? `; pinned rows: servers on CPU 0, load on CPU ${loadCpuList()}` : ""),
       serverNodeFlags: serverNodeFlags().join(" "),
       pinned: o.pin,
@@ -334,11 +441,20 @@ async function main(): Promise<number> {
       command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     },
     get: emptyWorkload(`GET ${GET_VALUE.length} B value, before writes`, false),
+    getReadToken: o.readToken
+      ? {
+        ...emptyWorkload(`GET ${GET_VALUE.length} B value, before writes, read token`, false),
+        ratioToPlain: null,
+        ratiosToPlain: [],
+      }
+      : null,
     getPinned: o.pin ? emptyWorkload(`GET ${GET_VALUE.length} B value, before writes, pinned`, false, true) : null,
     put50: emptyWorkload("PUT 50 B, 1000 keys", true),
     put64k: emptyWorkload("PUT 64 KB, 1000 keys", true),
     getAfterPut: emptyWorkload(`GET ${GET_VALUE.length} B value, after a ${o.burstSeconds} s PUT burst`, false),
-    getAfterPutPinned: o.pin ? emptyWorkload(`GET ${GET_VALUE.length} B value, after a PUT burst, pinned`, false, true) : null,
+    getAfterPutPinned: o.pin
+      ? emptyWorkload(`GET ${GET_VALUE.length} B value, after a PUT burst, pinned`, false, true)
+      : null,
     replication: {
       syncIntervalMs: o.syncIntervalMs,
       keysStored: o.keys,
@@ -380,17 +496,29 @@ async function main(): Promise<number> {
   process.stdout.write(`${formatTable(results)}\n\nresults: ${o.out}\n`);
   if (o.cpuProf) {
     const prof = mainProfile(o.cpuProf);
-    if (prof) process.stdout.write(`\nthroughput leader's CPU profile (all three workloads):\n${formatTop(prof, 20)}\n`);
+    if (prof) {
+      process.stdout.write(`\nthroughput leader's CPU profile (all three workloads):\n${formatTop(prof, 20)}\n`);
+    }
   }
   const missing = missingFigures(results);
   if (missing.length) process.stdout.write(`missing figures: ${missing.join(", ")}\n`);
   return r.errors.length || missing.length ? 1 : 0;
 }
 
-/** `--pod`: the image in podman with the manifests' limits (pod.ts); exit 1 when a container was killed or a figure is missing. */
+/**
+ * `--pod`: the image in podman with the manifests' limits (pod.ts); exit 1 when a container was killed or a
+ * figure is missing.
+ */
 async function podMain(o: Options): Promise<number> {
   const r: PodResults = {
-    meta: { date: new Date().toISOString(), mode: "pod", node: process.version, cpus: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim() },
+    meta: {
+      date: new Date().toISOString(),
+      mode: "pod",
+      node: process.version,
+      cpus: cpus().length,
+      memoryGb: Math.round(totalmem() / 2 ** 30),
+      command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+    },
     resources: null,
     keys: o.keys,
     leaderReadySeconds: null,

@@ -1,6 +1,8 @@
-// The ceiling: a bare node:http server that answers every request with a constant;
-// a request with a body is read to its end first (so PUT ceilings carry the same upload).
-// Usage: node --import tsx tests/bench/ceiling.ts PORT
+/**
+ * The ceiling: a bare node:http server that answers every request with a constant;
+ * a request with a body is read to its end first (so PUT ceilings carry the same upload).
+ * Usage: node --import tsx tests/bench/ceiling.ts PORT
+ */
 
 import { createServer } from "node:http";
 

@@ -1,6 +1,8 @@
-// Summarizes a V8 .cpuprofile (from `node --cpu-prof`): self time by function and
-// by file, top N, so that a bench run's hot spots can be read in a terminal.
-// Usage: node --import tsx tests/bench/cpuprofile-top.ts FILE.cpuprofile [N]
+/**
+ * Summarizes a V8 .cpuprofile (from `node --cpu-prof`): self time by function and
+ * by file, top N, so that a bench run's hot spots can be read in a terminal.
+ * Usage: node --import tsx tests/bench/cpuprofile-top.ts FILE.cpuprofile [N]
+ */
 
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";

@@ -1,8 +1,10 @@
-// The durable-write baseline: what the disk allows for one fsynced file per write,
-// without HTTP. Four loops (the libuv pool's size) each repeat: open a temp file,
-// write the value, fsync, close, rename over one of 1000 key files.
-// Usage: node --import tsx tests/bench/fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]
-// Prints one JSON line: {"ops","seconds","opsPerSec","p50Ms","p99Ms"}.
+/**
+ * The durable-write baseline: what the disk allows for one fsynced file per write,
+ * without HTTP. Four loops (the libuv pool's size) each repeat: open a temp file,
+ * write the value, fsync, close, rename over one of 1000 key files.
+ * Usage: node --import tsx tests/bench/fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]
+ * Prints one JSON line: {"ops","seconds","opsPerSec","p50Ms","p99Ms"}.
+ */
 
 import { mkdirSync } from "node:fs";
 import { open, rename } from "node:fs/promises";
@@ -14,6 +16,8 @@ if (!dir || !secondsArg || !bytesArg) {
   console.error("usage: fsync-loop.ts DIR SECONDS VALUE_BYTES [LOOPS] [KEYS]");
   process.exit(2);
 }
+/** The data directory, narrowed to a string for the functions below. */
+const root: string = dir;
 const seconds = Number(secondsArg);
 const value = Buffer.alloc(Number(bytesArg), 0x76);
 const loops = Number(loopsArg ?? 4);
@@ -26,7 +30,7 @@ let seq = 0;
 
 async function writeOnce(loop: number): Promise<void> {
   const n = seq++;
-  const tmp = join(dir!, `.tmp-${loop}-${n}`);
+  const tmp = join(root, `.tmp-${loop}-${n}`);
   const fh = await open(tmp, "w");
   try {
     let off = 0;
@@ -38,7 +42,7 @@ async function writeOnce(loop: number): Promise<void> {
   } finally {
     await fh.close();
   }
-  await rename(tmp, join(dir!, `key-${n % keys}`));
+  await rename(tmp, join(root, `key-${n % keys}`));
 }
 
 async function loop(id: number, until: number, record: boolean): Promise<void> {

@@ -1,9 +1,12 @@
-// HTTP helpers for the benchmark's own requests (setup, probes, readiness):
-// a keep-alive client to 127.0.0.1 and readiness polling.
+/**
+ * HTTP helpers for the benchmark's own requests (setup, probes, readiness):
+ * a keep-alive client to 127.0.0.1 and readiness polling.
+ */
 
 import { Agent, request as httpRequest } from "node:http";
 import type { Child } from "./procs.ts";
 import { tail } from "./procs.ts";
+import { sleep } from "../helpers/wait.ts";
 
 const agent = new Agent({ keepAlive: true, maxSockets: 16 });
 
@@ -14,7 +17,13 @@ export interface Reply {
 }
 
 /** One request to 127.0.0.1:port (keep-alive); rejects after `timeoutMs`. */
-export function req(port: number, method: string, path: string, body?: Buffer | string, timeoutMs = 10_000): Promise<Reply> {
+export function req(
+  port: number,
+  method: string,
+  path: string,
+  body?: Buffer | string,
+  timeoutMs = 10_000,
+): Promise<Reply> {
   return new Promise((res, rej) => {
     const r = httpRequest({ host: "127.0.0.1", port, method, path, agent, timeout: timeoutMs }, (resp) => {
       const chunks: Buffer[] = [];
@@ -28,10 +37,6 @@ export function req(port: number, method: string, path: string, body?: Buffer | 
   });
 }
 
-/** Resolves after `ms` milliseconds. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((res) => setTimeout(res, ms));
-}
 
 /** The key count in a `/status?level=full` body (the first integer in it), or null. */
 export function keyCount(body: string): number | null {

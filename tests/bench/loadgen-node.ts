@@ -1,8 +1,10 @@
-// The load generator of Node built-ins, used when wrk is missing (or with --load node):
-// N keep-alive connections over raw sockets, one request in flight on each,
-// duration-bounded, latency of every response recorded.
-// Usage: node --import tsx tests/bench/loadgen-node.ts 'JSON of NodeLoadArgs'
-// Prints one JSON line: {"requests","seconds","errors","badStatus","p50Ms","p99Ms"}.
+/**
+ * The load generator of Node built-ins, used when wrk is missing (or with --load node):
+ * N keep-alive connections over raw sockets, one request in flight on each,
+ * duration-bounded, latency of every response recorded.
+ * Usage: node --import tsx tests/bench/loadgen-node.ts 'JSON of NodeLoadArgs'
+ * Prints one JSON line: {"requests","seconds","errors","badStatus","p50Ms","p99Ms"}.
+ */
 
 import { connect, type Socket } from "node:net";
 import { percentile } from "./stats.ts";
@@ -23,6 +25,8 @@ export interface NodeLoadArgs {
   keyDigits?: number;
   /** A key at random for every request (else in turn). */
   random?: boolean;
+  /** Extra request headers, `Name: value`. Default none. */
+  headers?: string[];
 }
 
 /** Incremental parser of HTTP/1.1 responses (Content-Length or chunked bodies). */
@@ -88,8 +92,10 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
   const heads: Buffer[] = [];
   const count = a.method === "PUT" || a.keys > 1 ? a.keys : 1;
   for (let i = 0; i < count; i++) {
-    const path = count > 1 || a.method === "PUT" ? `${a.path}${a.keyDigits ? String(i).padStart(a.keyDigits, "0") : i}` : a.path;
-    const extra = body ? `Content-Length: ${body.length}\r\n` : "";
+    const key = a.keyDigits ? String(i).padStart(a.keyDigits, "0") : String(i);
+    const path = count > 1 || a.method === "PUT" ? `${a.path}${key}` : a.path;
+    const headers = (a.headers ?? []).map((h) => `${h}\r\n`).join("");
+    const extra = (body ? `Content-Length: ${body.length}\r\n` : "") + headers;
     heads.push(Buffer.from(`${a.method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\n${extra}\r\n`, "latin1"));
   }
   let latencies = new Float64Array(1 << 16);
@@ -120,7 +126,8 @@ export async function runNodeLoad(a: NodeLoadArgs): Promise<Record<string, numbe
           resolveConn();
           return;
         }
-        const head = heads[a.random ? Math.floor(Math.random() * heads.length) : next++ % heads.length]!;
+        const head = heads[a.random ? Math.floor(Math.random() * heads.length) : next++ % heads.length];
+        if (head === undefined) throw new Error("no request to send");
         sentAt = performance.now();
         inFlight = true;
         if (body) {

@@ -1,13 +1,15 @@
-// Starts mehdb as real processes (leader or follower) on 127.0.0.1, one
-// `node [FLAGS] --import tsx ENTRY` process each, so that its pid is the server's own,
-// with the Node flags users get: those of `npm start` (package.json), or those of the
-// image's CMD (Containerfile) when MEHDB_BENCH_NODE runs the servers on another Node.
+/**
+ * Starts mehdb as real processes (leader or follower) on 127.0.0.1, one
+ * `node [FLAGS] --import tsx ENTRY` process each, so that its pid is the server's own,
+ * with the Node flags users get: those of `npm start` (package.json), or those of the
+ * image's CMD (Containerfile) when MEHDB_BENCH_NODE runs the servers on another Node.
+ */
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Child } from "./procs.ts";
-import { REPO_ROOT, startTs } from "./procs.ts";
-import { freePort } from "../helpers/mehdb.ts";
+import { startTs } from "./procs.ts";
+import { freePort, ROOT } from "../helpers/mehdb.ts";
 
 /** A started mehdb node: its process, port and data directory. */
 export interface Node {
@@ -22,21 +24,32 @@ export interface Node {
  */
 export function serverNodeFlags(): string[] {
   if (process.env.MEHDB_BENCH_NODE) {
-    const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(REPO_ROOT, "Containerfile"), "utf8"));
-    const words = cmd ? (JSON.parse(cmd[1]!) as string[]) : [];
+    const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, "Containerfile"), "utf8"));
+    const words = cmd?.[1] ? (JSON.parse(cmd[1]) as string[]) : [];
     return words.filter((w) => /^--[a-z-]+=\S+$/.test(w));
   }
-  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
   return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
 }
 
-/** Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof); pinned to `cpus` when given. */
-export async function startLeader(entry: string, dir: string, name = "leader", nodeArgs: string[] = [], cpus: string | null = null): Promise<Node> {
+/**
+ * Starts a leader (MEHDB_HOST=mehdb-0) on a free port over `dir`; `nodeArgs` go to node (e.g. --cpu-prof);
+ * pinned to `cpus` when given (default not pinned); `env` adds variables (default none).
+ */
+export async function startLeader(
+  entry: string,
+  dir: string,
+  name = "leader",
+  nodeArgs: string[] = [],
+  cpus: string | null = null,
+  env: Record<string, string> = {},
+): Promise<Node> {
   const port = await freePort();
   const child = startTs(name, entry, [], {
     MEHDB_HOST: "mehdb-0",
     MEHDB_PORT: String(port),
     MEHDB_DATADIR: dir,
+    ...env,
   }, [...serverNodeFlags(), ...nodeArgs], cpus);
   return { child, port, dir };
 }

@@ -1,4 +1,6 @@
-// Command-line options of `npm run bench`, with the quick and full presets.
+/**
+ * Command-line options of `npm run bench`, with the quick and full presets.
+ */
 
 import { resolve } from "node:path";
 import { tmpdir } from "node:os";
@@ -38,6 +40,8 @@ export interface Options {
   mixSeconds: number;
   /** Run the image in podman with the manifests' memory limit instead (see pod.ts). */
   pod: boolean;
+  /** Also measure GET on a leader with a read token (the load sending `Authorization`), in the same repetitions. */
+  readToken: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
@@ -65,6 +69,9 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --no-pin            no pinned GET rows (by default, with 2+ CPUs and taskset, GET is also measured
                       with the servers on CPU 0 and the load generator on the other CPUs; every other
                       figure, and the GET rows the targets judge, run unpinned, as in a pod)
+  --read-token        also run the unpinned GET-before-writes measurement on a second leader with a read
+                      token (the load sending "Authorization: Bearer ..."), in the same repetitions, and
+                      print its row and the ratio with / without (target ≥ 0.97)
   --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots
 environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>= 22.18, no tsx),
   e.g. the Node 24 of the image`;
@@ -73,10 +80,12 @@ environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>
 export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): Options {
   const flags = new Map<string, string | true>();
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i];
+    if (a === undefined) break;
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
-    if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod") {
+    if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||
+      name === "read-token") {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -102,6 +111,8 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
   };
   const pin = canPin && !flags.has("no-pin");
   const pod = flags.has("pod");
+  const readToken = flags.has("read-token");
+  flags.delete("read-token");
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -130,6 +141,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     burstSeconds: num("burst", quick ? 2 : 4, 0.5),
     mixSeconds: num("mix", quick ? 2 : 6, 0.5),
     pod,
+    readToken,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

@@ -1,21 +1,24 @@
-// `npm run bench -- --pod`: the image in podman with the manifests' memory (and CPU) limit, as
-// a pod gets it. A leader with `keys` keys under a mixed load (random GETs, random PUTs, random
-// GETs), then a follower catching all of them up; neither may be OOM-killed. A kill is looked
-// for three ways, since `podman inspect` has said OOMKilled=false for a container the kernel had
-// killed on this host: the cgroup's own oom_kill counter, the container's exit code (137), and
-// the kernel log. Containers and volumes are named mehdb-bench-…, and removed at the end, also
-// on failure or Ctrl-C. Load goes only to ports the containers publish on 127.0.0.1.
+/**
+ * `npm run bench -- --pod`: the image in podman with the manifests' memory (and CPU) limit, as
+ * a pod gets it. A leader with `keys` keys under a mixed load (random GETs, random PUTs, random
+ * GETs), then a follower catching all of them up; neither may be OOM-killed. A kill is looked
+ * for three ways, since `podman inspect` has said OOMKilled=false for a container the kernel had
+ * killed on this host: the cgroup's own oom_kill counter, the container's exit code (137), and
+ * the kernel log. Containers and volumes are named mehdb-bench-…, and removed at the end, also
+ * on failure or Ctrl-C. Load goes only to ports the containers publish on 127.0.0.1.
+ */
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { freePort } from "../helpers/mehdb.ts";
+import { freePort, ROOT } from "../helpers/mehdb.ts";
 import { ensureNodeBase, mustPodman, podman, podmanMissing, RUN_LIMITS } from "../helpers/podman.ts";
-import { req, sleep } from "./http.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req } from "./http.ts";
 import { runLoad, type LoadOptions, type LoadResult, type Workload } from "./load.ts";
 import type { Options } from "./options.ts";
 import { POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
-import { memoryMb, REPO_ROOT } from "./procs.ts";
+import { memoryMb } from "./procs.ts";
 import { round } from "./stats.ts";
 
 /** Value size of the keys the leader starts with (as in the rest of the bench). */
@@ -60,35 +63,52 @@ export interface PodResults {
   resources: ManifestResources | null;
   keys: number;
   leaderReadySeconds: number | null;
-  mixedLoad: { seconds: number; getRps: number | null; putRps: number | null; getAgainRps: number | null; failures: number } | null;
+  mixedLoad: {
+    seconds: number;
+    getRps: number | null;
+    putRps: number | null;
+    getAgainRps: number | null;
+    failures: number;
+  } | null;
   catchupSeconds: number | null;
   leader: PodFigures | null;
   follower: PodFigures | null;
   errors: string[];
 }
 
-/** Reads the container's resources (its first `resources:` block) from the StatefulSet (k8s/base/ once the manifests move there, else k8s/). */
-export function manifestResources(root = REPO_ROOT): ManifestResources {
+/**
+ * Reads the container's resources (its first `resources:` block) from the StatefulSet (k8s/base/ once the
+ * manifests move there, else k8s/).
+ */
+export function manifestResources(root = ROOT): ManifestResources {
   const file = ["k8s/base/statefulset.yaml", "k8s/statefulset.yaml"].find((f) => existsSync(join(root, f)));
   if (!file) throw new Error("no k8s/statefulset.yaml");
   const lines = readFileSync(join(root, file), "utf8").split("\n");
   const at = lines.findIndex((l) => /^\s*resources:\s*$/.test(l));
   const values: Record<string, string> = {};
-  if (at >= 0) {
-    const indent = lines[at]!.search(/\S/);
+  const head = lines[at];
+  if (head !== undefined) {
+    const indent = head.search(/\S/);
     let section = "";
     for (const line of lines.slice(at + 1)) {
       if (!line.trim() || line.trim().startsWith("#")) continue;
       if (line.search(/\S/) <= indent) break;
       const m = /^\s*([a-z]+):\s*"?([^"\s#]*)"?/.exec(line);
-      if (!m) continue;
-      if (!m[2]) section = m[1]!;
-      else values[`${section}.${m[1]}`] = m[2];
+      const [, name, value] = m ?? [];
+      if (name === undefined) continue;
+      if (!value) section = name;
+      else values[`${section}.${name}`] = value;
     }
   }
   const memoryLimit = values["limits.memory"];
   if (!memoryLimit) throw new Error(`${file}: no resources.limits.memory`);
-  return { file, memoryLimit, memoryLimitBytes: quantityBytes(memoryLimit), memoryRequest: values["requests.memory"] ?? null, cpuLimit: values["limits.cpu"] ?? null };
+  return {
+    file,
+    memoryLimit,
+    memoryLimitBytes: quantityBytes(memoryLimit),
+    memoryRequest: values["requests.memory"] ?? null,
+    cpuLimit: values["limits.cpu"] ?? null,
+  };
 }
 
 /** A Kubernetes memory quantity (`256Mi`, `1Gi`, `300M`, `268435456`) in bytes. */
@@ -136,18 +156,22 @@ class Watch {
 
   /** Reads the cgroup's figures and the process's; keeps the peaks. */
   sample(): void {
-    const read = (f: string): string | null => {
-      try {
-        return readFileSync(join(this.#cgroup!, f), "utf8");
-      } catch {
-        return null;
-      }
-    };
-    if (this.#cgroup) {
+    const cgroup = this.#cgroup;
+    if (cgroup) {
+      const read = (f: string): string | null => {
+        try {
+          return readFileSync(join(cgroup, f), "utf8");
+        } catch {
+          return null;
+        }
+      };
       const stat = read("memory.stat") ?? "";
       const anon = Number(/^(?:rss|anon) (\d+)$/m.exec(stat)?.[1] ?? 0);
       this.anonPeak = Math.max(this.anonPeak, anon);
-      const peak = Number(read("memory.max_usage_in_bytes") ?? read("memory.peak") ?? read("memory.usage_in_bytes") ?? read("memory.current") ?? 0);
+      const peak = Number(
+        read("memory.max_usage_in_bytes") ?? read("memory.peak") ?? read("memory.usage_in_bytes") ??
+          read("memory.current") ?? 0,
+      );
       this.cgroupPeak = Math.max(this.cgroupPeak, peak);
       const kills = /oom_kill (\d+)/.exec(read("memory.oom_control") ?? read("memory.events") ?? "")?.[1];
       if (kills !== undefined) this.oomKills = Math.max(this.oomKills ?? 0, Number(kills));
@@ -168,11 +192,13 @@ class Watch {
   async figures(kernelLogFrom: number, id: string): Promise<PodFigures> {
     this.sample();
     this.stop();
-    const state = await podman(["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}} {{.State.OOMKilled}}", this.name]);
+    const format = "{{.State.Running}} {{.State.ExitCode}} {{.State.OOMKilled}}";
+    const state = await podman(["inspect", "-f", format, this.name]);
     const [running, exitCode, oomKilled] = state.stdout.trim().split(" ");
     const kernelOomLines = kernelLog()
       .slice(kernelLogFrom)
-      .filter((line) => /oom|out of memory|killed process/i.test(line) && (line.includes(id) || /Killed process \d+ \(node\)/.test(line)));
+      .filter((line) => /oom|out of memory|killed process/i.test(line) &&
+        (line.includes(id) || /Killed process \d+ \(node\)/.test(line)));
     const figures: PodFigures = {
       name: this.name,
       cgroupPeakMb: this.#cgroup ? round(this.cgroupPeak / MiB, 1) : null,
@@ -186,7 +212,8 @@ class Watch {
       kernelOomLines,
       survived: false,
     };
-    figures.survived = figures.running && (figures.oomKills ?? 0) === 0 && !figures.oomKilledFlag && kernelOomLines.length === 0;
+    figures.survived = figures.running && (figures.oomKills ?? 0) === 0 && !figures.oomKilledFlag &&
+      kernelOomLines.length === 0;
     return figures;
   }
 }
@@ -214,7 +241,9 @@ async function waitKeys(port: number, keys: number, timeoutMs: number, name: str
       last = (e as Error).message;
     }
     const state = await podman(["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name]);
-    if (!state.stdout.startsWith("true")) throw new Error(`${name} stopped (running, exit code: ${state.stdout.trim()}); last answer: ${last}`);
+    if (!state.stdout.startsWith("true")) {
+      throw new Error(`${name} stopped (running, exit code: ${state.stdout.trim()}); last answer: ${last}`);
+    }
     await sleep(Math.min(1000, 50 + (performance.now() - started) / 50));
   }
   throw new Error(`${name}: not ready with ${keys} keys after ${timeoutMs} ms (last: ${last})`);
@@ -228,7 +257,9 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
   r.resources = resources;
   const tag = `${process.pid}-${Date.now().toString(36)}`;
   const image = `localhost/mehdb-bench:${tag}`;
-  const names = { leader: `mehdb-bench-0-${tag}`, follower: `mehdb-bench-1-${tag}`, populate: `mehdb-bench-populate-${tag}` };
+  const names = {
+    leader: `mehdb-bench-0-${tag}`, follower: `mehdb-bench-1-${tag}`, populate: `mehdb-bench-populate-${tag}`,
+  };
   const volumes = [`mehdb-bench-data-0-${tag}`, `mehdb-bench-data-1-${tag}`];
   let imageBuilt = false;
   const scripts = mkdtempSync(join(o.dir, "mehdb-bench-pod-")); // wrk's Lua scripts
@@ -247,16 +278,27 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
     const base = await ensureNodeBase(log);
     r.meta.base = base;
     log(`building ${image} on ${base}`);
-    await mustPodman(["build", "--pull=never", "--build-arg", `NODE_IMAGE=${base}`, "-t", image, "-f", "Containerfile", "."], { cwd: REPO_ROOT, timeoutMs: 600_000 });
+    const build = [
+      "build", "--pull=never", "--build-arg", `NODE_IMAGE=${base}`, "-t", image, "-f", "Containerfile", ".",
+    ];
+    await mustPodman(build, { cwd: ROOT, timeoutMs: 600_000 });
     imageBuilt = true;
     for (const volume of volumes) await mustPodman(["volume", "create", volume]);
-    const limits = ["--memory", `${Math.floor(resources.memoryLimitBytes / MiB)}m`, "--memory-swap", `${Math.floor(resources.memoryLimitBytes / MiB)}m`,
+    const memory = `${Math.floor(resources.memoryLimitBytes / MiB)}m`;
+    const limits = ["--memory", memory, "--memory-swap", memory,
       ...(resources.cpuLimit ? ["--cpus", String(parseCpu(resources.cpuLimit))] : [])];
     r.meta.limits = limits.join(" ");
 
     log(`writing ${o.keys} keys of ${VALUE_BYTES} B into ${volumes[0]} (as the image's user)`);
-    const populate = `const fs=require("fs");const v="v".repeat(${VALUE_BYTES});for(let i=0;i<${o.keys};i++){const k="${POPULATED_KEY_PREFIX}"+String(i).padStart(${POPULATED_KEY_DIGITS},"0");fs.writeFileSync("/data/"+k,(k+":"+v).slice(0,${VALUE_BYTES}));}`;
-    await mustPodman(["run", "--rm", "--name", names.populate, ...RUN_LIMITS, "-v", `${volumes[0]}:/data`, image, "node", "-e", populate], { timeoutMs: 600_000 });
+    const populate = `const fs=require("fs");const v="v".repeat(${VALUE_BYTES});` +
+      `for(let i=0;i<${o.keys};i++){` +
+      `const k="${POPULATED_KEY_PREFIX}"+String(i).padStart(${POPULATED_KEY_DIGITS},"0");` +
+      `fs.writeFileSync("/data/"+k,(k+":"+v).slice(0,${VALUE_BYTES}));}`;
+    const volume = `${volumes[0]}:/data`;
+    const populateRun = [
+      "run", "--rm", "--name", names.populate, ...RUN_LIMITS, "-v", volume, image, "node", "-e", populate,
+    ];
+    await mustPodman(populateRun, { timeoutMs: 600_000 });
 
     const kernelLogFrom = kernelLog().length;
     const leaderPort = await freePort();
@@ -267,7 +309,10 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
     await leaderWatch.start();
     r.leaderReadySeconds = round(await waitKeys(leaderPort, o.keys, 120_000, names.leader), 2);
     log(`  ready with ${o.keys} keys in ${r.leaderReadySeconds} s`);
-    const mixBase: LoadOptions = { tool: o.load, port: leaderPort, connections: o.connections, threads: o.threads, seconds: o.mixSeconds, tmpDir: scripts, cpus: null };
+    const mixBase: LoadOptions = {
+      tool: o.load, port: leaderPort, connections: o.connections, threads: o.threads, seconds: o.mixSeconds,
+      tmpDir: scripts, cpus: null,
+    };
     const randomKeys = { keys: o.keys, valueBytes: VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true };
     const mixRuns: LoadResult[] = [];
     for (const w of [
@@ -278,13 +323,16 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
       const run = await runLoad(w, mixBase);
       mixRuns.push(run);
       leaderWatch.sample();
-      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; cgroup peak ${(leaderWatch.cgroupPeak / MiB).toFixed(0)} MB, anonymous ${(leaderWatch.anonPeak / MiB).toFixed(0)} MB`);
+      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; ` +
+        `cgroup peak ${(leaderWatch.cgroupPeak / MiB).toFixed(0)} MB, ` +
+        `anonymous ${(leaderWatch.anonPeak / MiB).toFixed(0)} MB`);
     }
+    const [getRun, putRun, getAgainRun] = mixRuns;
     r.mixedLoad = {
       seconds: o.mixSeconds,
-      getRps: mixRuns[0]!.rps,
-      putRps: mixRuns[1]!.rps,
-      getAgainRps: mixRuns[2]!.rps,
+      getRps: getRun?.rps ?? null,
+      putRps: putRun?.rps ?? null,
+      getAgainRps: getAgainRun?.rps ?? null,
       failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
     };
 
@@ -320,20 +368,29 @@ export function formatPod(r: PodResults): string {
   const res = r.resources;
   const n = (v: number | null | undefined, digits = 0): string => (v == null ? "—" : v.toFixed(digits));
   out.push(`mehdb bench --pod — ${String(r.meta.date)}; image on ${String(r.meta.base ?? "the local Node 24 base")}`);
-  out.push(`limits from ${res?.file ?? "?"}: memory ${res?.memoryLimit ?? "?"} (request ${res?.memoryRequest ?? "—"}), cpu ${res?.cpuLimit ?? "—"} → podman ${String(r.meta.limits ?? "—")}`);
-  out.push(`leader: ${n(r.keys)} keys on its volume, ready in ${n(r.leaderReadySeconds, 2)} s; mixed load ${r.mixedLoad?.seconds ?? "—"} s each: ` +
-    `random GETs ${n(r.mixedLoad?.getRps)}/s, random PUTs ${n(r.mixedLoad?.putRps)}/s, random GETs ${n(r.mixedLoad?.getAgainRps)}/s${r.mixedLoad?.failures ? ` (${r.mixedLoad.failures} failed)` : ""}`);
+  out.push(`limits from ${res?.file ?? "?"}: memory ${res?.memoryLimit ?? "?"} ` +
+    `(request ${res?.memoryRequest ?? "—"}), ` +
+    `cpu ${res?.cpuLimit ?? "—"} → podman ${String(r.meta.limits ?? "—")}`);
+  const mix = r.mixedLoad;
+  out.push(`leader: ${n(r.keys)} keys on its volume, ready in ${n(r.leaderReadySeconds, 2)} s; ` +
+    `mixed load ${mix?.seconds ?? "—"} s each: ` +
+    `random GETs ${n(mix?.getRps)}/s, random PUTs ${n(mix?.putRps)}/s, random GETs ${n(mix?.getAgainRps)}/s` +
+    `${mix?.failures ? ` (${mix.failures} failed)` : ""}`);
   out.push(`follower: caught up ${n(r.keys)} keys in ${n(r.catchupSeconds, 1)} s`);
   out.push("");
-  out.push("container                    cgroup peak  anon peak  node RSS peak  oom_kill  exit  OOMKilled  kernel log  verdict");
+  out.push("container                    cgroup peak  anon peak  node RSS peak  oom_kill  exit  OOMKilled  " +
+    "kernel log  verdict");
   for (const f of [r.leader, r.follower]) {
     if (!f) continue;
-    out.push(`${f.name.padEnd(29)}${`${n(f.cgroupPeakMb)} MB`.padStart(11)}${`${n(f.anonPeakMb)} MB`.padStart(11)}${`${n(f.processPeakMb)} MB`.padStart(15)}` +
-      `${String(f.oomKills ?? "?").padStart(10)}${(f.running ? "running" : String(f.exitCode)).padStart(9)}${String(f.oomKilledFlag).padStart(11)}` +
+    out.push(`${f.name.padEnd(29)}${`${n(f.cgroupPeakMb)} MB`.padStart(11)}${`${n(f.anonPeakMb)} MB`.padStart(11)}` +
+      `${`${n(f.processPeakMb)} MB`.padStart(15)}` +
+      `${String(f.oomKills ?? "?").padStart(10)}${(f.running ? "running" : String(f.exitCode)).padStart(9)}` +
+      `${String(f.oomKilledFlag).padStart(11)}` +
       `${`${f.kernelOomLines.length} lines`.padStart(12)}  ${f.survived ? "not killed" : "KILLED"}`);
     for (const line of f.kernelOomLines.slice(0, 5)) out.push(`  kernel: ${line}`);
   }
-  out.push("(cgroup peak counts the page cache of the files read and written, which the kernel reclaims before it kills; anon peak does not)");
+  out.push("(cgroup peak counts the page cache of the files read and written, which the kernel reclaims before it " +
+    "kills; anon peak does not)");
   if (r.errors.length) {
     out.push("");
     out.push("errors:");

@@ -1,6 +1,8 @@
-// Pre-populates a data directory by writing key files directly (one file per key,
-// named by the key, holding the value), which is much faster than N PUTs.
-// Used only for the start-up, memory and catch-up figures; the output says so.
+/**
+ * Pre-populates a data directory by writing key files directly (one file per key,
+ * named by the key, holding the value), which is much faster than N PUTs.
+ * Used only for the start-up, memory and catch-up figures; the output says so.
+ */
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";

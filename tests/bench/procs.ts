@@ -1,13 +1,11 @@
-// Child processes of the benchmark: start them, watch their output, stop them by
-// pid (also on error and Ctrl-C), and read their resident memory.
+/**
+ * Child processes of the benchmark: start them, watch their output, stop them by
+ * pid (also on error and Ctrl-C), and read their resident memory.
+ */
 
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { dirname, resolve } from "node:path";
-
-/** Repository root (two levels above this file). */
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+import { ROOT } from "../helpers/mehdb.ts";
 
 /** A started child: its pid, the last lines it printed, and a promise of its exit. */
 export interface Child {
@@ -22,13 +20,22 @@ export interface Child {
 
 const children = new Set<Child>();
 
-/** Starts `cmd args` with extra `env`, pinned to `cpus` (taskset list, e.g. "0" or "1-3") when given; output is kept (last 200 lines). */
-export function startProcess(name: string, cmd: string, args: string[], env: Record<string, string> = {}, cpus: string | null = null): Child {
+/**
+ * Starts `cmd args` with extra `env` (default none), pinned to `cpus` (taskset list, e.g. "0" or "1-3") when
+ * given (default not pinned); output is kept (last 200 lines).
+ */
+export function startProcess(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  cpus: string | null = null,
+): Child {
   const startedAt = performance.now();
   // taskset execs the command, so the pid stays the command's own.
   const [file, argv] = cpus === null ? [cmd, args] : ["taskset", ["-c", cpus, cmd, ...args]];
   const proc = spawn(file, argv, {
-    cwd: REPO_ROOT,
+    cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -56,7 +63,10 @@ export function startProcess(name: string, cmd: string, args: string[], env: Rec
   return child;
 }
 
-/** Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`), pinned to `cpus` when given. */
+/**
+ * Starts a TypeScript file of this repo under tsx (one process: `node [NODE_ARGS] --import tsx FILE`), pinned to
+ * `cpus` when given.
+ */
 export function startTs(
   name: string,
   file: string,

@@ -1,6 +1,8 @@
-// A counting HTTP proxy put between a follower and its leader: it forwards every
-// request and counts requests, their times, and the bytes on the follower's sockets
-// (request and response, headers included), to measure the cost of an idle tick.
+/**
+ * A counting HTTP proxy put between a follower and its leader: it forwards every
+ * request and counts requests, their times, and the bytes on the follower's sockets
+ * (request and response, headers included), to measure the cost of an idle tick.
+ */
 
 import { Agent, createServer, request as httpRequest } from "node:http";
 import type { Socket } from "node:net";

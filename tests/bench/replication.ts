@@ -1,11 +1,14 @@
-// Replication figures: lag from a PUT acknowledged by the leader to the value
-// readable on the follower, and the cost of an idle tick (requests and bytes,
-// seen by a counting proxy between follower and leader).
+/**
+ * Replication figures: lag from a PUT acknowledged by the leader to the value
+ * readable on the follower, and the cost of an idle tick (requests and bytes,
+ * seen by a counting proxy between follower and leader).
+ */
 
 import { randomBytes } from "node:crypto";
 import type { Node } from "./mehdb.ts";
 import type { CountingProxy } from "./proxy.ts";
-import { req, sleep } from "./http.ts";
+import { sleep } from "../helpers/wait.ts";
+import { req } from "./http.ts";
 import { percentile } from "./stats.ts";
 
 /** Lag percentiles over `samples` probes, in ms. */
@@ -18,7 +21,13 @@ export interface LagResult {
 }
 
 /** One probe: PUT a fresh value on the leader, then poll the follower until it reads it. */
-async function probe(leader: Node, follower: Node, key: string, timeoutMs: number, pollMs: number): Promise<number | null> {
+async function probe(
+  leader: Node,
+  follower: Node,
+  key: string,
+  timeoutMs: number,
+  pollMs: number,
+): Promise<number | null> {
   const value = randomBytes(12).toString("hex");
   const put = await req(leader.port, "PUT", `/set/${key}`, value);
   if (put.status !== 200) throw new Error(`lag probe: PUT ${key} answered ${put.status}`);
@@ -37,7 +46,13 @@ async function probe(leader: Node, follower: Node, key: string, timeoutMs: numbe
  * sync interval (gaps uniform in [0, 2/3 interval)), a few in flight at once,
  * each polling the follower every `pollMs`.
  */
-export async function measureLag(leader: Node, follower: Node, samples: number, intervalMs: number, pollMs = 5): Promise<LagResult> {
+export async function measureLag(
+  leader: Node,
+  follower: Node,
+  samples: number,
+  intervalMs: number,
+  pollMs = 5,
+): Promise<LagResult> {
   const tag = randomBytes(3).toString("hex");
   const timeoutMs = intervalMs * 10 + 10_000;
   const probes: Promise<number | null>[] = [];

@@ -1,8 +1,10 @@
-// The results of a bench run: their JSON shape, the target checks, the table
-// printed on stdout, and the list of figures every run must produce.
+/**
+ * The results of a bench run: their JSON shape, the target checks, the table
+ * printed on stdout, and the list of figures every run must produce.
+ */
 
 import type { LagResult, IdleResult } from "./replication.ts";
-import { round } from "./stats.ts";
+import { ratio, round } from "./stats.ts";
 
 /** Throughput and latency of one workload: medians over the repetitions. */
 export interface Throughput {
@@ -35,6 +37,14 @@ export interface Workload {
   pinned?: boolean;
 }
 
+/** `--read-token`: GET on a second leader with a read token, in the same repetitions as `get`. */
+export interface ReadTokenWorkload extends Workload {
+  /** Median over the repetitions of (leader with a read token) / (leader without) req/s. */
+  ratioToPlain: number | null;
+  /** req/s with / without the token, per repetition. */
+  ratiosToPlain: (number | null)[];
+}
+
 /** One checked target. */
 export interface Target {
   name: string;
@@ -51,6 +61,8 @@ export interface Results {
   get: Workload;
   /** The same, pinned (null with --no-pin or without taskset). */
   getPinned: Workload | null;
+  /** `--read-token`: GET on a leader with a read token, in the same repetitions as `get`; else null. */
+  getReadToken: ReadTokenWorkload | null;
   put50: Workload;
   put64k: Workload;
   /** GET of the same value on the same leader, each repetition right after a PUT burst, unpinned. */
@@ -78,7 +90,13 @@ export interface Results {
     leaderAfterLoadRssMb: number | null;
     leaderAfterLoadPeakMb: number | null;
     /** The mixed load: seconds of each part and the rates reached. */
-    mixedLoad: { seconds: number; getRps: number | null; putRps: number | null; getAgainRps: number | null; failures: number } | null;
+    mixedLoad: {
+      seconds: number;
+      getRps: number | null;
+      putRps: number | null;
+      getAgainRps: number | null;
+      failures: number;
+    } | null;
     /** Leader and follower after catch-up and the lag probes (values read and cached). */
     leaderRssMb: number | null;
     leaderPeakMb: number | null;
@@ -110,13 +128,23 @@ export const REQUIRED_FIGURES = [
 /** The value at a dotted path of an object, or undefined. */
 export function figure(obj: unknown, path: string): unknown {
   let v: unknown = obj;
-  for (const part of path.split(".")) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[part] : undefined;
+  for (const part of path.split(".")) {
+    v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[part] : undefined;
+  }
   return v;
 }
 
-/** The required figures that are missing, not finite, or not positive. */
+/** The figures a `--read-token` run must produce as well. */
+export const READ_TOKEN_FIGURES = [
+  "getReadToken.mehdb.rps", "getReadToken.mehdb.p50Ms", "getReadToken.mehdb.p99Ms", "getReadToken.ratioToCeiling",
+  "getReadToken.ratioToPlain", "getReadToken.cpu.mehdbUs", "getReadToken.cpu.ratio",
+] as const;
+
+/** The required figures (and those of `--read-token` when `getReadToken` is set) missing, not finite, or not > 0. */
 export function missingFigures(r: unknown): string[] {
-  return REQUIRED_FIGURES.filter((p) => {
+  const paths: string[] = [...REQUIRED_FIGURES];
+  if (figure(r, "getReadToken") != null) paths.push(...READ_TOKEN_FIGURES);
+  return paths.filter((p) => {
     const v = figure(r, p);
     return typeof v !== "number" || !Number.isFinite(v) || v <= 0;
   });
@@ -132,21 +160,55 @@ export function checkTargets(r: Omit<Results, "targets">, fullScale: boolean): T
   const bound = r.replication.catchupFsyncBoundSeconds;
   const catchupRatio = large !== null && bound !== null && large > 0 ? bound / large : null;
   return [
-    { name: "GET / ceiling (unpinned)", value: r.get.ratioToCeiling, target: "≥ 0.85", pass: at(r.get.ratioToCeiling, (v) => v >= 0.85) },
-    { name: "GET after writes / ceiling (unpinned)", value: r.getAfterPut.ratioToCeiling, target: "≥ 0.85", pass: at(r.getAfterPut.ratioToCeiling, (v) => v >= 0.85) },
-    { name: "PUT 50 B / fsync loop", value: r.put50.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put50.ratioToFsync, (v) => v >= 0.7) },
-    { name: "PUT 64 KB / fsync loop", value: r.put64k.ratioToFsync ?? null, target: "≥ 0.70", pass: at(r.put64k.ratioToFsync, (v) => v >= 0.7) },
-    { name: "replication lag p99 (ms)", value: lagP99, target: `≤ ${interval + 100} (interval + 100)`, pass: at(lagP99, (v) => v <= interval + 100, fullScale) },
-    { name: "catch-up: fsync bound / time taken", value: catchupRatio, target: "≥ 0.85 (100 000 keys)", pass: at(catchupRatio, (v) => v >= 0.85, fullScale) },
-    { name: "requests per idle tick", value: r.replication.idle?.requestsPerTick ?? null, target: "1", pass: at(r.replication.idle?.requestsPerTick, (v) => v <= 1.05) },
-    { name: "leader RSS after mixed load (MB)", value: r.memory.leaderAfterLoadRssMb, target: "< 150 (100 000 keys)", pass: at(r.memory.leaderAfterLoadRssMb, (v) => v < 150, fullScale) },
-    { name: "start-up to ready (ms)", value: r.startup.readyMs, target: "≤ 2000 (100 000 keys)", pass: at(r.startup.readyMs, (v) => v <= 2000, fullScale) },
+    {
+      name: "GET / ceiling (unpinned)", value: r.get.ratioToCeiling, target: "≥ 0.85",
+      pass: at(r.get.ratioToCeiling, (v) => v >= 0.85),
+    },
+    ...(r.getReadToken
+      ? [{
+        name: "GET with read token / without", value: r.getReadToken.ratioToPlain, target: "≥ 0.97",
+        pass: at(r.getReadToken.ratioToPlain, (v) => v >= 0.97),
+      }]
+      : []),
+    {
+      name: "GET after writes / ceiling (unpinned)", value: r.getAfterPut.ratioToCeiling, target: "≥ 0.85",
+      pass: at(r.getAfterPut.ratioToCeiling, (v) => v >= 0.85),
+    },
+    {
+      name: "PUT 50 B / fsync loop", value: r.put50.ratioToFsync ?? null, target: "≥ 0.70",
+      pass: at(r.put50.ratioToFsync, (v) => v >= 0.7),
+    },
+    {
+      name: "PUT 64 KB / fsync loop", value: r.put64k.ratioToFsync ?? null, target: "≥ 0.70",
+      pass: at(r.put64k.ratioToFsync, (v) => v >= 0.7),
+    },
+    {
+      name: "replication lag p99 (ms)", value: lagP99, target: `≤ ${interval + 100} (interval + 100)`,
+      pass: at(lagP99, (v) => v <= interval + 100, fullScale),
+    },
+    {
+      name: "catch-up: fsync bound / time taken", value: catchupRatio, target: "≥ 0.85 (100 000 keys)",
+      pass: at(catchupRatio, (v) => v >= 0.85, fullScale),
+    },
+    {
+      name: "requests per idle tick", value: r.replication.idle?.requestsPerTick ?? null, target: "1",
+      pass: at(r.replication.idle?.requestsPerTick, (v) => v <= 1.05),
+    },
+    {
+      name: "leader RSS after mixed load (MB)", value: r.memory.leaderAfterLoadRssMb, target: "< 150 (100 000 keys)",
+      pass: at(r.memory.leaderAfterLoadRssMb, (v) => v < 150, fullScale),
+    },
+    {
+      name: "start-up to ready (ms)", value: r.startup.readyMs, target: "≤ 2000 (100 000 keys)",
+      pass: at(r.startup.readyMs, (v) => v <= 2000, fullScale),
+    },
   ];
 }
 
 const n = (v: number | null | undefined, digits = 0): string => {
   const x = round(v, digits);
-  return x === null ? "—" : x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  const fraction = { minimumFractionDigits: digits, maximumFractionDigits: digits };
+  return x === null ? "—" : x.toLocaleString("en-US", fraction);
 };
 const pad = (s: string, w: number): string => (s.length >= w ? s : s + " ".repeat(w - s.length));
 const lpad = (s: string, w: number): string => (s.length >= w ? s : " ".repeat(w - s.length) + s);
@@ -156,12 +218,17 @@ export function formatTable(r: Results): string {
   const m = r.meta;
   const out: string[] = [];
   out.push(`mehdb bench — ${m.mode} run, ${m.date}`);
-  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}; load average ${String(m.loadAvgAtStart)} at start, ${String(m.loadAvgAtEnd)} at end`);
-  out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ${m.reps} repetition(s); rates are medians, ratios medians of the per-repetition ratios; data dirs under ${m.dataParent} (${m.dataFs})`);
+  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node}; ` +
+    `load average ${String(m.loadAvgAtStart)} at start, ${String(m.loadAvgAtEnd)} at end`);
+  out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ` +
+    `${m.reps} repetition(s); rates are medians, ratios medians of the per-repetition ratios; ` +
+    `data dirs under ${m.dataParent} (${m.dataFs})`);
   out.push("");
   const W = 46;
-  out.push(`${pad("workload", W)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
-  const rows = [r.get, r.getPinned, r.put50, r.put64k, r.getAfterPut, r.getAfterPutPinned].filter((w): w is Workload => w !== null);
+  out.push(`${pad("workload", W)}${lpad("req/s", 10)}${lpad("p50 ms", 9)}${lpad("p99 ms", 9)}` +
+    `${lpad("ceiling/s", 11)}${lpad("ratio", 7)}${lpad("fsync/s", 9)}${lpad("ratio", 7)}`);
+  const rows = [r.get, r.getReadToken, r.getPinned, r.put50, r.put64k, r.getAfterPut, r.getAfterPutPinned]
+    .filter((w): w is Workload => w !== null);
   for (const w of rows) {
     out.push(
       `${pad(w.label, W)}${lpad(n(w.mehdb.rps), 10)}${lpad(n(w.mehdb.p50Ms, 2), 9)}${lpad(n(w.mehdb.p99Ms, 2), 9)}` +
@@ -170,27 +237,55 @@ export function formatTable(r: Results): string {
     );
   }
   for (const w of rows) {
-    if (w.cpu) out.push(`${pad(`  CPU per GET, ${w.label.replace(/^GET \S+ B value, /, "")}`, W)}mehdb ${n(w.cpu.mehdbUs, 1)} µs, ceiling ${n(w.cpu.ceilingUs, 1)} µs, ratio ${n(w.cpu.ratio, 2)}`);
+    if (!w.cpu) continue;
+    out.push(`${pad(`  CPU per GET, ${w.label.replace(/^GET \S+ B value, /, "")}`, W)}` +
+      `mehdb ${n(w.cpu.mehdbUs, 1)} µs, ceiling ${n(w.cpu.ceilingUs, 1)} µs, ratio ${n(w.cpu.ratio, 2)}`);
   }
-  out.push(`${pad("  ceiling latency p50/p99", W)}${[r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`).join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
-  out.push(`${pad("  fsync loop p50/p99", W)}${[r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`).join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
+  const ceilingLatency = [r.get, r.put50, r.put64k].map((w) => `${n(w.ceiling.p50Ms, 2)}/${n(w.ceiling.p99Ms, 2)} ms`);
+  out.push(`${pad("  ceiling latency p50/p99", W)}${ceilingLatency.join(", ")} (GET, PUT 50 B, PUT 64 KB)`);
+  const fsyncLatency = [r.put50, r.put64k].map((w) => `${n(w.fsync?.p50Ms, 2)}/${n(w.fsync?.p99Ms, 2)} ms`);
+  out.push(`${pad("  fsync loop p50/p99", W)}${fsyncLatency.join(", ")} (50 B, 64 KB; ${m.fsyncLoops} loops, no HTTP)`);
+  if (r.getReadToken) {
+    const t = r.getReadToken;
+    out.push(`${pad("  read token: with / without", W)}req/s ${n(t.ratioToPlain, 3)} (per repetition ` +
+      `${t.ratiosToPlain.map((v) => n(v, 3)).join(", ")}); ` +
+      `CPU per GET ${n(ratio(r.get.cpu?.mehdbUs, t.cpu?.mehdbUs), 3)} ` +
+      `(without / with); ratio to the ceiling ${n(t.ratioToCeiling, 3)} with, ${n(r.get.ratioToCeiling, 3)} without`);
+  }
   const fails = rows.reduce((s, w) => s + w.mehdb.failures + w.ceiling.failures, 0);
   if (fails > 0) out.push(`  WARNING: ${fails} failed requests (errors or non-2xx) during the load runs`);
   out.push("");
   const rep = r.replication;
   out.push(`replication (sync interval ${rep.syncIntervalMs} ms, ${n(rep.keysStored)} keys stored):`);
-  out.push(`  lag PUT ack → readable on follower   p50 ${n(rep.lag?.p50Ms, 1)} ms, p99 ${n(rep.lag?.p99Ms, 1)} ms, max ${n(rep.lag?.maxMs, 1)} ms (${rep.lag?.samples ?? 0} probes${rep.lag?.timeouts ? `, ${rep.lag.timeouts} timed out` : ""})`);
-  out.push(`  catch-up of a new follower           ${n(rep.catchupSmall?.keys)} keys: ${n(rep.catchupSmall?.seconds, 2)} s; ${n(rep.catchupLarge?.keys)} keys: ${n(rep.catchupLarge?.seconds, 2)} s (process start → all keys)`);
-  out.push(`  fsync bound for ${n(rep.catchupLarge?.keys)} keys        ${n(rep.catchupFsyncBoundSeconds, 2)} s (keys / the 50 B fsync-loop rate: one fsynced file per key)`);
-  out.push(`  restart of a synced follower         ready in ${n(rep.restartReadySeconds, 2)} s (full reconcile, nothing to copy)`);
-  out.push(`  idle tick                            ${n(rep.idle?.requestsPerTick, 2)} requests, ${n(rep.idle?.bytesPerTick)} bytes per tick (${rep.idle?.ticks ?? 0} ticks; ${rep.idle?.requestKinds.join(", ") ?? "—"})`);
+  out.push(`  lag PUT ack → readable on follower   p50 ${n(rep.lag?.p50Ms, 1)} ms, p99 ${n(rep.lag?.p99Ms, 1)} ms, ` +
+    `max ${n(rep.lag?.maxMs, 1)} ms (${rep.lag?.samples ?? 0} probes` +
+    `${rep.lag?.timeouts ? `, ${rep.lag.timeouts} timed out` : ""})`);
+  out.push(`  catch-up of a new follower           ${n(rep.catchupSmall?.keys)} keys: ` +
+    `${n(rep.catchupSmall?.seconds, 2)} s; ` +
+    `${n(rep.catchupLarge?.keys)} keys: ${n(rep.catchupLarge?.seconds, 2)} s (process start → all keys)`);
+  out.push(`  fsync bound for ${n(rep.catchupLarge?.keys)} keys        ${n(rep.catchupFsyncBoundSeconds, 2)} s ` +
+    "(keys / the 50 B fsync-loop rate: one fsynced file per key)");
+  out.push(`  restart of a synced follower         ready in ${n(rep.restartReadySeconds, 2)} s ` +
+    "(full reconcile, nothing to copy)");
+  out.push(`  idle tick                            ${n(rep.idle?.requestsPerTick, 2)} requests, ` +
+    `${n(rep.idle?.bytesPerTick)} bytes per tick (${rep.idle?.ticks ?? 0} ticks; ` +
+    `${rep.idle?.requestKinds.join(", ") ?? "—"})`);
   const mix = r.memory.mixedLoad;
-  out.push(`memory with ${n(r.memory.keys)} keys              leader RSS ${n(r.memory.leaderAfterLoadRssMb, 1)} MB (peak ${n(r.memory.leaderAfterLoadPeakMb, 1)}) after a mixed load: ` +
-    `${mix?.seconds ?? "—"} s each of random GETs (${n(mix?.getRps)}/s), random PUTs (${n(mix?.putRps)}/s), random GETs (${n(mix?.getAgainRps)}/s)${mix?.failures ? `, ${mix.failures} failed` : ""}; node flags: ${String(m.serverNodeFlags) || "none"}`);
-  out.push(`                                     leader RSS ${n(r.memory.leaderRssMb, 1)} MB (peak ${n(r.memory.leaderPeakMb, 1)}), follower RSS ${n(r.memory.followerRssMb, 1)} MB (peak ${n(r.memory.followerPeakMb, 1)}) after catch-up and lag probes`);
-  out.push(`                                     leader RSS ${n(r.memory.leaderRssAtReadyMb, 1)} MB right after start with ${n(r.memory.keys)} keys; empty leader ${n(r.memory.emptyLeaderRssMb, 1)} MB (node + tsx share)`);
-  out.push(`start-up to ready                    ${n(r.startup.keys)} keys: ${n(r.startup.readyMs)} ms; empty: ${n(r.startup.emptyReadyMs)} ms (spawn → /status?level=full 200)`);
-  out.push(`note: the ${n(r.startup.keys)} and ${n(rep.catchupSmall?.keys)} stored keys (${m.prepopulatedValueBytes} B values) were written directly into the leaders' data dirs before start, not PUT`);
+  const mem = r.memory;
+  const indent = " ".repeat(37);
+  out.push(`memory with ${n(mem.keys)} keys              leader RSS ${n(mem.leaderAfterLoadRssMb, 1)} MB ` +
+    `(peak ${n(mem.leaderAfterLoadPeakMb, 1)}) after a mixed load: ` +
+    `${mix?.seconds ?? "—"} s each of random GETs (${n(mix?.getRps)}/s), random PUTs (${n(mix?.putRps)}/s), ` +
+    `random GETs (${n(mix?.getAgainRps)}/s)${mix?.failures ? `, ${mix.failures} failed` : ""}; ` +
+    `node flags: ${String(m.serverNodeFlags) || "none"}`);
+  out.push(`${indent}leader RSS ${n(mem.leaderRssMb, 1)} MB (peak ${n(mem.leaderPeakMb, 1)}), ` +
+    `follower RSS ${n(mem.followerRssMb, 1)} MB (peak ${n(mem.followerPeakMb, 1)}) after catch-up and lag probes`);
+  out.push(`${indent}leader RSS ${n(mem.leaderRssAtReadyMb, 1)} MB right after start with ${n(mem.keys)} keys; ` +
+    `empty leader ${n(mem.emptyLeaderRssMb, 1)} MB (node + tsx share)`);
+  out.push(`start-up to ready                    ${n(r.startup.keys)} keys: ${n(r.startup.readyMs)} ms; ` +
+    `empty: ${n(r.startup.emptyReadyMs)} ms (spawn → /status?level=full 200)`);
+  out.push(`note: the ${n(r.startup.keys)} and ${n(rep.catchupSmall?.keys)} stored keys ` +
+    `(${m.prepopulatedValueBytes} B values) were written directly into the leaders' data dirs before start, not PUT`);
   out.push("");
   out.push("targets:");
   for (const t of r.targets) {

@@ -1,4 +1,6 @@
-// Small statistics helpers for the benchmark: percentiles, medians, rounding.
+/**
+ * Small statistics helpers for the benchmark: percentiles, medians, rounding.
+ */
 
 /** The p-th percentile (0..100) of `values` (nearest rank on a sorted copy); null when empty. */
 export function percentile(values: ArrayLike<number>, p: number): number | null {
