@@ -81,13 +81,13 @@ function startPod(pod: Pod, ordinal: number): Promise<void> {
   pod.listening = false;
   const prefix = `${color ? COLORS[ordinal % COLORS.length] : ""}${pod.name} | ${color ? "\x1b[0m" : ""}`;
   return new Promise((resolve) => {
-    forward(child.stdout!, process.stdout, prefix, (line) => {
+    forward(child.stdout, process.stdout, prefix, (line) => {
       if (!pod.listening && line.includes(" event=listening ")) {
         pod.listening = true;
         resolve();
       }
     });
-    forward(child.stderr!, process.stderr, prefix, () => {});
+    forward(child.stderr, process.stderr, prefix, () => {});
     child.on("error", (error) => say(`${pod.name} could not start: ${error.message}`));
     child.on("exit", (code, signal) => {
       resolve();
@@ -124,7 +124,7 @@ function forward(
   input.setEncoding("utf8");
   input.on("data", (chunk: string) => {
     const lines = (rest + chunk).split("\n");
-    rest = lines.pop()!;
+    rest = lines.pop() ?? "";
     for (const line of lines) {
       output.write(`${prefix}${line}\n`);
       onLine(line);
@@ -150,8 +150,8 @@ async function stop(reason: string, exitCode = 0): Promise<void> {
     running.map(
       (pod) =>
         new Promise<void>((resolve) => {
-          const child = pod.child!;
-          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          const child = pod.child;
+          if (!child || child.exitCode !== null || child.signalCode !== null) return resolve();
           child.once("exit", () => resolve());
           child.kill("SIGTERM");
         }),

@@ -91,7 +91,8 @@ export class Followers {
       since === undefined ? (known?.cursor ?? null) : since && since.length <= MAX_CURSOR_CHARS ? since : null;
     this.#byName.delete(name); // re-inserted last: the map stays in order of last poll
     this.#byName.set(name, { lastPoll: this.#now(), cursor });
-    if (this.#byName.size > this.#max) this.#byName.delete(this.#byName.keys().next().value!);
+    const [oldest] = this.#byName.keys();
+    if (this.#byName.size > this.#max && oldest !== undefined) this.#byName.delete(oldest);
   }
 
   /** The followers seen in the last 10 minutes (by default), sorted by name, with their figures now. */

@@ -20,10 +20,9 @@ export class Metrics {
     let text =
       "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +
       "# TYPE mehdb_http_requests_total counter\n";
-    for (const route of [...this.#requests.keys()].sort()) {
-      const byStatus = this.#requests.get(route)!;
-      for (const status of [...byStatus.keys()].sort()) {
-        text += `mehdb_http_requests_total{route="${route}",status="${status}"} ${byStatus.get(status)}\n`;
+    for (const [route, byStatus] of [...this.#requests].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      for (const [status, count] of [...byStatus].sort(([a], [b]) => a - b)) {
+        text += `mehdb_http_requests_total{route="${route}",status="${status}"} ${count}\n`;
       }
     }
     return text;

@@ -299,14 +299,14 @@ export class Store {
    * when the store cannot tell.
    */
   async #opened(key: string, stats: Stats): Promise<Entry | undefined> {
-    const matches = (entry: Entry | null | undefined) =>
+    const matches = (entry: Entry | null | undefined): entry is Entry =>
       !!entry && entry.ino === stats.ino && entry.size === stats.size;
     const current = this.#index.get(key);
     if (matches(current)) return current;
     const renaming = this.#renaming.get(stats.ino);
     if (renaming?.key === key) {
       const landed = await renaming.landed;
-      if (matches(landed)) return landed!;
+      if (matches(landed)) return landed;
     }
     const recent = this.#recent.get(stats.ino);
     if (recent?.key === key && matches(recent.entry)) return recent.entry;
@@ -603,7 +603,8 @@ export class Store {
   #superseded(key: string, entry: Entry): void {
     this.#recent.delete(entry.ino); // re-inserted last: an older version that had this inode is forgotten first
     this.#recent.set(entry.ino, { key, entry });
-    if (this.#recent.size > RECENT_VERSIONS) this.#recent.delete(this.#recent.keys().next().value!);
+    const [oldest] = this.#recent.keys(); // a Map iterates in insertion order
+    if (this.#recent.size > RECENT_VERSIONS && oldest !== undefined) this.#recent.delete(oldest);
   }
 
   #set(key: string, entry: Entry, logged = true): void {
