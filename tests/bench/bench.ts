@@ -1,7 +1,9 @@
 /**
- * `npm run bench`: starts mehdb (leader and followers) as real processes, a bare
- * node:http ceiling and the fsync-loop baseline, drives load from a separate
- * process, prints a table and writes the same figures as JSON.
+ * `npm run bench`: starts mehdb (leader and followers) as real processes with the Node
+ * flags users get, a bare node:http ceiling and the fsync-loop baseline, drives load from
+ * a separate process, prints a table and writes the same figures as JSON. Nothing is pinned
+ * but the rows marked so; GET is measured before any write and right after PUT bursts;
+ * memory after a mixed load. `--pod` runs the image in podman instead (pod.ts).
  * Options: see options.ts (`npm run bench -- --help`).
  */
 
