@@ -18,6 +18,7 @@ import { req } from "./http.ts";
 import { runLoad, type LoadOptions, type LoadResult, type Workload } from "./load.ts";
 import type { Options } from "./options.ts";
 import { POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
+import type { MixedLoad } from "./report.ts";
 import { memoryMb } from "./procs.ts";
 import { round } from "./stats.ts";
 
@@ -63,13 +64,7 @@ export interface PodResults {
   resources: ManifestResources | null;
   keys: number;
   leaderReadySeconds: number | null;
-  mixedLoad: {
-    seconds: number;
-    getRps: number | null;
-    putRps: number | null;
-    getAgainRps: number | null;
-    failures: number;
-  } | null;
+  mixedLoad: MixedLoad | null;
   catchupSeconds: number | null;
   leader: PodFigures | null;
   follower: PodFigures | null;

@@ -7,6 +7,15 @@ import type { LagResult, IdleResult } from "./replication.ts";
 import { ratio, round } from "./stats.ts";
 
 /** Throughput and latency of one workload: medians over the repetitions. */
+/** A mixed load's figures: seconds of each part (random GETs, random PUTs, random GETs) and the rates reached. */
+export interface MixedLoad {
+  seconds: number;
+  getRps: number | null;
+  putRps: number | null;
+  getAgainRps: number | null;
+  failures: number;
+}
+
 export interface Throughput {
   rps: number | null;
   p50Ms: number | null;
@@ -90,13 +99,7 @@ export interface Results {
     leaderAfterLoadRssMb: number | null;
     leaderAfterLoadPeakMb: number | null;
     /** The mixed load: seconds of each part and the rates reached. */
-    mixedLoad: {
-      seconds: number;
-      getRps: number | null;
-      putRps: number | null;
-      getAgainRps: number | null;
-      failures: number;
-    } | null;
+    mixedLoad: MixedLoad | null;
     /** Leader and follower after catch-up and the lag probes (values read and cached). */
     leaderRssMb: number | null;
     leaderPeakMb: number | null;
