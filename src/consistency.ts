@@ -143,27 +143,25 @@ export class Consistency {
     const since = params.get("since");
     const prefix = params.get("prefix") ?? "";
     const waitText = params.get("wait");
-    if (!isValidPrefix(prefix))
-      return line(
-        BAD_REQUEST,
-        `invalid prefix=${quote(prefix)}: a prefix is empty or follows the key rule (${KEY_RULE})`,
-      );
+    if (!isValidPrefix(prefix)) {
+      const rule = `a prefix is empty or follows the key rule (${KEY_RULE})`;
+      return line(BAD_REQUEST, `invalid prefix=${quote(prefix)}: ${rule}`);
+    }
     const wait = waitText === null ? null : parseWait(waitText);
-    if (waitText !== null && wait === null)
-      return line(
-        BAD_REQUEST,
-        `invalid wait=${quote(waitText)}: a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`,
-      );
+    if (waitText !== null && wait === null) {
+      const rule = `a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`;
+      return line(BAD_REQUEST, `invalid wait=${quote(waitText)}: ${rule}`);
+    }
     if (since === null) {
-      if (wait !== null)
-        return line(
-          BAD_REQUEST,
-          "wait needs since=CURSOR: the cursor of the last answer, to wait for what comes after it",
-        );
+      if (wait !== null) {
+        const why = "the cursor of the last answer, to wait for what comes after it";
+        return line(BAD_REQUEST, `wait needs since=CURSOR: ${why}`);
+      }
       return json(withPrefix(this.#store.list(), prefix));
     }
-    if (since !== "" && parseCursor(since) === null)
+    if (since !== "" && parseCursor(since) === null) {
       return line(BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
+    }
     const page = parseListingPage(params);
     if (typeof page === "string") return line(BAD_REQUEST, page);
     const listing = { prefix, page };

@@ -382,12 +382,12 @@ export class Poller implements PollerState {
     const small: Listed[] = [];
     const large: Listed[] = [];
     for (const item of listed) {
-      if (item[1] > maxValueBytes)
-        this.#notHeld(
-          item[0],
-          new ValueTooLargeError(`value of ${item[1]} bytes is larger than ${maxValueBytes} bytes`),
-        );
-      else (item[1] <= GROUP_VALUE_BYTES ? small : large).push(item);
+      const [key, size] = item;
+      if (size > maxValueBytes) {
+        this.#notHeld(key, new ValueTooLargeError(`value of ${size} bytes is larger than ${maxValueBytes} bytes`));
+      } else {
+        (size <= GROUP_VALUE_BYTES ? small : large).push(item);
+      }
     }
     await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
     await forEachLimited(large, concurrency, (item) => this.#copyOne(item));
