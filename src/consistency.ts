@@ -1,5 +1,5 @@
 /**
- * The HTTP side of issue 13, kept out of `server.ts` so the server only calls it:
+ * Conditional writes, read-your-writes, watches and prefix listing, the HTTP side (the routes call it):
  *
  *     PUT|DELETE /set/KEY          If-Match / If-None-Match (412 when they fail), ETag and Mehdb-Cursor
  *     GET|HEAD /get/KEY?after=C    read-your-writes: a follower behind cursor C waits for its next sync, else 307

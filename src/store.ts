@@ -80,7 +80,7 @@ export interface PutOptions {
   precondition?: Precondition;
 }
 
-/** A check of a conditional write (issue 13): `null` to go ahead, else one line saying why not. */
+/** A check of a conditional write: `null` to go ahead, else one line saying why not. */
 export type Precondition = (current: Entry | undefined) => string | null;
 
 /** A write's or delete's precondition did not hold; nothing was changed. The message is the reason. */
@@ -465,7 +465,7 @@ export class Store {
   async delete(key: string, options: { precondition?: Precondition } = {}): Promise<boolean> {
     const removed = await this.#locked(key, async () => {
       if (!this.#index.has(key)) return false;
-      const failed = options.precondition?.(this.#index.get(key)); // check and delete in one step (issue 13)
+      const failed = options.precondition?.(this.#index.get(key)); // check and delete in one step
       if (failed) throw new PreconditionFailedError(failed);
       try {
         await unlink(join(this.dir, key));
@@ -633,7 +633,7 @@ export class Store {
   #log(key: string, seq: number): void {
     this.#logKeys.push(key);
     this.#logSeq.push(seq);
-    this.#changed?.resolve(); // wakes held watches (issue 13)
+    this.#changed?.resolve(); // wakes held watches
     this.#changed = null;
     if (this.#logKeys.length > 2 * this.#index.size + this.#maxTombstones + 1024) this.#compactLog();
   }

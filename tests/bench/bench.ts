@@ -19,7 +19,7 @@ import {
 } from "./load.ts";
 import { serverNodeFlags, startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
-import { populate, POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
+import { mixedLoadWorkloads, populate } from "./populate.ts";
 import {
   cpuSeconds, haveTaskset, killAllSync, memoryMb, setAffinity, startTs, stopAll, stopProcess, tail,
 } from "./procs.ts";
@@ -305,15 +305,8 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       tool: o.load, port: l.port, connections: o.connections, threads: o.threads, seconds: o.mixSeconds, tmpDir: root,
       cpus: null,
     };
-    const randomKeys = {
-      path: "", keys: o.keys, valueBytes: PREPOPULATED_VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true,
-    };
     const mixRuns: LoadResult[] = [];
-    for (const w of [
-      { ...randomKeys, name: "get-random", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
-      { ...randomKeys, name: "put-random", method: "PUT", path: `/set/${POPULATED_KEY_PREFIX}` },
-      { ...randomKeys, name: "get-random-again", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
-    ] as LoadWorkload[]) {
+    for (const w of mixedLoadWorkloads(o.keys, PREPOPULATED_VALUE_BYTES)) {
       const run = await runLoad(w, mixBase);
       mixRuns.push(run);
       const rss = memoryMb(l.child.pid).rssMb;

@@ -15,9 +15,9 @@ import { freePort, ROOT } from "../helpers/mehdb.ts";
 import { ensureNodeBase, mustPodman, podman, podmanMissing, RUN_LIMITS } from "../helpers/podman.ts";
 import { sleep } from "../helpers/wait.ts";
 import { req } from "./http.ts";
-import { runLoad, type LoadOptions, type LoadResult, type Workload } from "./load.ts";
+import { runLoad, type LoadOptions, type LoadResult } from "./load.ts";
 import type { Options } from "./options.ts";
-import { POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
+import { mixedLoadWorkloads, POPULATED_KEY_DIGITS, POPULATED_KEY_PREFIX } from "./populate.ts";
 import type { MixedLoad } from "./report.ts";
 import { memoryMb } from "./procs.ts";
 import { round } from "./stats.ts";
@@ -308,13 +308,8 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
       tool: o.load, port: leaderPort, connections: o.connections, threads: o.threads, seconds: o.mixSeconds,
       tmpDir: scripts, cpus: null,
     };
-    const randomKeys = { keys: o.keys, valueBytes: VALUE_BYTES, keyDigits: POPULATED_KEY_DIGITS, random: true };
     const mixRuns: LoadResult[] = [];
-    for (const w of [
-      { ...randomKeys, name: "pod-get-random", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
-      { ...randomKeys, name: "pod-put-random", method: "PUT", path: `/set/${POPULATED_KEY_PREFIX}` },
-      { ...randomKeys, name: "pod-get-random-again", method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
-    ] as Workload[]) {
+    for (const w of mixedLoadWorkloads(o.keys, VALUE_BYTES, "pod-")) {
       const run = await runLoad(w, mixBase);
       mixRuns.push(run);
       leaderWatch.sample();

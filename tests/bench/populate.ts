@@ -6,6 +6,7 @@
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import type { Workload } from "./load.ts";
 
 /** Pre-populated keys are this prefix and the key's number, zero-padded to {@link POPULATED_KEY_DIGITS} digits. */
 export const POPULATED_KEY_PREFIX = "pre-";
@@ -27,4 +28,17 @@ export function populate(dir: string, n: number, valueBytes: number): number {
     writeFileSync(join(dir, key), value);
   }
   return performance.now() - t0;
+}
+
+/**
+ * The mixed load over `keys` pre-populated keys: random GETs, random PUTs of `valueBytes`, random GETs again,
+ * each workload named `prefix` + its part (`get-random`, `put-random`, `get-random-again`).
+ */
+export function mixedLoadWorkloads(keys: number, valueBytes: number, prefix = ""): Workload[] {
+  const base = { keys, valueBytes, keyDigits: POPULATED_KEY_DIGITS, random: true };
+  return [
+    { ...base, name: `${prefix}get-random`, method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
+    { ...base, name: `${prefix}put-random`, method: "PUT", path: `/set/${POPULATED_KEY_PREFIX}` },
+    { ...base, name: `${prefix}get-random-again`, method: "GET", path: `/get/${POPULATED_KEY_PREFIX}` },
+  ];
 }
