@@ -11,10 +11,10 @@ import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { createMehdbServer } from "./server.ts";
-import { Store } from "./store.ts";
-import { Poller } from "./poller.ts";
-import { TokenFileError, Tokens } from "./tokens.ts";
+import { createMehdbServer } from "./api/server.ts";
+import { Store } from "./store/store.ts";
+import { Poller } from "./sync/poller.ts";
+import { TokenFileError, Tokens } from "./api/tokens.ts";
 
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;

@@ -10,6 +10,24 @@ import { isValidKey, KEY_RULE } from "./keys.ts";
 
 /** Sent by a follower on every request to its leader: its host name. */
 export const FOLLOWER_HEADER = "Mehdb-Follower";
+/**
+ * Is `name` a host name as RFC 1123 has it: dot-separated labels of 1–63 letters, digits and `-`, not starting or
+ * ending with `-`, 253 characters at most.
+ */
+export function isHostName(name: string): boolean {
+  return (
+    name.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name)
+  );
+}
+
+/**
+ * The headers a follower called `host` sends to its leader: `Mehdb-Follower`, or none when `host` is not a valid host
+ * name.
+ */
+export function followerHeaders(host: string | undefined): Record<string, string> {
+  return host !== undefined && isHostName(host) ? { [FOLLOWER_HEADER]: host } : {};
+}
+
 /** Answered by every successful `PUT` and `DELETE`: the cursor at which the change is visible. */
 export const CURSOR_HEADER = "Mehdb-Cursor";
 

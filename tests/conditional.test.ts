@@ -6,13 +6,13 @@
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { after, before, describe, test } from "node:test";
-import { PreconditionFailedError, Store } from "../src/store.ts";
+import { PreconditionFailedError, Store } from "../src/store/store.ts";
 import { checkedValue, verifyValue } from "./helpers/data.ts";
 import { assertOneLine, del, header, http, put, readAnswer, readFeed, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
 import { waitFor } from "./helpers/wait.ts";
-import { evaluatePreconditions, readPreconditions } from "../src/preconditions.ts";
+import { evaluatePreconditions, readPreconditions } from "../src/api/preconditions.ts";
 
 let leader: Mehdb;
 let follower: Mehdb;

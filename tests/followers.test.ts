@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { Followers, followerHeaders, isHostName } from "../src/followers.ts";
+import { Followers } from "../src/api/followers.ts";
+import { followerHeaders, isHostName } from "../src/protocol.ts";
 import { assertStatus, del, http, put } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";

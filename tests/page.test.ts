@@ -12,7 +12,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { inflateSync } from "node:zlib";
-import { renderPage, type PageState } from "../src/page.ts";
+import { renderPage, type PageState } from "../src/api/page.ts";
 import { missingTool } from "./helpers/commands.ts";
 import { assertStatus, http, put } from "./helpers/http.ts";
 import { freePort, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";

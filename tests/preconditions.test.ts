@@ -1,7 +1,7 @@
 /** If-Match / If-None-Match (RFC 9110): the pure parser and judge of src/preconditions.ts. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { evaluatePreconditions, parseTagList, readPreconditions, type Preconditions } from "../src/preconditions.ts";
+import { evaluatePreconditions, parseTagList, readPreconditions, type Preconditions } from "../src/api/preconditions.ts";
 
 const tags = (value: string) => {
   const parsed = parseTagList(value);

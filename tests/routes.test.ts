@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
 import type { PollerState } from "../src/protocol.ts";
-import { createMehdbServer } from "../src/server.ts";
-import { Store } from "../src/store.ts";
+import { createMehdbServer } from "../src/api/server.ts";
+import { Store } from "../src/store/store.ts";
 import { http, put } from "./helpers/http.ts";
 import { listen, stopAll, tempDir } from "./helpers/mehdb.ts";
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { Store, ValueTooLargeError, type PutItem } from "../src/store.ts";
+import { Store, ValueTooLargeError, type PutItem } from "../src/store/store.ts";
 import { stopAll, tempDir } from "./helpers/mehdb.ts";
 import { sleep } from "./helpers/wait.ts";
 

@@ -17,8 +17,8 @@ import {
   Secret,
   tokenProblem,
   type Secrets,
-} from "../src/tokens.ts";
-import { accessOf } from "../src/server.ts";
+} from "../src/api/tokens.ts";
+import { accessOf } from "../src/api/server.ts";
 import { missingTool, run } from "./helpers/commands.ts";
 import { assertOneLine, http, type Answer, type HttpOptions } from "./helpers/http.ts";
 import { runMehdb, startMehdb, stopAll, tempDir, type Mehdb, type StartOptions } from "./helpers/mehdb.ts";

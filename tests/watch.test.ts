@@ -10,11 +10,11 @@ import {
   isValidPrefix,
   nothingChanged,
   parseWait,
-  SyncWaits,
   Watches,
   withPrefix,
-} from "../src/watch.ts";
+} from "../src/api/watch.ts";
 import { cursorReached, parseCursor } from "../src/protocol.ts";
+import { SyncWaits } from "../src/sync/waits.ts";
 import { missingTool, must } from "./helpers/commands.ts";
 import { del, header, http, metric, put, readFeed, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";

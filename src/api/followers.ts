@@ -10,7 +10,7 @@
  * kept, at most 100 of them, each forgotten after 10 minutes unseen. Anything
  * else is ignored and never shown.
  */
-import { FOLLOWER_HEADER } from "./protocol.ts";
+import { isHostName } from "../protocol.ts";
 
 /** One follower as the leader sees it. */
 export interface FollowerStatus {
@@ -32,24 +32,6 @@ export interface FollowersOptions {
   forgetAfterMs?: number;
   /** The clock, in ms (monotonic). Default `performance.now`. */
   now?: () => number;
-}
-
-/**
- * Is `name` a host name as RFC 1123 has it: dot-separated labels of 1–63 letters, digits and `-`, not starting or
- * ending with `-`, 253 characters at most.
- */
-export function isHostName(name: string): boolean {
-  return (
-    name.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(name)
-  );
-}
-
-/**
- * The headers a follower called `host` sends to its leader: `Mehdb-Follower`, or none when `host` is not a valid host
- * name.
- */
-export function followerHeaders(host: string | undefined): Record<string, string> {
-  return host !== undefined && isHostName(host) ? { [FOLLOWER_HEADER]: host } : {};
 }
 
 /** Longest cursor remembered (a real one is about 20 characters). */

@@ -25,16 +25,15 @@
  * answered wrongly, or this follower failed locally.
  */
 import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
-import { forEachLimited } from "./concurrency.ts";
-import { followerHeaders } from "./followers.ts";
-import { DEFAULTS } from "./config.ts";
-import { isValidKey } from "./keys.ts";
-import type { Logger } from "./log.ts";
-import { sample } from "./metrics.ts";
-import { checkChanges, cursorReached, parseValues, ProtocolError, type Changes, type PollerState } from "./protocol.ts";
-import { ValueTooLargeError, type PutItem, type Store } from "./store.ts";
-import { authorizationHeader, leaderRefusal } from "./tokens.ts";
-import { SyncWaits } from "./watch.ts";
+import { forEachLimited } from "../store/concurrency.ts";
+import { DEFAULTS } from "../config.ts";
+import { isValidKey } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import { sample } from "../metrics.ts";
+import { checkChanges, followerHeaders, cursorReached, parseValues, ProtocolError, type Changes, type PollerState } from "../protocol.ts";
+import { ValueTooLargeError, type PutItem, type Store } from "../store/store.ts";
+import { authorizationHeader, leaderRefusal } from "./client.ts";
+import { SyncWaits } from "./waits.ts";
 
 /** Options of {@link Poller}. */
 export interface PollerOptions {

@@ -21,7 +21,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs
 import { open } from "node:fs/promises";
 import type { IncomingHttpHeaders } from "node:http";
 import { timingSafeEqual } from "node:crypto";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 /** What a route needs: the write token, the read (or write) token, or nothing. */
 export type Access = "write" | "read" | "open";
@@ -161,20 +161,6 @@ function isAuthorizationName(name: string): boolean {
   const lower = "authorization";
   for (let i = 0; i < 13; i++) if ((name.charCodeAt(i) | 0x20) !== lower.charCodeAt(i)) return false;
   return true;
-}
-
-/** The headers of a follower's request to its leader: `Authorization` when it has a token, else none. */
-export function authorizationHeader(authorization: string | undefined): Record<string, string> | undefined {
-  return authorization === undefined ? undefined : { Authorization: authorization };
-}
-
-/**
- * A follower's one-line reason when its leader answers `401` (shown by its readiness line); `sent`: it sent a token.
- */
-export function leaderRefusal(sent: boolean): string {
-  return sent
-    ? "the leader refused this follower's token (401): MEHDB_READ_TOKEN_FILE must hold the leader's read token"
-    : "the leader wants a token (401): give this follower MEHDB_READ_TOKEN_FILE with the leader's read token";
 }
 
 /** A token file that cannot be used at start; the message is one line naming the variable and the path. */

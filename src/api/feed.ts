@@ -3,7 +3,7 @@
  * array of names; `?since=CURSOR`, the change feed) and `GET /values?keys=a,b,c`
  * (several values in one answer, for a follower's catch-up).
  */
-import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "../http.ts";
+import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "./http.ts";
 import { isValidKey, KEY_RULE } from "../keys.ts";
 import { MAX_VALUES_KEYS, valueLine, VALUES_TYPE } from "../protocol.ts";
 

@@ -12,9 +12,9 @@
  */
 import type { IncomingHttpHeaders, ServerResponse } from "node:http";
 import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
-import { sample } from "./metrics.ts";
+import { sample } from "../metrics.ts";
 import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
-import { KEY_RULE } from "./keys.ts";
+import { KEY_RULE } from "../keys.ts";
 import {
   CURSOR_HEADER,
   CURSOR_RULE,
@@ -23,8 +23,8 @@ import {
   type Changes,
   type ListingPage,
   type PollerState,
-} from "./protocol.ts";
-import type { Entry, Precondition, Store } from "./store.ts";
+} from "../protocol.ts";
+import type { Entry, Precondition, Store } from "../store/store.ts";
 import {
   changesWithPrefix,
   isValidPrefix,

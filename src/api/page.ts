@@ -7,8 +7,10 @@
  * assets), refreshes itself with `<meta http-equiv="refresh">`, follows the
  * reader's light or dark colour scheme, and escapes every value it shows.
  */
-import type { Role } from "./config.ts";
+import type { Role } from "../config.ts";
 import type { FollowerStatus } from "./followers.ts";
+import { notReadyReason } from "./health.ts";
+import { OK, send, type Exchange } from "./http.ts";
 
 /** What the page shows: a snapshot of one node. */
 export interface PageState {
@@ -221,3 +223,21 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 footer { color: var(--muted); font-size: 13px; text-align: center; margin-top: 8px; }
 a { color: var(--accent); }
 `;
+
+/** `GET|HEAD /`: a small self-contained HTML page of this node and, on a leader, its followers. */
+export async function statusPage(x: Exchange): Promise<void> {
+  const { host, role, store, leaderUrl, poller, followers } = x.ctx;
+  const page = renderPage({
+    host,
+    role,
+    keys: store.count,
+    bytes: store.bytes,
+    notReady: await notReadyReason(x.ctx),
+    leaderUrl,
+    now: new Date(),
+    secondsSinceSync: poller?.secondsSinceSync() ?? null,
+    lastError: poller?.lastError ?? null,
+    followers: followers?.list() ?? null,
+  });
+  send(x, OK, page, "text/html; charset=utf-8");
+}

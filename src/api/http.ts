@@ -7,13 +7,13 @@
  */
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import type { Role } from "./config.ts";
+import type { Role } from "../config.ts";
 import type { Consistency } from "./consistency.ts";
 import type { Followers } from "./followers.ts";
-import type { Logger } from "./log.ts";
-import type { Metrics } from "./metrics.ts";
-import type { PollerState } from "./protocol.ts";
-import type { Store } from "./store.ts";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import type { PollerState } from "../protocol.ts";
+import type { Store } from "../store/store.ts";
 import type { Tokens } from "./tokens.ts";
 
 export const OK = 200;

@@ -15,15 +15,16 @@
  * `?wait=` answers are judged in `consistency.ts`.
  *
  * A request goes: `onRequest` → `dispatch` finds its route and checks the
- * method (and, on a follower, redirects writes) → the route's handler in
- * `routes/`. Every error answer is one line of text; the answers `node:http`
+ * method (and, on a follower, redirects writes) → the route's handler, in a
+ * file beside this one (`key.ts`, `feed.ts`, `health.ts`, `page.ts`). Every
+ * error answer is one line of text; the answers `node:http`
  * would send by itself (malformed request, unmet `Expect`, headers too large,
  * timeouts) are given the same one-line bodies here.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { DEFAULTS, type Role } from "./config.ts";
+import { DEFAULTS, type Role } from "../config.ts";
 import { Consistency } from "./consistency.ts";
 import {
   BAD_REQUEST,
@@ -44,14 +45,14 @@ import {
   type Exchange,
 } from "./http.ts";
 import { Followers } from "./followers.ts";
-import type { Logger } from "./log.ts";
-import type { PollerState } from "./protocol.ts";
-import { Metrics } from "./metrics.ts";
-import { listKeys, sendValues } from "./routes/feed.ts";
-import { metrics, status } from "./routes/health.ts";
-import { statusPage } from "./routes/page.ts";
-import { deleteValue, getValue, putValue, requestedKey } from "./routes/key.ts";
-import type { Store } from "./store.ts";
+import type { Logger } from "../log.ts";
+import type { PollerState } from "../protocol.ts";
+import { Metrics } from "../metrics.ts";
+import { listKeys, sendValues } from "./feed.ts";
+import { metrics, status } from "./health.ts";
+import { statusPage } from "./page.ts";
+import { deleteValue, getValue, putValue, requestedKey } from "./key.ts";
+import type { Store } from "../store/store.ts";
 import { CHALLENGE, type Access, type Tokens } from "./tokens.ts";
 
 /** Options of {@link createMehdbServer}. */

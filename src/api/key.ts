@@ -20,9 +20,9 @@ import {
   refuse,
   send,
   type Exchange,
-} from "../http.ts";
+} from "./http.ts";
 import { KEY_RULE, keyFromPath } from "../keys.ts";
-import { PreconditionFailedError, ValueTooLargeError, type Entry, type Store } from "../store.ts";
+import { PreconditionFailedError, ValueTooLargeError, type Entry, type Store } from "../store/store.ts";
 
 /** The key named by the rest of the path; `null` after answering `400` when it breaks the key rules. */
 export function requestedKey(x: Exchange): string | null {

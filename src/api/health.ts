@@ -3,7 +3,7 @@
  * `GET /status?level=full` (readiness: the key count, or `503` and why) and
  * `GET /metrics` (Prometheus text).
  */
-import { OK, send, SERVICE_UNAVAILABLE, type Context, type Exchange } from "../http.ts";
+import { OK, send, SERVICE_UNAVAILABLE, type Context, type Exchange } from "./http.ts";
 import { sample } from "../metrics.ts";
 
 /** `GET /status`: `leader` or `follower`; with `?level=full`, readiness. */

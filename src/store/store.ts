@@ -28,10 +28,10 @@ import { constants, createReadStream, lstatSync, readdirSync, type ReadStream, t
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
-import { DEFAULTS } from "./config.ts";
-import { isValidKey } from "./keys.ts";
+import { DEFAULTS } from "../config.ts";
+import { isValidKey } from "../keys.ts";
 import { partitionPoint } from "./sorted.ts";
-import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "./protocol.ts";
+import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
 export interface Entry {
