@@ -16,6 +16,7 @@ import { missingFigures, type Results } from "./bench/report.ts";
 import { startTs, stopAll } from "./bench/procs.ts";
 import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
+import type { ScaleResults } from "./bench/scale.ts";
 
 test("npm run bench --quick --read-token on tiny settings produces every figure, the read token's too", {
   timeout: 180_000,
@@ -55,6 +56,46 @@ test("npm run bench --quick --read-token on tiny settings produces every figure,
     assert.match(output, /results: /);
     // The bench removed its temporary data dirs.
     assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith("mehdb-bench-")), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("npm run bench --scale on tiny sizes prints a row per size with every figure", { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mehdb-bench-scale-test-"));
+  const out = join(dir, "scale.json");
+  try {
+    const args = [
+      "--import", "tsx", "tests/bench/bench.ts", "--scale=200,500", "--no-pod", "--reps", "2", "--mix", "1",
+      "--connections", "4", "--out", out, "--dir", dir,
+    ];
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (c: Buffer) => (output += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (output += c.toString()));
+    const killer = setTimeout(() => child.kill("SIGTERM"), 170_000);
+    const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+    clearTimeout(killer);
+    assert.equal(code, 0, `bench --scale exited ${code}:\n${output}`);
+    const results = JSON.parse(readFileSync(out, "utf8")) as ScaleResults;
+    assert.ok((results.emptyLeaderRssMb ?? 0) > 0, "no empty leader RSS");
+    assert.deepEqual(results.rows.map((r) => r.keys), [200, 500]);
+    for (const row of results.rows) {
+      assert.deepEqual(row.errors, [], `${row.keys} keys: errors`);
+      assert.equal(row.keysListed, row.keys, `${row.keys} keys: GET /keys listed ${row.keysListed}`);
+      assert.equal(row.readyRuns.length, 2);
+      for (const [name, v] of Object.entries({
+        live: row.liveMs, ready: row.readyMs, idle: row.rssIdleMb, after: row.rssAfterLoadMb, list: row.keysListMs,
+      })) {
+        assert.ok(typeof v === "number" && Number.isFinite(v) && v >= 0, `${row.keys} keys: ${name} is ${v}`);
+      }
+      assert.ok((row.liveMs ?? Infinity) <= (row.readyMs ?? -1), `${row.keys} keys: live after ready`);
+      assert.equal(typeof row.bytesPerKey, "number");
+      assert.equal(row.mixedLoad?.failures, 0, `${row.keys} keys: failed requests in the mixed load`);
+      assert.equal(row.pod, null);
+    }
+    assert.match(output, /\| 500 \| \d+ ms \| \d+ ms \| \d+ MB \| \d+ MB \| -?\d+ \| \d+ ms \| not run \|/);
+    assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith("mehdb-bench-")), [], "data dirs left behind");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

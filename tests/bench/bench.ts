@@ -26,7 +26,8 @@ import {
 import { startCountingProxy } from "./proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
-import { formatPod, runPod, type PodResults } from "./pod.ts";
+import { emptyPodResults, formatPod, runPod } from "./pod.ts";
+import { scaleMain } from "./scale.ts";
 import { checkTargets, formatTable, missingFigures, type Results, type Throughput, type Workload } from "./report.ts";
 import { median, ratio } from "./stats.ts";
 
@@ -385,6 +386,7 @@ async function main(): Promise<number> {
     return 2;
   }
   if (o.pod) return podMain(o);
+  if (o.scale) return scaleMain(o, log);
   const root = mkdtempSync(join(o.dir, "mehdb-bench-"));
   let cleaned = false;
   const cleanup = (): void => {
@@ -505,24 +507,14 @@ async function main(): Promise<number> {
  * figure is missing.
  */
 async function podMain(o: Options): Promise<number> {
-  const r: PodResults = {
-    meta: {
-      date: new Date().toISOString(),
-      mode: "pod",
-      node: process.version,
-      cpus: cpus().length,
-      memoryGb: Math.round(totalmem() / 2 ** 30),
-      command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
-    },
-    resources: null,
-    keys: o.keys,
-    leaderReadySeconds: null,
-    mixedLoad: null,
-    catchupSeconds: null,
-    leader: null,
-    follower: null,
-    errors: [],
-  };
+  const r = emptyPodResults(o.keys, {
+    date: new Date().toISOString(),
+    mode: "pod",
+    node: process.version,
+    cpus: cpus().length,
+    memoryGb: Math.round(totalmem() / 2 ** 30),
+    command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+  });
   try {
     await runPod(o, log, r);
   } catch (e) {

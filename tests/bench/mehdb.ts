@@ -20,15 +20,16 @@ export interface Node {
 
 /**
  * The Node options (`--name=value` words before the entry, other than tsx's `--import`) that
- * `npm start` passes, or, with MEHDB_BENCH_NODE set, those of the Containerfile's CMD.
+ * `npm start` passes, or, with MEHDB_BENCH_NODE set, those of the Containerfile's CMD; of the
+ * checkout in `root` (default this one).
  */
-export function serverNodeFlags(): string[] {
+export function serverNodeFlags(root = ROOT): string[] {
   if (process.env.MEHDB_BENCH_NODE) {
-    const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, "Containerfile"), "utf8"));
+    const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync(join(root, "Containerfile"), "utf8"));
     const words = cmd?.[1] ? (JSON.parse(cmd[1]) as string[]) : [];
     return words.filter((w) => /^--[a-z-]+=\S+$/.test(w));
   }
-  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: { start: string } };
   return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
 }
 

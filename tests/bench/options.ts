@@ -42,7 +42,16 @@ export interface Options {
   pod: boolean;
   /** Also measure GET on a leader with a read token (the load sending `Authorization`), in the same repetitions. */
   readToken: boolean;
+  /** `--scale`: the key counts to measure start-up, memory and `/keys` at instead (see scale.ts); null otherwise. */
+  scale: number[] | null;
+  /** `--scale` without the pod column (`--no-pod`). */
+  scalePod: boolean;
+  /** The mehdb checkout whose servers (and image) `--scale` measures; default this one. */
+  root: string | null;
 }
+
+/** The key counts of `--scale` without a list. */
+export const SCALE_KEYS = [10_000, 100_000, 1_000_000];
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --quick             about a minute: 2 000 keys, 2 s load runs, 1 repetition, 250 ms sync interval
@@ -50,11 +59,17 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --pod               instead: build the image and run it in podman with the memory limit of
                       k8s/statefulset.yaml, a leader with --keys keys (default 100 000) under load and
                       a follower catching up, and check that neither is OOM-killed (see pod.ts)
+  --scale[=N,N,...]   instead: for 10 000, 100 000 and 1 000 000 keys (or the counts given), a leader's
+                      start → live and → ready, resident memory idle and after a mixed load, bytes per
+                      key, GET /keys time, then the image in podman at that size (see scale.ts); minutes
+  --no-pod            with --scale: no podman column
+  --root DIR          with --scale: measure the mehdb checkout in DIR (its src/, npm start's flags,
+                      Containerfile and k8s/) with this bench
   --duration SEC      seconds per load run (wrk: whole seconds)
   --warmup SEC        untimed warm-up run per workload and server (0: none)
   --keys N            keys stored for start-up, memory, lag and the large catch-up
   --small-keys N      keys of the small catch-up (default min(10 000, keys / 10))
-  --reps N            repetitions of each timing (medians reported)
+  --reps N            repetitions of each timing (medians reported; --scale: 3 starts per size)
   --connections N     load connections (default 32)
   --threads N         wrk threads (default 2)
   --load wrk|node     load generator (default wrk when installed; node forces the Node one)
@@ -85,7 +100,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
     if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||
-      name === "read-token") {
+      name === "read-token" || name === "no-pod" || (name === "scale" && inline === undefined)) {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -112,7 +127,11 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
   const pin = canPin && !flags.has("no-pin");
   const pod = flags.has("pod");
   const readToken = flags.has("read-token");
-  flags.delete("read-token");
+  const scaleFlag = flags.get("scale");
+  const scale = scaleFlag === undefined ? null : scaleFlag === true ? SCALE_KEYS : scaleFlag.split(",").map(Number);
+  if (scale?.some((n) => !Number.isInteger(n) || n < 1)) throw new Error("--scale takes key counts: --scale=10000,100000");
+  const scalePod = !flags.has("no-pod");
+  for (const name of ["read-token", "scale", "no-pod"]) flags.delete(name);
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -126,7 +145,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     warmup: num("warmup", quick ? 1 : 2, 0),
     keys,
     smallKeys: Math.round(num("small-keys", Math.min(10_000, Math.ceil(keys / 10)), 1)),
-    reps: Math.round(num("reps", quick ? 1 : 5, 1)),
+    reps: Math.round(num("reps", quick ? 1 : scale ? 3 : 5, 1)),
     connections: Math.round(num("connections", 32, 1)),
     threads: Math.round(num("threads", 2, 1)),
     load,
@@ -142,6 +161,9 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     mixSeconds: num("mix", quick ? 2 : 6, 0.5),
     pod,
     readToken,
+    scale,
+    scalePod,
+    root: flags.has("root") ? resolve(str("root", "")) : null,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

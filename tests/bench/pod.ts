@@ -54,6 +54,8 @@ export interface PodFigures {
   oomKilledFlag: boolean | null;
   /** Kernel log lines about an OOM kill in this container's cgroup. */
   kernelOomLines: string[];
+  /** The process's own lines about running out of memory (V8's "FATAL ERROR: … heap out of memory"). */
+  outputOomLines: string[];
   /** True when none of the above shows a kill. */
   survived: boolean;
 }
@@ -63,12 +65,22 @@ export interface PodResults {
   meta: Record<string, unknown>;
   resources: ManifestResources | null;
   keys: number;
+  /** Seconds from `podman run` returning to the leader's first `GET /status` 200. */
+  leaderLiveSeconds: number | null;
   leaderReadySeconds: number | null;
   mixedLoad: MixedLoad | null;
   catchupSeconds: number | null;
   leader: PodFigures | null;
   follower: PodFigures | null;
   errors: string[];
+}
+
+/** Results of a pod run with `keys` keys, every figure still missing. */
+export function emptyPodResults(keys: number, meta: Record<string, unknown>): PodResults {
+  return {
+    meta, resources: null, keys, leaderLiveSeconds: null, leaderReadySeconds: null, mixedLoad: null,
+    catchupSeconds: null, leader: null, follower: null, errors: [],
+  };
 }
 
 /**
@@ -194,6 +206,9 @@ class Watch {
       .slice(kernelLogFrom)
       .filter((line) => /oom|out of memory|killed process/i.test(line) &&
         (line.includes(id) || /Killed process \d+ \(node\)/.test(line)));
+    const logs = await podman(["logs", this.name], { timeoutMs: 60_000 });
+    const outputOomLines = `${logs.stdout}\n${logs.stderr}`.split("\n")
+      .filter((line) => /out of memory|FATAL ERROR|Allocation failed/i.test(line));
     const figures: PodFigures = {
       name: this.name,
       cgroupPeakMb: this.#cgroup ? round(this.cgroupPeak / MiB, 1) : null,
@@ -205,10 +220,11 @@ class Watch {
       exitCode: exitCode === undefined || running === "true" ? null : Number(exitCode),
       oomKilledFlag: oomKilled === undefined ? null : oomKilled === "true",
       kernelOomLines,
+      outputOomLines,
       survived: false,
     };
     figures.survived = figures.running && (figures.oomKills ?? 0) === 0 && !figures.oomKilledFlag &&
-      kernelOomLines.length === 0;
+      kernelOomLines.length === 0 && outputOomLines.length === 0;
     return figures;
   }
 }
@@ -222,9 +238,33 @@ function kernelLog(): string[] {
   }
 }
 
-/** Polls `GET /status?level=full` on 127.0.0.1:port until it answers 200 with at least `keys` keys; seconds taken. */
-async function waitKeys(port: number, keys: number, timeoutMs: number, name: string): Promise<number> {
-  const started = performance.now();
+/** Polls `GET /status` on 127.0.0.1:port until it answers 200; seconds since `from` (default now). */
+async function waitLive(port: number, timeoutMs: number, name: string, from = performance.now()): Promise<number> {
+  let last = "no answer";
+  while (performance.now() - from < timeoutMs) {
+    try {
+      const r = await req(port, "GET", "/status", undefined, 2000);
+      if (r.status === 200) return (performance.now() - from) / 1000;
+      last = `${r.status} ${r.body.toString().trim().slice(0, 120)}`;
+    } catch (e) {
+      last = (e as Error).message;
+    }
+    const state = await podman(["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name]);
+    if (!state.stdout.startsWith("true")) {
+      throw new Error(`${name} stopped (running, exit code: ${state.stdout.trim()}); last answer: ${last}`);
+    }
+    await sleep(20);
+  }
+  throw new Error(`${name}: no GET /status 200 after ${timeoutMs} ms (last: ${last})`);
+}
+
+/**
+ * Polls `GET /status?level=full` on 127.0.0.1:port until it answers 200 with at least `keys` keys; seconds since
+ * `from` (default now).
+ */
+async function waitKeys(
+  port: number, keys: number, timeoutMs: number, name: string, started = performance.now(),
+): Promise<number> {
   let last = "no answer";
   while (performance.now() - started < timeoutMs) {
     try {
@@ -244,11 +284,46 @@ async function waitKeys(port: number, keys: number, timeoutMs: number, name: str
   throw new Error(`${name}: not ready with ${keys} keys after ${timeoutMs} ms (last: ${last})`);
 }
 
-/** Runs the pod mode into `r`; everything it starts is removed before it returns. */
-export async function runPod(o: Options, log: (msg: string) => void, r: PodResults): Promise<void> {
+/** The leader's part of a pod run, into `r`: live, ready with every key, then the mixed load. */
+async function leaderUnderLoad(
+  o: Options, log: (msg: string) => void, r: PodResults, watch: Watch, port: number, scripts: string,
+): Promise<void> {
+  const runAt = performance.now();
+  r.leaderLiveSeconds = round(await waitLive(port, 120_000, watch.name, runAt), 2);
+  r.leaderReadySeconds = round(await waitKeys(port, o.keys, 120_000, watch.name, runAt), 2);
+  log(`  live in ${r.leaderLiveSeconds} s, ready with ${o.keys} keys in ${r.leaderReadySeconds} s`);
+  const mixBase: LoadOptions = {
+    tool: o.load, port, connections: o.connections, threads: o.threads, seconds: o.mixSeconds,
+    tmpDir: scripts, cpus: null,
+  };
+  const mixRuns: LoadResult[] = [];
+  for (const w of mixedLoadWorkloads(o.keys, VALUE_BYTES, "pod-")) {
+    const run = await runLoad(w, mixBase);
+    mixRuns.push(run);
+    watch.sample();
+    log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; ` +
+      `cgroup peak ${(watch.cgroupPeak / MiB).toFixed(0)} MB, anonymous ${(watch.anonPeak / MiB).toFixed(0)} MB`);
+  }
+  const [getRun, putRun, getAgainRun] = mixRuns;
+  r.mixedLoad = {
+    seconds: o.mixSeconds,
+    getRps: getRun?.rps ?? null,
+    putRps: putRun?.rps ?? null,
+    getAgainRps: getAgainRun?.rps ?? null,
+    failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
+  };
+}
+
+/**
+ * Runs the pod mode into `r`; everything it starts is removed before it returns. `follower` false (default true)
+ * stops after the leader's mixed load; `root` (default this checkout) is the mehdb checkout whose image is built.
+ */
+export async function runPod(
+  o: Options, log: (msg: string) => void, r: PodResults, follower = true, root = ROOT,
+): Promise<void> {
   const missing = podmanMissing();
   if (missing) throw new Error(`--pod needs podman: ${missing}`);
-  const resources = manifestResources();
+  const resources = manifestResources(root);
   r.resources = resources;
   const tag = `${process.pid}-${Date.now().toString(36)}`;
   const image = `localhost/mehdb-bench:${tag}`;
@@ -276,7 +351,7 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
     const build = [
       "build", "--pull=never", "--build-arg", `NODE_IMAGE=${base}`, "-t", image, "-f", "Containerfile", ".",
     ];
-    await mustPodman(build, { cwd: ROOT, timeoutMs: 600_000 });
+    await mustPodman(build, { cwd: root, timeoutMs: 600_000 });
     imageBuilt = true;
     for (const volume of volumes) await mustPodman(["volume", "create", volume]);
     const memory = `${Math.floor(resources.memoryLimitBytes / MiB)}m`;
@@ -302,29 +377,18 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
       "-v", `${volumes[0]}:/data`, "-p", `127.0.0.1:${leaderPort}:9876`, image]);
     const leaderWatch = new Watch(names.leader);
     await leaderWatch.start();
-    r.leaderReadySeconds = round(await waitKeys(leaderPort, o.keys, 120_000, names.leader), 2);
-    log(`  ready with ${o.keys} keys in ${r.leaderReadySeconds} s`);
-    const mixBase: LoadOptions = {
-      tool: o.load, port: leaderPort, connections: o.connections, threads: o.threads, seconds: o.mixSeconds,
-      tmpDir: scripts, cpus: null,
-    };
-    const mixRuns: LoadResult[] = [];
-    for (const w of mixedLoadWorkloads(o.keys, VALUE_BYTES, "pod-")) {
-      const run = await runLoad(w, mixBase);
-      mixRuns.push(run);
-      leaderWatch.sample();
-      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; ` +
-        `cgroup peak ${(leaderWatch.cgroupPeak / MiB).toFixed(0)} MB, ` +
-        `anonymous ${(leaderWatch.anonPeak / MiB).toFixed(0)} MB`);
+    const leaderId = (await mustPodman(["inspect", "-f", "{{.Id}}", names.leader])).stdout.trim();
+    try {
+      await leaderUnderLoad(o, log, r, leaderWatch, leaderPort, scripts);
+    } catch (e) {
+      r.leader = await leaderWatch.figures(kernelLogFrom, leaderId);
+      throw e;
     }
-    const [getRun, putRun, getAgainRun] = mixRuns;
-    r.mixedLoad = {
-      seconds: o.mixSeconds,
-      getRps: getRun?.rps ?? null,
-      putRps: putRun?.rps ?? null,
-      getAgainRps: getAgainRun?.rps ?? null,
-      failures: mixRuns.reduce((sum, m) => sum + m.errors + m.badStatus, 0),
-    };
+    if (!follower) {
+      await sleep(1000);
+      r.leader = await leaderWatch.figures(kernelLogFrom, leaderId);
+      return;
+    }
 
     const ip = (await mustPodman(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", names.leader])).stdout.trim();
     const followerPort = await freePort();
@@ -337,7 +401,6 @@ export async function runPod(o: Options, log: (msg: string) => void, r: PodResul
     r.catchupSeconds = round(await waitKeys(followerPort, o.keys, Math.max(300_000, o.keys * 5), names.follower), 2);
     log(`  caught up in ${r.catchupSeconds} s`);
     await sleep(1000);
-    const leaderId = (await mustPodman(["inspect", "-f", "{{.Id}}", names.leader])).stdout.trim();
     const followerId = (await mustPodman(["inspect", "-f", "{{.Id}}", names.follower])).stdout.trim();
     r.leader = await leaderWatch.figures(kernelLogFrom, leaderId);
     r.follower = await followerWatch.figures(kernelLogFrom, followerId);
@@ -362,7 +425,8 @@ export function formatPod(r: PodResults): string {
     `(request ${res?.memoryRequest ?? "—"}), ` +
     `cpu ${res?.cpuLimit ?? "—"} → podman ${String(r.meta.limits ?? "—")}`);
   const mix = r.mixedLoad;
-  out.push(`leader: ${n(r.keys)} keys on its volume, ready in ${n(r.leaderReadySeconds, 2)} s; ` +
+  out.push(`leader: ${n(r.keys)} keys on its volume, live in ${n(r.leaderLiveSeconds, 2)} s, ` +
+    `ready in ${n(r.leaderReadySeconds, 2)} s; ` +
     `mixed load ${mix?.seconds ?? "—"} s each: ` +
     `random GETs ${n(mix?.getRps)}/s, random PUTs ${n(mix?.putRps)}/s, random GETs ${n(mix?.getAgainRps)}/s` +
     `${mix?.failures ? ` (${mix.failures} failed)` : ""}`);
@@ -378,6 +442,7 @@ export function formatPod(r: PodResults): string {
       `${String(f.oomKilledFlag).padStart(11)}` +
       `${`${f.kernelOomLines.length} lines`.padStart(12)}  ${f.survived ? "not killed" : "KILLED"}`);
     for (const line of f.kernelOomLines.slice(0, 5)) out.push(`  kernel: ${line}`);
+    for (const line of f.outputOomLines.slice(0, 5)) out.push(`  output: ${line}`);
   }
   out.push("(cgroup peak counts the page cache of the files read and written, which the kernel reclaims before it " +
     "kills; anon peak does not)");
