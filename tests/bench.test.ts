@@ -94,7 +94,7 @@ test("npm run bench --scale on tiny sizes prints a row per size with every figur
       assert.equal(row.mixedLoad?.failures, 0, `${row.keys} keys: failed requests in the mixed load`);
       assert.equal(row.pod, null);
     }
-    assert.match(output, /\| 500 \| \d+ ms \| \d+ ms \| \d+ MB \| \d+ MB \| -?\d+ \| \d+ ms \| not run \|/);
+    assert.match(output, /\| 500 \| \d+ ms \| \d+ ms \| \d+ MB \| \d+ MB \| -?\d+ \(-?\d+\) \| \d+ ms \| not run \|/);
     assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith("mehdb-bench-")), [], "data dirs left behind");
   } finally {
     rmSync(dir, { recursive: true, force: true });

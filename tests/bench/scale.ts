@@ -42,6 +42,8 @@ export interface ScaleRow {
   rssAfterLoadMb: number | null;
   /** (RSS after the load − RSS of an empty leader) / keys. */
   bytesPerKey: number | null;
+  /** (RSS idle − RSS of an empty leader) / keys: what the index itself takes. */
+  bytesPerKeyIdle: number | null;
   keysListMs: number | null;
   keysListed: number | null;
   mixedLoad: MixedLoad | null;
@@ -161,15 +163,16 @@ async function measureLocal(o: Options, root: string, dir: string, row: ScaleRow
   row.liveMs = median(row.liveRuns);
   row.readyMs = median(row.readyRuns);
   row.rssIdleMb = round(median(idle), 1);
-  if (row.rssAfterLoadMb !== null && emptyMb !== null) {
-    row.bytesPerKey = Math.round(((row.rssAfterLoadMb - emptyMb) * MiB) / row.keys);
-  }
+  const perKey = (mb: number | null): number | null =>
+    mb === null || emptyMb === null ? null : Math.round(((mb - emptyMb) * MiB) / row.keys);
+  row.bytesPerKey = perKey(row.rssAfterLoadMb);
+  row.bytesPerKeyIdle = perKey(row.rssIdleMb);
 }
 
 function emptyRow(keys: number): ScaleRow {
   return {
     keys, populateSeconds: null, liveMs: null, liveRuns: [], readyMs: null, readyRuns: [], rssIdleMb: null,
-    rssAfterLoadMb: null, bytesPerKey: null, keysListMs: null, keysListed: null, mixedLoad: null, pod: null,
+    rssAfterLoadMb: null, bytesPerKey: null, bytesPerKeyIdle: null, keysListMs: null, keysListed: null, mixedLoad: null, pod: null,
     errors: [],
   };
 }
@@ -227,12 +230,14 @@ function podCell(p: PodResults | null): string {
   if (!p) return "not run";
   const f = p.leader;
   if (!f) return `failed: ${p.errors[0]?.split("\n")[0] ?? "?"}`;
-  const ready = p.leaderReadySeconds === null ? "never ready" : `ready ${p.leaderReadySeconds} s`;
+  const live = p.leaderLiveSeconds === null ? "never live" : `live ${p.leaderLiveSeconds} s`;
+  const ready = `${live}, ${p.leaderReadySeconds === null ? "never ready" : `ready ${p.leaderReadySeconds} s`}`;
   if (f.survived) return `${ready}, served the load; anon peak ${f.anonPeakMb} MB`;
   const why = [
     f.running ? "" : `exit ${f.exitCode}`,
     f.oomKills || f.oomKilledFlag || f.kernelOomLines.length ? "OOM-killed" : "",
-    f.outputOomLines.length ? `"${f.outputOomLines[0]?.trim().slice(0, 60)}"` : "",
+    f.outputOomLines.some((l) => /heap out of memory/i.test(l)) ? "JavaScript heap out of memory"
+      : f.outputOomLines.length ? `"${f.outputOomLines[0]?.trim().slice(0, 60)}"` : "",
   ].filter(Boolean);
   return `${ready}; DIED: ${why.join(", ")}`;
 }
@@ -247,14 +252,16 @@ export function formatScale(r: ScaleResults): string {
     `values 20-100 B written straight into the data dir; live = GET /status 200, ready = /status?level=full 200 ` +
       `(medians of ${String(r.meta.reps)} starts); RSS idle once its CPU is quiet, after load = after random ` +
       `GETs, PUTs, GETs (${String(r.meta.mixSeconds)} s each); B/key = (after load − empty leader ` +
-      `${n(r.emptyLeaderRssMb, 1)} MB) / keys`,
+      `${n(r.emptyLeaderRssMb, 1)} MB) / keys (idle: the same with RSS idle)`,
     "",
-    "| keys | start → live | start → ready | RSS idle | RSS after load | B/key | GET /keys | pod (256Mi, 1 CPU) |",
+    "| keys | start → live | start → ready | RSS idle | RSS after load | B/key (idle) | GET /keys | " +
+      "pod (256Mi, 1 CPU) |",
     "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
   ];
   for (const row of r.rows) {
     out.push(`| ${row.keys.toLocaleString("en")} | ${n(row.liveMs)} ms | ${n(row.readyMs)} ms | ` +
-      `${n(row.rssIdleMb)} MB | ${n(row.rssAfterLoadMb)} MB | ${n(row.bytesPerKey)} | ${n(row.keysListMs)} ms | ` +
+      `${n(row.rssIdleMb)} MB | ${n(row.rssAfterLoadMb)} MB | ${n(row.bytesPerKey)} (${n(row.bytesPerKeyIdle)}) | ` +
+      `${n(row.keysListMs)} ms | ` +
       `${podCell(row.pod)} |`);
   }
   const errors = r.rows.flatMap((row) => [
