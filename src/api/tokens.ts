@@ -1,6 +1,6 @@
 /**
- * Access tokens: the optional write and read tokens of DESIGN.md, "Access
- * (optional tokens) and network policy".
+ * Access tokens: the optional write and read tokens (src/README.md, "Access
+ * tokens").
  *
  * `MEHDB_WRITE_TOKEN_FILE` and `MEHDB_READ_TOKEN_FILE` name files holding the
  * tokens (a Kubernetes Secret mounted as files). {@link Tokens} reads them at
