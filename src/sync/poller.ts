@@ -27,7 +27,7 @@
 import { forEachLimited } from "../store/concurrency.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import { sample } from "../metrics.ts";
+import { metric } from "../metrics.ts";
 import { checkChanges, cursorReached, parseValues, type Changes, type PollerState } from "../protocol.ts";
 import { ValueTooLargeError, type PutItem, type Store } from "../store/store.ts";
 import {
@@ -430,36 +430,36 @@ export class Poller implements PollerState {
     const c = this.#counts;
     const age = this.secondsSinceSync();
     return (
-      sample("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
-      sample("mehdb_sync_requests_total", "counter", "Requests sent to the leader.", this.#leader.requests) +
-      sample("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
-      sample(
+      metric("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
+      metric("mehdb_sync_requests_total", "counter", "Requests sent to the leader.", this.#leader.requests) +
+      metric("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
+      metric(
         "mehdb_sync_keys_deleted_total",
         "counter",
         "Keys removed because the leader no longer has them.",
         c.deleted,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_skipped_total",
         "counter",
         "Listed names skipped because they break the key rules.",
         c.skipped,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_unheld_total",
         "counter",
         "Copies skipped because this follower cannot hold the key.",
         c.unheld,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_unheld",
         "gauge",
         "Keys of the leader this follower cannot hold now.",
         this.#unheld.size,
       ) +
-      sample("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
-      sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
-      sample(
+      metric("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
+      metric("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
+      metric(
         "mehdb_sync_seconds_since_success",
         "gauge",
         "Seconds since the last complete sync (-1 before the first).",
