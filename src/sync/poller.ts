@@ -125,6 +125,7 @@ export class Poller implements PollerState {
     this.#leader.close();
   }
 
+  /** One tick, never two at once: sync, then report; reads waiting with `?after=` go when it ends. */
   #tick(): Promise<void> {
     if (this.#running) return this.#running;
     if (this.#abort.signal.aborted) return Promise.resolve();
@@ -142,6 +143,7 @@ export class Poller implements PollerState {
     return this.#running;
   }
 
+  /** One sync: the changes since the cursor, or a full reconcile when the leader lists everything. */
   async #syncOnce(): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
     const since = encodeURIComponent(this.#cursor ?? "");
@@ -326,6 +328,7 @@ export class Poller implements PollerState {
     this.#options.log("key-not-held", { key, reason, retry: "on the next full reconcile" });
   }
 
+  /** Removes a local key the leader no longer has. */
   async #delete(key: string): Promise<void> {
     this.#unheld.delete(key);
     if (await this.#options.store.delete(key)) this.#counts.deleted++;
@@ -348,6 +351,7 @@ export class Poller implements PollerState {
     return false;
   }
 
+  /** Logs the first sync and the end of an outage, once each. */
   #succeeded(): void {
     const { log, leaderUrl } = this.#options;
     if (!this.#synced) {
