@@ -20,10 +20,10 @@ import { TokenFileError, Tokens } from "./api/tokens.ts";
 const SHUTDOWN_GRACE_MS = 5_000;
 
 /** The checked configuration and the token files, or a one-line error and exit 2. */
-function configure(log: Logger): { config: Config; tokens: Tokens | undefined } {
+async function configure(log: Logger): Promise<{ config: Config; tokens: Tokens | undefined }> {
   try {
     const config = loadConfig(process.env, hostname());
-    const tokens = Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
+    const tokens = await Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
     return { config, tokens };
   } catch (error) {
     if (!(error instanceof ConfigError || error instanceof TokenFileError)) throw error;
@@ -33,7 +33,7 @@ function configure(log: Logger): { config: Config; tokens: Tokens | undefined } 
 }
 
 async function main(log: Logger): Promise<void> {
-  const { config, tokens } = configure(log);
+  const { config, tokens } = await configure(log);
 
   // What is running so far; a stop signal may come at any point of the start-up.
   const parts: { store?: Store; server?: Server; poller?: Poller } = {};
