@@ -11,10 +11,15 @@ import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { Consistency } from "./api/consistency.ts";
+import { Followers } from "./api/followers.ts";
+import type { Context } from "./api/http.ts";
 import { createMehdbServer } from "./api/server.ts";
+import { TokenFileError, Tokens } from "./api/tokens.ts";
+import { Watches } from "./api/watch.ts";
 import { Store } from "./store/store.ts";
 import { Poller } from "./sync/poller.ts";
-import { TokenFileError, Tokens } from "./api/tokens.ts";
 
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;
@@ -36,7 +41,7 @@ async function main(log: Logger): Promise<void> {
   const { config, tokens } = await configure(log);
 
   // What is running so far; a stop signal may come at any point of the start-up.
-  const parts: { store?: Store; server?: Server; poller?: Poller } = {};
+  const parts: { store?: Store; server?: Server; poller?: Poller; watches?: Watches } = {};
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -48,6 +53,7 @@ async function main(log: Logger): Promise<void> {
     }, SHUTDOWN_GRACE_MS);
     force.unref();
     await parts.poller?.stop();
+    parts.watches?.close(); // held watches are answered at once, so that the server's close is prompt
     const server = parts.server;
     if (server?.listening) {
       const closed = new Promise((resolve) => server.close(resolve));
@@ -94,16 +100,22 @@ async function main(log: Logger): Promise<void> {
           authorization: () => tokens?.leaderAuthorization(),
         })
       : undefined;
-  const server = createMehdbServer({
+  const ctx: Context = {
     store,
     role: config.role,
     leaderUrl: config.leaderUrl,
     maxValueBytes: config.maxValueBytes,
     log,
     poller,
-    host: config.host,
+    metrics: new Metrics(),
     access: tokens,
-  });
+    host: config.host,
+    followers: config.role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
+    consistency: new Consistency({ store, leaderUrl: config.leaderUrl, poller }),
+    watches: new Watches(() => store.nextChange()),
+  };
+  parts.watches = ctx.watches;
+  const server = createMehdbServer(ctx);
   server.on("error", (error: NodeJS.ErrnoException) => {
     process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);
     process.exit(1);

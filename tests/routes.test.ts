@@ -3,7 +3,11 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
 import type { PollerState } from "../src/protocol.ts";
+import { Consistency } from "../src/api/consistency.ts";
+import { Followers } from "../src/api/followers.ts";
 import { createMehdbServer } from "../src/api/server.ts";
+import { Watches } from "../src/api/watch.ts";
+import { Metrics } from "../src/metrics.ts";
 import { Store } from "../src/store/store.ts";
 import { http, put } from "./helpers/http.ts";
 import { listen, stopAll, tempDir } from "./helpers/mehdb.ts";
@@ -22,13 +26,20 @@ function recorder(): { log: Logger; lines: string[] } {
 async function serve(role: "leader" | "follower", poller?: PollerState) {
   const store = await Store.open(await tempDir());
   const { log, lines } = recorder();
+  const leaderUrl = role === "follower" ? "http://mehdb-0.mehdb.default.svc.cluster.local:9876" : null;
   const server = createMehdbServer({
     store,
     role,
-    leaderUrl: role === "follower" ? "http://mehdb-0.mehdb.default.svc.cluster.local:9876" : null,
+    leaderUrl,
     maxValueBytes: 1024,
     log,
     poller,
+    metrics: new Metrics(),
+    access: undefined,
+    host: role,
+    followers: role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
+    consistency: new Consistency({ store, leaderUrl, poller }),
+    watches: new Watches(() => store.nextChange()),
   });
   return { store, url: await listen(server), lines };
 }

@@ -8,13 +8,13 @@ import { sample } from "../metrics.ts";
 
 /** `GET /status`: `leader` or `follower`; with `?level=full`, readiness. */
 export function status(x: Exchange): void | Promise<void> {
-  if (new URLSearchParams(x.query).get("level") !== "full") return send(x, OK, `${x.ctx.role}\n`);
+  if (x.params.get("level") !== "full") return send(x, OK, `${x.ctx.role}\n`);
   return readiness(x);
 }
 
 /** `GET /metrics`: request counters, the store's gauges and a follower's poller's figures. */
 export function metrics(x: Exchange): void {
-  const { metrics, store, role, poller, followers, consistency } = x.ctx;
+  const { metrics, store, role, poller, followers, watches } = x.ctx;
   const text =
     metrics.render() +
     sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
@@ -28,7 +28,7 @@ export function metrics(x: Exchange): void {
     ) +
     (poller ? poller.metrics() : "") +
     (followers?.metrics() ?? "") +
-    consistency.metrics();
+    watches.metrics();
   send(x, OK, text, "text/plain; version=0.0.4; charset=utf-8");
 }
 

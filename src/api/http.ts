@@ -15,6 +15,7 @@ import type { Metrics } from "../metrics.ts";
 import type { PollerState } from "../protocol.ts";
 import type { Store } from "../store/store.ts";
 import type { Tokens } from "./tokens.ts";
+import type { Watches } from "./watch.ts";
 
 export const OK = 200;
 export const NOT_MODIFIED = 304;
@@ -32,7 +33,7 @@ export const INTERNAL_SERVER_ERROR = 500;
 export const SERVICE_UNAVAILABLE = 503;
 export const INSUFFICIENT_STORAGE = 507;
 
-/** What a server's routes work with; one per server. */
+/** What a server's routes work with; one per server, built by `main.ts`. */
 export interface Context {
   store: Store;
   role: Role;
@@ -51,8 +52,10 @@ export interface Context {
   host: string;
   /** The followers that poll this leader; `null` on a follower. */
   followers: Followers | null;
-  /** Conditional writes, `?after=`, and held `/keys` answers. */
+  /** Conditional writes and `?after=`. */
   consistency: Consistency;
+  /** The held `GET /keys?since=…&wait=MS` answers. */
+  watches: Watches;
 }
 
 /** One request being answered: the server's context, the request and response, and the route's label. */
@@ -64,8 +67,8 @@ export interface Exchange {
   readonly route: string;
   /** The path after the route's prefix (`KEY` of `/get/KEY`); empty for exact routes. */
   readonly rest: string;
-  /** The query string, without `?`. */
-  readonly query: string;
+  /** The query string, parsed once. */
+  readonly params: URLSearchParams;
   /** True when the client waits for `100 Continue` before sending its body. */
   readonly expectsContinue: boolean;
 }
@@ -129,7 +132,7 @@ export function answer(x: Exchange, reply: Reply): void {
  * else goes on with `next`. `path` is the request's path with its key checked.
  */
 export function afterThen(x: Exchange, path: string, next: () => void | Promise<void>): void | Promise<void> {
-  const checked = x.ctx.consistency.after(path, new URLSearchParams(x.query));
+  const checked = x.ctx.consistency.after(path, x.params);
   if (checked === null) return next();
   if (!(checked instanceof Promise)) return answer(x, checked);
   return checked.then((reply) => (reply === null ? next() : answer(x, reply)));
@@ -158,6 +161,11 @@ export function rawAnswer(socket: Duplex, status: number, text: string, lingerMs
 /** The error `code` of a system error, else its text: what a log line or a one-line answer shows. */
 export function errorCode(error: unknown): string {
   return (error as NodeJS.ErrnoException)?.code ?? String(error);
+}
+
+/** A value from the request for a one-line answer: quoted, cut short, printable. */
+export function quote(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
 }
 
 /** `text` as one short lower-case line. */

@@ -35,7 +35,7 @@ export function requestedKey(x: Exchange): string | null {
 export function getValue(x: Exchange): void | Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
-  if (x.query !== "") return afterThen(x, `/get/${key}`, () => readValue(x, key));
+  if (x.params.has("after")) return afterThen(x, `/get/${key}`, () => readValue(x, key));
   return readValue(x, key);
 }
 
