@@ -1,7 +1,6 @@
 /**
- * Conditional writes, read-your-writes, watches and prefix listing, the HTTP side (the routes call it):
+ * Read-your-writes, watches and prefix listing, the HTTP side (the routes call it):
  *
- *     PUT|DELETE /set/KEY          If-Match / If-None-Match (412 when they fail), ETag and Mehdb-Cursor
  *     GET|HEAD /get/KEY?after=C    read-your-writes: a follower behind cursor C waits for its next sync, else 307
  *     GET /keys?after=C            the same for listings
  *     GET /keys?prefix=P           only names starting with P (also with since)
@@ -10,13 +9,11 @@
  * Each function answers with a {@link Reply} for the server to send, or `null`
  * when the request goes on as it would without these parameters.
  */
-import type { IncomingHttpHeaders, ServerResponse } from "node:http";
-import { BAD_REQUEST, OK, PRECONDITION_FAILED, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
+import type { ServerResponse } from "node:http";
+import { BAD_REQUEST, OK, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
 import { sample } from "../metrics.ts";
-import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
 import { KEY_RULE } from "../keys.ts";
 import {
-  CURSOR_HEADER,
   CURSOR_RULE,
   parseCursor,
   parseListingPage,
@@ -24,7 +21,7 @@ import {
   type ListingPage,
   type PollerState,
 } from "../protocol.ts";
-import type { Entry, Precondition, Store } from "../store/store.ts";
+import type { Store } from "../store/store.ts";
 import {
   changesWithPrefix,
   isValidPrefix,
@@ -60,7 +57,7 @@ interface Listing {
 const TEXT = "text/plain; charset=utf-8";
 const JSON_TYPE = "application/json";
 
-/** Conditional writes, read-your-writes, watching and prefix listing over one store; one per server. */
+/** Read-your-writes, watching and prefix listing over one store; one per server. */
 export class Consistency {
   /** The held `/keys` answers. */
   readonly watches: Watches;
@@ -77,39 +74,6 @@ export class Consistency {
     this.#poller = options.poller;
     this.#afterWaitMs = options.afterWaitMs ?? 1_000;
     this.watches = new Watches(() => options.store.nextChange(), { max: options.maxHeld });
-  }
-
-  /**
-   * The preconditions of `PUT` or `DELETE /set/KEY`: `null` when there are
-   * none; `{ reply }` (`400` malformed, `412` failing already, the body not
-   * read) to answer at once; else `{ precondition }` for the store to judge
-   * again in the key's lock, right before the write.
-   */
-  preconditions(
-    headers: IncomingHttpHeaders,
-    method: string,
-    key: string,
-  ): { reply: Reply } | { precondition: Precondition } | null {
-    const pre = readPreconditions(headers);
-    if (pre === null) return null;
-    if ("error" in pre) return { reply: line(BAD_REQUEST, pre.error) };
-    const store = this.#store;
-    const precondition: Precondition = (current) => evaluatePreconditions(pre, key, current && store.etag(current));
-    const current = store.stat(key);
-    // A DELETE of an absent key is a 404 whatever its preconditions (RFC 9110, 13.2.1: they apply only to a 2xx).
-    const failed = method === "DELETE" && current === undefined ? null : precondition(current);
-    return failed === null ? { precondition } : { reply: line(PRECONDITION_FAILED, failed) };
-  }
-
-  /**
-   * The headers of a successful `PUT` (`entry` given) or `DELETE`: the new `ETag`, and the cursor at which the change
-   * is visible.
-   */
-  writeHeaders(entry?: Entry): Record<string, string> {
-    const store = this.#store;
-    return entry
-      ? { ETag: store.etag(entry), [CURSOR_HEADER]: store.cursorOf(entry) }
-      : { [CURSOR_HEADER]: store.cursor };
   }
 
   /**
