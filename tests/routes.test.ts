@@ -77,6 +77,9 @@ describe("route table, in-process", () => {
       secondsSinceSync: () => null,
       metrics: () => "mehdb_test_replica 1\n",
       reached: () => false,
+      holds: () => true,
+      holdsAll: () => true,
+      intervalMs: 1000,
       nextSync: () => Promise.resolve(),
     };
     const { url, store } = await serve("follower", poller);

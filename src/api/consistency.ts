@@ -1,8 +1,6 @@
 /**
- * Read-your-writes, watches and prefix listing, the HTTP side (the routes call it):
+ * Watches and prefix listing, the HTTP side (the routes call it):
  *
- *     GET|HEAD /get/KEY?after=C    read-your-writes: a follower behind cursor C waits for its next sync, else 307
- *     GET /keys?after=C            the same for listings
  *     GET /keys?prefix=P           only names starting with P (also with since)
  *     GET /keys?since=C&wait=MS    held until something changes, MS pass, or shutdown
  *
@@ -10,17 +8,10 @@
  * when the request goes on as it would without these parameters.
  */
 import type { ServerResponse } from "node:http";
-import { BAD_REQUEST, OK, TEMPORARY_REDIRECT, type Reply } from "./http.ts";
+import { BAD_REQUEST, OK, quote, type Reply } from "./http.ts";
 import { sample } from "../metrics.ts";
 import { KEY_RULE } from "../keys.ts";
-import {
-  CURSOR_RULE,
-  parseCursor,
-  parseListingPage,
-  type Changes,
-  type ListingPage,
-  type PollerState,
-} from "../protocol.ts";
+import { CURSOR_RULE, parseCursor, parseListingPage, type Changes, type ListingPage } from "../protocol.ts";
 import type { Store } from "../store/store.ts";
 import {
   changesWithPrefix,
@@ -35,17 +26,8 @@ import {
 /** Options of {@link Consistency}. */
 export interface ConsistencyOptions {
   store: Store;
-  /** The leader's address, `http://host:port`; `null` on a leader. */
-  leaderUrl: string | null;
-  /** The follower's poller; absent on a leader. */
-  poller?: PollerState;
   /** Held `/keys` answers at once. Default 256 (see `watch.ts`). */
   maxHeld?: number;
-  /**
-   * How long a follower behind `?after=` waits for its next sync to start. Default 1 000 ms (the default sync
-   * interval).
-   */
-  afterWaitMs?: number;
 }
 
 /** What a change-feed request asks for beyond its cursor: names starting with `prefix`, and a page. */
@@ -57,45 +39,15 @@ interface Listing {
 const TEXT = "text/plain; charset=utf-8";
 const JSON_TYPE = "application/json";
 
-/** Read-your-writes, watching and prefix listing over one store; one per server. */
+/** Watching and prefix listing over one store; one per server. */
 export class Consistency {
   /** The held `/keys` answers. */
   readonly watches: Watches;
   #store: Store;
-  #leaderUrl: string | null;
-  #poller: PollerState | undefined;
-  #afterWaitMs: number;
-  /** Reads waiting for the follower's next sync now; bounded like the watches. */
-  #afterWaiting = 0;
 
   constructor(options: ConsistencyOptions) {
     this.#store = options.store;
-    this.#leaderUrl = options.leaderUrl;
-    this.#poller = options.poller;
-    this.#afterWaitMs = options.afterWaitMs ?? 1_000;
     this.watches = new Watches(() => options.store.nextChange(), { max: options.maxHeld });
-  }
-
-  /**
-   * `?after=CURSOR` of `GET`/`HEAD /get/KEY` or `GET /keys` (`path` is the
-   * request's path, checked): `null` to answer from here; a `400` for a
-   * malformed cursor; a `307` to the same path and query on the leader when
-   * this follower has not reached the cursor, after waiting for its next sync.
-   * The leader always answers: it has every write it acknowledged, whatever
-   * the epoch of the cursor (an earlier epoch's writes are on its disk).
-   */
-  after(path: string, params: URLSearchParams): Reply | null | Promise<Reply | null> {
-    const after = params.get("after");
-    if (after === null) return null;
-    if (parseCursor(after) === null) return line(BAD_REQUEST, `malformed after=${quote(after)}: ${CURSOR_RULE}`);
-    const poller = this.#poller;
-    if (!poller || poller.reached(after)) return null;
-    if (this.#afterWaiting >= this.watches.max) return this.#redirect(path, params, after);
-    this.#afterWaiting++;
-    return poller.nextSync(this.#afterWaitMs).then(() => {
-      this.#afterWaiting--;
-      return poller.reached(after) ? null : this.#redirect(path, params, after);
-    });
   }
 
   /**
@@ -175,15 +127,6 @@ export class Consistency {
   #changes(since: string, { prefix, page }: Listing): Changes {
     return changesWithPrefix(this.#store.changes(since, page), prefix);
   }
-
-  #redirect(path: string, params: URLSearchParams, after: string): Reply {
-    const location = `${this.#leaderUrl}${path}?${params.toString()}`;
-    return line(
-      TEMPORARY_REDIRECT,
-      `this follower has not synced up to ${after} yet; read from the leader at ${location}`,
-      { Location: location },
-    );
-  }
 }
 
 function line(status: number, text: string, headers?: Record<string, string>): Reply {
@@ -192,9 +135,4 @@ function line(status: number, text: string, headers?: Record<string, string>): R
 
 function json(value: unknown): Reply {
   return { status: OK, body: JSON.stringify(value), type: JSON_TYPE };
-}
-
-/** A value from the request, quoted and cut short, printable. */
-function quote(text: string): string {
-  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
 }

@@ -3,7 +3,8 @@
  * array of names; `?since=CURSOR`, the change feed) and `GET /values?keys=a,b,c`
  * (several values in one answer, for a follower's catch-up).
  */
-import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "./http.ts";
+import { afterThen } from "./after.ts";
+import { answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "./http.ts";
 import { isValidKey, KEY_RULE } from "../keys.ts";
 import { MAX_VALUES_KEYS, valueLine, VALUES_TYPE } from "../protocol.ts";
 
@@ -12,7 +13,7 @@ import { MAX_VALUES_KEYS, valueLine, VALUES_TYPE } from "../protocol.ts";
  * while nothing did); `?prefix=P` keeps names starting with P; `?after=CURSOR` as for `/get/KEY`.
  */
 export function listKeys(x: Exchange): void | Promise<void> {
-  return afterThen(x, "/keys", () => {
+  return afterThen(x, null, () => {
     const reply = x.ctx.consistency.keys(new URLSearchParams(x.query), x.res);
     if (!(reply instanceof Promise)) return answer(x, reply);
     return reply.then((held) => answer(x, held));

@@ -24,6 +24,7 @@ export const UNAUTHORIZED = 401;
 export const NOT_FOUND = 404;
 export const METHOD_NOT_ALLOWED = 405;
 export const REQUEST_TIMEOUT = 408;
+export const CONFLICT = 409;
 export const PRECONDITION_FAILED = 412;
 export const CONTENT_TOO_LARGE = 413;
 export const EXPECTATION_FAILED = 417;
@@ -51,7 +52,7 @@ export interface Context {
   host: string;
   /** The followers that poll this leader; `null` on a follower. */
   followers: Followers | null;
-  /** Conditional writes, `?after=`, and held `/keys` answers. */
+  /** Held `/keys` answers and prefix listing. */
   consistency: Consistency;
 }
 
@@ -124,17 +125,6 @@ export function answer(x: Exchange, reply: Reply): void {
   refuse(x, reply.status, reply.body, reply.headers);
 }
 
-/**
- * Answers `?after=CURSOR` first (a `400`, or a follower's `307` when it is still behind after its next sync),
- * else goes on with `next`. `path` is the request's path with its key checked.
- */
-export function afterThen(x: Exchange, path: string, next: () => void | Promise<void>): void | Promise<void> {
-  const checked = x.ctx.consistency.after(path, new URLSearchParams(x.query));
-  if (checked === null) return next();
-  if (!(checked instanceof Promise)) return answer(x, checked);
-  return checked.then((reply) => (reply === null ? next() : answer(x, reply)));
-}
-
 /** `405` with the `Allow` header. */
 export function refuseMethod(x: Exchange, allow: string): void {
   refuse(x, METHOD_NOT_ALLOWED, `method ${x.req.method} not allowed here; use ${allow}`, { Allow: allow });
@@ -158,6 +148,11 @@ export function rawAnswer(socket: Duplex, status: number, text: string, lingerMs
 /** The error `code` of a system error, else its text: what a log line or a one-line answer shows. */
 export function errorCode(error: unknown): string {
   return (error as NodeJS.ErrnoException)?.code ?? String(error);
+}
+
+/** A value from the request, quoted and cut short, printable: what a one-line answer shows of it. */
+export function quote(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
 }
 
 /** `text` as one short lower-case line. */

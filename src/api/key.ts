@@ -1,14 +1,14 @@
 /**
- * One key: `GET|HEAD /get/KEY` reads it, `PUT /set/KEY` stores the body,
- * `DELETE /set/KEY` removes it. A write's `If-Match` / `If-None-Match` are
- * judged here (with `preconditions.ts`) and its answer carries the new `ETag`
- * and `Mehdb-Cursor`. A follower's `/set/` answers are redirects, decided by
- * the route table before these handlers run.
+ * One key: `GET|HEAD /get/KEY` reads it (`?after=CURSOR`: see `after.ts`),
+ * `PUT /set/KEY` stores the body, `DELETE /set/KEY` removes it. A write's
+ * `If-Match` / `If-None-Match` are judged here (with `preconditions.ts`) and
+ * its answer carries the new `ETag` and `Mehdb-Cursor`. A follower's `/set/`
+ * answers are redirects, decided by the route table before these handlers run.
  */
 import type { ReadStream } from "node:fs";
 import { pipeline } from "node:stream";
+import { afterThen } from "./after.ts";
 import {
-  afterThen,
   BAD_REQUEST,
   CONTENT_TOO_LARGE,
   errorCode,
@@ -44,7 +44,7 @@ export function requestedKey(x: Exchange): string | null {
 export function getValue(x: Exchange): void | Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
-  if (x.query !== "") return afterThen(x, `/get/${key}`, () => readValue(x, key));
+  if (x.query !== "") return afterThen(x, key, () => readValue(x, key));
   return readValue(x, key);
 }
 

@@ -11,8 +11,8 @@
  *     GET        /metrics   Prometheus text
  *     GET|HEAD   /          the status page (HTML)
  *
- * Conditional writes (`If-Match`, `If-None-Match`), `?after=CURSOR`, `?prefix=` and held
- * `?wait=` answers are judged in `consistency.ts`.
+ * Conditional writes (`If-Match`, `If-None-Match`) are judged in `key.ts`, `?after=CURSOR` in
+ * `after.ts`, `?prefix=` and held `?wait=` answers in `consistency.ts`.
  *
  * A request goes: `onRequest` → `dispatch` finds its route and checks the
  * method (and, on a follower, redirects writes) → the route's handler, in a
@@ -208,7 +208,7 @@ export function createMehdbServer(options: ServerOptions): Server {
     host: options.host ?? options.role,
     followers:
       options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
-    consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, poller: options.poller }),
+    consistency: new Consistency({ store: options.store }),
   };
   const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
   const server = createServer({
