@@ -150,7 +150,7 @@ export function errorCode(error: unknown): string {
   return (error as NodeJS.ErrnoException)?.code ?? String(error);
 }
 
-/** A value from the request, quoted and cut short, printable: what a one-line answer shows of it. */
+/** A value from the request for a one-line answer: quoted, cut short, printable. */
 export function quote(text: string): string {
   return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
 }
