@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { randomValue } from "./helpers/data.ts";
-import { assertOneLine, header, http, put, type Answer } from "./helpers/http.ts";
+import { dataDirWith, randomValue } from "./helpers/data.ts";
+import { assertOneLine, header, http, metric, put, type Answer } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
-import { sleep, waitFor } from "./helpers/wait.ts";
+import { pool, sleep, waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
 
@@ -169,6 +169,28 @@ test("a directory in the key's place on the follower: ?after= of its write and /
   // Plain reads keep today's answers.
   assert.equal((await http(`${follower.url}/get/blocked`)).status, 404);
   assert.deepEqual(JSON.parse((await http(`${follower.url}/keys`)).text), ["marker"]);
+  await follower.stop();
+  await leader.stop();
+});
+
+test("more keys in the way than the follower names (10 000): none of them is answered from its copy", async () => {
+  const names = Array.from({ length: 10_001 }, (_, i) => `blocked-${String(i).padStart(5, "0")}`);
+  const leader = await startMehdb({
+    dataDir: await dataDirWith(new Map(names.map((name) => [name, Buffer.from("v")]))),
+    waitReady: true,
+  });
+  const followerDir = await tempDir();
+  await pool(names, 64, (name) => mkdir(join(followerDir, name)));
+  const follower = await startFollower(leader.url, { dataDir: followerDir, waitReady: true });
+  const cursor = cursorOf(await put(leader.url, "marker", "copied"));
+  await copied(follower, "marker", "copied");
+  assert.equal(await metric(follower.url, "mehdb_sync_keys_unheld"), 10_000, "10 000 named, one more only counted");
+  const answered: string[] = [];
+  await pool(names, 8, async (name) => {
+    const got = await http(`${follower.url}/get/${name}?after=${cursor}`, { keepAlive: true });
+    if (got.status !== 307) answered.push(`${name}: ${got.status}`);
+  });
+  assert.deepEqual(answered, [], "every key in the way is read from the leader");
   await follower.stop();
   await leader.stop();
 });
