@@ -294,7 +294,7 @@ export class Poller implements PollerState {
     const changes = checkChanges(first);
     if (changes.full) {
       await this.#reconcile(changes);
-      // Every key was retried: an unheld key met before this tick is named now, or held.
+      // A full reconcile retries every key: one left unnamed by an earlier tick is now named, held or gone.
       if (this.#unheldUnnamed < this.#counts.ticks) this.#unheldUnnamed = -1;
     } else {
       const deleted = changes.deleted.filter((key) => this.#acceptable(key));
