@@ -12,7 +12,6 @@ import { hostname } from "node:os";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { Consistency } from "./api/consistency.ts";
 import { Followers } from "./api/followers.ts";
 import type { Context } from "./api/http.ts";
 import { createMehdbServer } from "./api/server.ts";
@@ -111,7 +110,6 @@ async function main(log: Logger): Promise<void> {
     access: tokens,
     host: config.host,
     followers: config.role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
-    consistency: new Consistency({ store, leaderUrl: config.leaderUrl, poller }),
     watches: new Watches(() => store.nextChange()),
   };
   parts.watches = ctx.watches;

@@ -198,6 +198,12 @@ export interface PollerState {
   readonly unheld: string | null;
   /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
   reached(cursor: string): boolean;
+  /** False while `key` is one of the leader's keys this follower cannot hold (its copy, if any, is older). */
+  holds(key: string): boolean;
+  /** True when this follower holds every key its syncs met (none is unheld). */
+  holdsAll(): boolean;
+  /** Time between two ticks, in ms. */
+  readonly intervalMs: number;
   /**
    * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
    * stopped).

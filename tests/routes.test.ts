@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
 import type { PollerState } from "../src/protocol.ts";
-import { Consistency } from "../src/api/consistency.ts";
 import { Followers } from "../src/api/followers.ts";
 import { createMehdbServer } from "../src/api/server.ts";
 import { Watches } from "../src/api/watch.ts";
@@ -38,7 +37,6 @@ async function serve(role: "leader" | "follower", poller?: PollerState) {
     access: undefined,
     host: role,
     followers: role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
-    consistency: new Consistency({ store, leaderUrl, poller }),
     watches: new Watches(() => store.nextChange()),
   });
   return { store, url: await listen(server), lines };
@@ -88,6 +86,9 @@ describe("route table, in-process", () => {
       secondsSinceSync: () => null,
       metrics: () => "mehdb_test_replica 1\n",
       reached: () => false,
+      holds: () => true,
+      holdsAll: () => true,
+      intervalMs: 1000,
       nextSync: () => Promise.resolve(),
     };
     const { url, store } = await serve("follower", poller);

@@ -4,8 +4,8 @@
  * while nothing changed) and `GET /values?keys=a,b,c` (several values in one
  * answer, for a follower's catch-up).
  */
+import { afterThen } from "./after.ts";
 import {
-  afterThen,
   BAD_REQUEST,
   errorCode,
   OK,
@@ -41,7 +41,7 @@ interface Listing {
  * while nothing did); `?prefix=P` keeps names starting with P; `?after=CURSOR` as for `/get/KEY`.
  */
 export function listKeys(x: Exchange): void | Promise<void> {
-  return afterThen(x, "/keys", () => keys(x));
+  return afterThen(x, null, () => keys(x));
 }
 
 function keys(x: Exchange): void | Promise<void> {

@@ -8,7 +8,6 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Role } from "../config.ts";
-import type { Consistency } from "./consistency.ts";
 import type { Followers } from "./followers.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -25,6 +24,7 @@ export const UNAUTHORIZED = 401;
 export const NOT_FOUND = 404;
 export const METHOD_NOT_ALLOWED = 405;
 export const REQUEST_TIMEOUT = 408;
+export const CONFLICT = 409;
 export const PRECONDITION_FAILED = 412;
 export const CONTENT_TOO_LARGE = 413;
 export const EXPECTATION_FAILED = 417;
@@ -52,8 +52,6 @@ export interface Context {
   host: string;
   /** The followers that poll this leader; `null` on a follower. */
   followers: Followers | null;
-  /** Conditional writes and `?after=`. */
-  consistency: Consistency;
   /** The held `GET /keys?since=…&wait=MS` answers. */
   watches: Watches;
 }
@@ -73,7 +71,7 @@ export interface Exchange {
   readonly expectsContinue: boolean;
 }
 
-/** An answer decided before it is sent (see `consistency.ts`). */
+/** An answer decided before it is sent. */
 export interface Reply {
   /** HTTP status: 200, or the refusal's (307, 400, 412). */
   status: number;
@@ -125,17 +123,6 @@ export function refuse(x: Exchange, status: number, message: string, headers: Re
 export function answer(x: Exchange, reply: Reply): void {
   if (reply.status === OK) return send(x, OK, reply.body, reply.type, reply.headers);
   refuse(x, reply.status, reply.body, reply.headers);
-}
-
-/**
- * Answers `?after=CURSOR` first (a `400`, or a follower's `307` when it is still behind after its next sync),
- * else goes on with `next`. `path` is the request's path with its key checked.
- */
-export function afterThen(x: Exchange, path: string, next: () => void | Promise<void>): void | Promise<void> {
-  const checked = x.ctx.consistency.after(path, x.params);
-  if (checked === null) return next();
-  if (!(checked instanceof Promise)) return answer(x, checked);
-  return checked.then((reply) => (reply === null ? next() : answer(x, reply)));
 }
 
 /** `405` with the `Allow` header. */

@@ -11,8 +11,8 @@
  *     GET        /metrics   Prometheus text
  *     GET|HEAD   /          the status page (HTML)
  *
- * Conditional writes (`If-Match`, `If-None-Match`) and `?after=CURSOR` are judged in `consistency.ts`;
- * `?prefix=` and held `?wait=` answers in `feed.ts` and `watch.ts`.
+ * Conditional writes (`If-Match`, `If-None-Match`) are judged in `key.ts`, `?after=CURSOR` in
+ * `after.ts`, `?prefix=` and held `?wait=` answers in `feed.ts` and `watch.ts`.
  *
  * A request goes: `onRequest` → `dispatch` parses its query, finds its route,
  * checks its token and method (and, on a follower, redirects writes) → the route's handler, in a

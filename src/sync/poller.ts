@@ -104,6 +104,8 @@ export class Poller implements PollerState {
   #syncWaits = new SyncWaits();
   /** Keys this follower cannot hold, with the reason; each is logged when it joins. */
   #unheld = new Map<string, string>();
+  /** The tick that last met a key not held when `#unheld` was full; -1: none since the last full reconcile. */
+  #unheldUnnamed = -1;
 
   constructor(options: PollerOptions) {
     this.#options = options;
@@ -152,6 +154,8 @@ export class Poller implements PollerState {
     const changes = checkChanges(first);
     if (changes.full) {
       await this.#reconcile(changes);
+      // A full reconcile retries every key: one left unnamed by an earlier tick is now named, held or gone.
+      if (this.#unheldUnnamed < this.#counts.ticks) this.#unheldUnnamed = -1;
     } else {
       const deleted = changes.deleted.filter((key) => this.#acceptable(key));
       await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
@@ -318,6 +322,7 @@ export class Poller implements PollerState {
   /** A key this follower cannot hold: skipped, counted, logged when it joins the set, named in the status line. */
   #notHeld(key: string, error: Error): void {
     this.#counts.unheld++;
+    if (this.#unheld.size >= MAX_UNHELD_NAMES && !this.#unheld.has(key)) this.#unheldUnnamed = this.#counts.ticks;
     if (this.#unheld.has(key) || this.#unheld.size >= MAX_UNHELD_NAMES) return;
     const code = (error as NodeJS.ErrnoException).code;
     const reason =
@@ -419,6 +424,21 @@ export class Poller implements PollerState {
   /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond): `?after=` reads. */
   reached(cursor: string): boolean {
     return cursorReached(this.#cursor, cursor);
+  }
+
+  /** False while `key` is one this follower cannot hold (`?after=` reads of it go to the leader). */
+  holds(key: string): boolean {
+    return this.#unheldUnnamed < 0 && !this.#unheld.has(key);
+  }
+
+  /** True when no key is unheld (`/keys?after=` is answered here). */
+  holdsAll(): boolean {
+    return this.#unheldUnnamed < 0 && this.#unheld.size === 0;
+  }
+
+  /** Time between two ticks, in ms. */
+  get intervalMs(): number {
+    return this.#options.intervalMs;
   }
 
   /**
