@@ -160,16 +160,41 @@ test("large values are streamed from the file", async () => {
   await store.close();
 });
 
-test("put with mtimeMs keeps that modification time (whole milliseconds)", async () => {
+test("put with mtimeUs keeps that modification time to the microsecond, through a restart", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
-  const mtimeMs = 1_700_000_000_123;
-  const entry = await store.put("k", chunks("v"), { maxBytes: 10, mtimeMs });
-  assert.equal(entry.mtimeMs, mtimeMs);
-  assert.equal(Math.round((await stat(join(dir, "k"))).mtimeMs), mtimeMs);
+  // utimes takes float seconds: every microsecond must survive the round trip, whatever its digits.
+  const times = [1_700_000_000_123_456, 1_700_000_000_999_999, 1_700_000_001_000_000, 1_234_567_890_000_001];
+  for (let i = 0; i < 200; i++) times.push(1_600_000_000_000_000 + Math.floor(Math.random() * 200_000_000_000_000));
+  for (const [i, mtimeUs] of times.entries()) {
+    const entry = await store.put(`k${i}`, chunks("v"), { maxBytes: 10, mtimeUs });
+    assert.equal(entry.mtimeUs, mtimeUs);
+    const onDisk = await stat(join(dir, `k${i}`), { bigint: true });
+    assert.equal(Number(onDisk.mtimeNs / 1000n), mtimeUs);
+  }
+  const tags = times.map((_, i) => store.etag(store.stat(`k${i}`)!));
   await store.close();
   const reopened = await Store.open(dir);
-  assert.equal(reopened.stat("k")?.mtimeMs, mtimeMs);
+  for (const [i, mtimeUs] of times.entries()) {
+    assert.equal(reopened.stat(`k${i}`)?.mtimeUs, mtimeUs);
+    assert.equal(reopened.etag(reopened.stat(`k${i}`)!), tags[i], "the same tag after a restart");
+  }
+  await reopened.close();
+});
+
+test("entity tags follow the version: a same-size overwrite gets a new tag, a restart keeps it", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  const tags = new Set<string>();
+  for (let i = 0; i < 100; i++) tags.add(store.etag(await store.put("k", chunks(`v${i % 10}`), { maxBytes: 10 })));
+  assert.equal(tags.size, 100, "100 writes of the same size in a tight loop, 100 tags");
+  const last = store.etag(store.stat("k")!);
+  await store.close();
+  const reopened = await Store.open(dir);
+  assert.equal(reopened.etag(reopened.stat("k")!), last);
+  assert.equal(reopened.etag((await reopened.get("k"))!.entry), last);
+  const next = reopened.etag(await reopened.put("k", chunks("v9"), { maxBytes: 10 }));
+  assert.ok(!tags.has(next), "a write after a restart never reuses a tag of the key");
   await reopened.close();
 });
 
@@ -245,7 +270,7 @@ test("putMany: nothing is visible until the batch is written, then all values ar
   let taken = 0;
   async function* items(): AsyncGenerator<PutItem> {
     taken++;
-    yield { key: "one", body: chunks("1"), mtimeMs: 1_700_000_000_000 };
+    yield { key: "one", body: chunks("1"), mtimeUs: 1_700_000_000_000_000 };
     await gate; // the batch waits here for its second value
     taken++;
     yield { key: "two", body: chunks("22") };
@@ -259,7 +284,7 @@ test("putMany: nothing is visible until the batch is written, then all values ar
   const results = await written;
   assert.deepEqual(results.map((r) => [r.key, r.entry?.size]), [["one", 1], ["two", 2]]);
   assert.deepEqual(store.list(), ["one", "two"]);
-  assert.equal(store.stat("one")?.mtimeMs, 1_700_000_000_000);
+  assert.equal(store.stat("one")?.mtimeUs, 1_700_000_000_000_000);
   assert.deepEqual((await readdir(dir)).sort(), ["one", "two"]);
   await store.close();
 });
@@ -289,10 +314,10 @@ test("an entry names the inode of its file, from a write and from the start-up s
   const store = await Store.open(dir);
   const entry = await store.put("k", chunks("value"), { maxBytes: 10 });
   assert.equal(entry.ino, (await stat(join(dir, "k"))).ino);
-  const batch = [{ key: "c", body: chunks("copy"), mtimeMs: 1_700_000_000_000 }];
+  const batch = [{ key: "c", body: chunks("copy"), mtimeUs: 1_700_000_000_000_000 }];
   const [copied] = await store.putMany(batch, { maxBytes: 10 });
   assert.equal(copied?.entry?.ino, (await stat(join(dir, "c"))).ino);
-  assert.equal(copied?.entry?.mtimeMs, 1_700_000_000_000);
+  assert.equal(copied?.entry?.mtimeUs, 1_700_000_000_000_000);
   await store.close();
   const reopened = await Store.open(dir);
   assert.equal(reopened.stat("k")?.ino, entry.ino);

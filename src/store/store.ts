@@ -24,21 +24,24 @@
  * a read fail.
  */
 import { randomBytes } from "node:crypto";
-import { constants, createReadStream, lstatSync, readdirSync, type ReadStream, type Stats } from "node:fs";
+import { constants, createReadStream, lstatSync, readdirSync, type BigIntStats, type ReadStream } from "node:fs";
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { forEachLimited } from "./concurrency.ts";
 import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
 import { partitionPoint } from "./sorted.ts";
-import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { formatCursor, mtimeToWire, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
 export interface Entry {
   /** Size of the value in bytes. */
   readonly size: number;
-  /** Modification time of the file, in whole milliseconds. */
-  readonly mtimeMs: number;
+  /**
+   * Modification time of the file, in whole microseconds (its nanoseconds cut): with the size, the
+   * version's entity tag. The leader gives every version a new one; followers copy it.
+   */
+  readonly mtimeUs: number;
   /**
    * The change number that wrote it (unique within one epoch; negative for a file the store did not write, see {@link
    * Store.get}).
@@ -69,8 +72,8 @@ export interface StoreOptions {
 export interface PutOptions {
   /** Largest value accepted; more bytes throw {@link ValueTooLargeError}. */
   maxBytes: number;
-  /** Modification time to give the file (a follower keeps its leader's). Default: now. */
-  mtimeMs?: number;
+  /** Modification time to give the file, in µs (a follower keeps its leader's). Default: the store's clock. */
+  mtimeUs?: number;
   /** Keep a small value (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
   cache?: boolean;
   /**
@@ -93,8 +96,8 @@ export interface PutItem {
   key: string;
   /** The bytes: chunks, possibly arriving over time. */
   body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
-  /** Modification time to give the file (a follower keeps its leader's). Default: now. */
-  mtimeMs?: number;
+  /** Modification time to give the file, in µs (a follower keeps its leader's). Default: the store's clock. */
+  mtimeUs?: number;
   /** Judged in the key's lock right before the value becomes visible (see {@link PutOptions}). Default none. */
   precondition?: Precondition;
 }
@@ -125,7 +128,7 @@ interface Staged {
   readonly key: string;
   readonly tmp: string;
   readonly size: number;
-  readonly mtimeMs: number;
+  readonly mtimeUs: number;
   /** The temporary file's inode (it keeps it when renamed). */
   readonly ino: number;
   /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
@@ -186,6 +189,8 @@ export class Store {
   /** Files found at a key's path that the store did not write (see {@link Store.get}). */
   #strays = 0;
   #changed: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** The last mtime given to a version, in µs: each new one is later (see {@link Store.etag}). */
+  #clockUs = 0;
 
   private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
     this.dir = dir;
@@ -211,8 +216,8 @@ export class Store {
     for (const key of names) {
       if (!isValidKey(key)) continue;
       // lstat: a link is not a key, wherever it points.
-      const stats = lstatSync(join(dir, key), { throwIfNoEntry: false });
-      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
+      const stats = lstatSync(join(dir, key), { bigint: true, throwIfNoEntry: false });
+      if (stats?.isFile()) store.#set(key, store.#entry(Number(stats.size), microseconds(stats), Number(stats.ino)), false);
     }
     store.#floor = store.#seq;
     if (leftovers.length > 0) await store.#dirFsync.sync();
@@ -229,9 +234,13 @@ export class Store {
     return this.#bytes;
   }
 
-  /** The strong entity tag of an entry: unique for its value, within and across epochs. */
+  /**
+   * The strong entity tag of an entry: its mtime in µs and its size (`"MTIME-SIZE"`, base 36). The same on
+   * every pod for one version (followers copy the mtime), and new for every version: the store's clock gives
+   * each write a later mtime than any it gave before.
+   */
   etag(entry: Entry): string {
-    return `"${this.epoch}-${entry.seq.toString(36)}"`;
+    return `"${entry.mtimeUs.toString(36)}-${entry.size.toString(36)}"`;
   }
 
   /** The entry of `key`, or `undefined` when absent. */
@@ -269,12 +278,12 @@ export class Store {
       }
       let keep = false;
       try {
-        const stats = await handle.stat();
+        const stats = await handle.stat({ bigint: true });
         if (!stats.isFile()) return null;
         let entry = await this.#opened(key, stats);
         if (!entry) {
           if (attempt < READ_ATTEMPTS) continue;
-          entry = { size: stats.size, mtimeMs: Math.round(stats.mtimeMs), seq: -++this.#strays, ino: stats.ino };
+          entry = { size: Number(stats.size), mtimeUs: microseconds(stats), seq: -++this.#strays, ino: Number(stats.ino) };
         }
         if (entry.size > STREAM_THRESHOLD) {
           keep = true; // the stream closes the handle
@@ -298,17 +307,18 @@ export class Store {
    * being renamed in (waits until it is named), or one replaced lately; `undefined`
    * when the store cannot tell.
    */
-  async #opened(key: string, stats: Stats): Promise<Entry | undefined> {
+  async #opened(key: string, stats: BigIntStats): Promise<Entry | undefined> {
+    const ino = Number(stats.ino);
     const matches = (entry: Entry | null | undefined): entry is Entry =>
-      !!entry && entry.ino === stats.ino && entry.size === stats.size;
+      !!entry && entry.ino === ino && entry.size === Number(stats.size);
     const current = this.#index.get(key);
     if (matches(current)) return current;
-    const renaming = this.#renaming.get(stats.ino);
+    const renaming = this.#renaming.get(ino);
     if (renaming?.key === key) {
       const landed = await renaming.landed;
       if (matches(landed)) return landed;
     }
-    const recent = this.#recent.get(stats.ino);
+    const recent = this.#recent.get(ino);
     if (recent?.key === key && matches(recent.entry)) return recent.entry;
     return undefined;
   }
@@ -320,7 +330,7 @@ export class Store {
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
     const [result] = await this.putMany(
-      [{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }],
+      [{ key, body, mtimeUs: options.mtimeUs, precondition: options.precondition }],
       options,
     );
     if (!result?.entry) throw result?.error ?? new Error(`the write of ${key} gave no result`);
@@ -404,7 +414,7 @@ export class Store {
     let entry: Entry | null = null;
     try {
       await rename(s.tmp, join(this.dir, s.key));
-      entry = this.#entry(s.size, s.mtimeMs, s.ino);
+      entry = this.#entry(s.size, s.mtimeUs, s.ino);
       this.#set(s.key, entry);
       if (s.cached) this.#cache.set(s.key, entry, s.cached);
       return entry;
@@ -441,16 +451,17 @@ export class Store {
         }
       }
       if (pendingBytes > 0) await writeAll(handle, pending);
-      // The leader's mtime, in whole milliseconds, is set before the fsync (the quick check compares it).
-      const given = item.mtimeMs === undefined ? undefined : Math.round(item.mtimeMs);
-      if (given !== undefined) await handle.utimes(given / 1000, given / 1000);
+      // The version's mtime (the leader's for a copy) is set before the fsync: it makes the entity tag.
+      const seconds = secondsOf(item.mtimeUs ?? this.#tick());
+      await handle.utimes(seconds, seconds);
       await handle.sync();
-      const stats = await handle.stat();
+      const stats = await handle.stat({ bigint: true }); // what the file system kept is the truth
       closed = true;
       await handle.close();
-      const mtimeMs = given ?? Math.round(stats.mtimeMs);
+      const mtimeUs = microseconds(stats);
       const value = cached && Buffer.concat(cached, size);
-      return { key: item.key, tmp, size, mtimeMs, ino: stats.ino, cached: value, precondition: item.precondition };
+      const ino = Number(stats.ino);
+      return { key: item.key, tmp, size, mtimeUs, ino, cached: value, precondition: item.precondition };
     } catch (error) {
       if (!closed) await handle.close().catch(() => {});
       await unlink(tmp).catch(() => {});
@@ -525,7 +536,7 @@ export class Store {
       seen.add(key);
       if (page && seen.size > page.limit) return this.#fullListing(next, page);
       const entry = this.#index.get(key);
-      if (entry) keys.push([key, entry.size, entry.mtimeMs]);
+      if (entry) keys.push([key, entry.size, mtimeToWire(entry.mtimeUs)]);
       else deleted.push(key);
     }
     return { cursor: next, full: false, keys, deleted };
@@ -535,7 +546,7 @@ export class Store {
   #fullListing(cursor: string, page: ListingPage | undefined): Changes {
     const keys: ListedKey[] = [];
     if (!page) {
-      for (const [key, entry] of this.#index) keys.push([key, entry.size, entry.mtimeMs]);
+      for (const [key, entry] of this.#index) keys.push([key, entry.size, mtimeToWire(entry.mtimeUs)]);
       return { cursor, full: true, keys, deleted: [] };
     }
     const names = this.list();
@@ -544,7 +555,7 @@ export class Store {
     const end = Math.min(names.length, start + page.limit);
     for (const name of names.slice(start, end)) {
       const entry = this.#index.get(name);
-      if (entry) keys.push([name, entry.size, entry.mtimeMs]);
+      if (entry) keys.push([name, entry.size, mtimeToWire(entry.mtimeUs)]);
     }
     return { cursor, full: true, keys, deleted: [], next: end < names.length ? (names[end - 1] ?? null) : null };
   }
@@ -579,9 +590,15 @@ export class Store {
     await this.#dirFsync.close();
   }
 
-  #entry(size: number, mtimeMs: number, ino: number): Entry {
+  #entry(size: number, mtimeUs: number, ino: number): Entry {
     const seq = ++this.#seq;
-    return { size, mtimeMs, seq, ino };
+    return { size, mtimeUs, seq, ino };
+  }
+
+  /** The mtime of a new version, in µs: now, or just after the last one given when that is later. */
+  #tick(): number {
+    this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1);
+    return this.#clockUs;
   }
 
   /**
@@ -886,6 +903,19 @@ function serialPull<T>(items: AsyncIterable<T> | Iterable<T>) {
     }
   };
   return pull;
+}
+
+/** A file's mtime in whole microseconds (nanoseconds cut), from exact stats. */
+function microseconds(stats: BigIntStats): number {
+  return Number(stats.mtimeNs / 1000n);
+}
+
+/**
+ * The seconds to give `utimes` for an mtime of `us` microseconds: the middle of that microsecond, so that
+ * the float's rounding and libuv's cut to whole microseconds both land on it.
+ */
+function secondsOf(us: number): number {
+  return (us + 0.5) / 1e6;
 }
 
 function isMissing(error: unknown): boolean {
