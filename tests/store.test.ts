@@ -268,15 +268,17 @@ test("putMany: nothing is visible until the batch is written, then all values ar
   let release = () => {};
   const gate = new Promise<void>((resolve) => (release = resolve));
   let taken = 0;
-  async function* items(): AsyncGenerator<PutItem> {
+  async function* second(): AsyncGenerator<Buffer> {
     taken++;
-    yield { key: "one", body: chunks("1"), mtimeUs: 1_700_000_000_000_000 };
     await gate; // the batch waits here for its second value
-    taken++;
-    yield { key: "two", body: chunks("22") };
+    yield Buffer.from("22");
   }
-  const written = store.putMany(items(), { maxBytes: 10 });
-  while (taken < 1 || (await readdir(dir)).length === 0) await sleep(5);
+  const items: PutItem[] = [
+    { key: "one", body: chunks("1"), mtimeUs: 1_700_000_000_000_000 },
+    { key: "two", body: second() },
+  ];
+  const written = store.putMany(items, { maxBytes: 10 });
+  while (taken < 1) await sleep(5);
   assert.deepEqual(store.list(), []);
   const keyFiles = (await readdir(dir)).filter((n) => !n.startsWith(".tmp-"));
   assert.equal(keyFiles.length, 0, "no key file before the batch is written");
@@ -429,13 +431,12 @@ test("putMany holds one temporary file open per value in flight, not one per val
   const fds = async () => (await readdir("/proc/self/fd")).length;
   const before = await fds();
   let most = 0;
-  async function* items(): AsyncGenerator<PutItem> {
-    for (let i = 0; i < 300; i++) {
-      most = Math.max(most, await fds());
-      yield { key: `k${i}`, body: [Buffer.from(`value ${i}`)] };
-    }
+  async function* body(i: number): AsyncGenerator<Buffer> {
+    most = Math.max(most, await fds());
+    yield Buffer.from(`value ${i}`);
   }
-  const results = await store.putMany(items(), { maxBytes: 100, concurrency: 2 });
+  const items = Array.from({ length: 300 }, (_, i): PutItem => ({ key: `k${i}`, body: body(i) }));
+  const results = await store.putMany(items, { maxBytes: 100, concurrency: 2 });
   assert.equal(results.filter((r) => r.entry).length, 300);
   assert.equal(store.count, 300);
   assert.ok(most - before <= 4, `descriptors open during the batch: ${most - before} more than before`);
