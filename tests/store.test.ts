@@ -1,6 +1,6 @@
 /** The store on its own: files per key, atomic durable writes, the listing and the change feed. */
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { Store, ValueTooLargeError, type PutItem } from "../src/store/store.ts";
@@ -468,4 +468,35 @@ test("change feed pages: a full listing in pages sorted by name; " +
   assert.deepEqual([long.full, long.keys.map(([k]) => k), long.next], [true, ["a", "b"], "b"]);
   assert.equal(store.changes(first.cursor).full, false, "unpaged requests keep the whole incremental answer");
   await store.close();
+});
+
+test("a key found at start and never stat'ed yet: its tag, a precondition, a read and a listing are exact", async () => {
+  const dir = await tempDir();
+  const times = new Map([["a", 1_700_000_000_123_456], ["b", 1_700_000_001_654_321], ["c", 1_700_000_002_000_001]]);
+  for (const [key, us] of times) {
+    await writeFile(join(dir, key), `value of ${key}`);
+    await utimes(join(dir, key), (us + 0.5) / 1e6, (us + 0.5) / 1e6);
+  }
+  const tagOf = (key: string) => `"${times.get(key)!.toString(36)}-${`value of ${key}`.length.toString(36)}"`;
+  const store = await Store.open(dir, { statInBackground: false });
+  assert.equal(store.count, 3);
+  // A read: the entry of the bytes it opened.
+  const value = await store.get("a");
+  assert.equal(value?.body?.toString(), "value of a");
+  assert.equal(store.etag(value.entry), tagOf("a"));
+  // A listing page: sizes and mtimes as the files have them.
+  const page = store.changes(null, { limit: 10 });
+  assert.deepEqual(page.keys.map(([k, size, ms]) => [k, size, Math.round(ms * 1000)]),
+    [...times].map(([k, us]) => [k, `value of ${k}`.length, us]));
+  await store.close();
+  // Preconditions judged on keys nobody stat'ed before.
+  const fresh = await Store.open(dir, { statInBackground: false });
+  const ifMatch = (tag: string) => (current: { size: number; mtimeUs: number } | undefined) =>
+    current && fresh.etag({ ...current, seq: 0, ino: 0 }) === tag ? null : "does not match";
+  await assert.rejects(fresh.put("b", chunks("new"), { maxBytes: 100, precondition: ifMatch('"0-1"') }), /match/);
+  await fresh.put("b", chunks("new"), { maxBytes: 100, precondition: ifMatch(tagOf("b")) });
+  assert.equal(await fresh.delete("c", { precondition: ifMatch(tagOf("c")) }), true);
+  assert.equal(fresh.etag(fresh.stat("a")!), tagOf("a"));
+  assert.deepEqual(fresh.list(), ["a", "b"]);
+  await fresh.close();
 });

@@ -84,7 +84,8 @@ export class Store {
   #changed: { promise: Promise<void>; resolve: () => void } | null = null;
   /** The last mtime given to a version, in µs: each new one is later (see {@link Store.etag}). */
   #clockUs = 0;
-  #opening: string | null = "opening the data directory: not started";
+  #opening: string | null = "opening the data directory: 0 names read";
+  #statInBackground: boolean;
   #closed = false;
 
   constructor(dir: string, options: StoreOptions = {}) {
@@ -93,6 +94,7 @@ export class Store {
     const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
     this.#log = new ChangeLog(options.maxTombstones ?? 100_000);
+    this.#statInBackground = options.statInBackground ?? true;
   }
 
   /** A new store on `dir`, opened. */
@@ -126,7 +128,7 @@ export class Store {
     await forEachLimited(leftovers, 32, (name) => unlink(join(this.dir, name)).catch(ignoreMissing));
     if (leftovers.length > 0) await this.#dirFsync.sync();
     this.#opening = null;
-    void this.#fillInBackground();
+    if (this.#statInBackground) void this.#fillInBackground();
   }
 
   /** One line on how far opening got (`opening the data directory: 412000 names read`); `null` once open. */
@@ -194,8 +196,7 @@ export class Store {
         let entry = await this.#opened(key, stats);
         if (!entry) {
           if (attempt < READ_ATTEMPTS) continue;
-          const size = Number(stats.size);
-          entry = { size, mtimeUs: microseconds(stats), seq: -++this.#strays, ino: Number(stats.ino) };
+          entry = { size: Number(stats.size), mtimeUs: microseconds(stats), seq: -++this.#strays, ino: Number(stats.ino) };
         }
         if (entry.size > STREAM_THRESHOLD) {
           keep = true; // the stream closes the handle
@@ -475,9 +476,9 @@ export class Store {
   async #fillInBackground(): Promise<void> {
     let done = 0;
     for (const [key, slot] of this.#index.entries()) {
+      if (done++ % FILL_SLICE === 0) await nextTurn();
       if (this.#unknown === 0 || this.#closed) return;
       if (!this.#index.known(slot) && !this.#locks.has(key)) this.#statNow(key, slot);
-      if (++done % FILL_SLICE === 0) await nextTurn();
     }
   }
 

@@ -21,6 +21,8 @@ export interface StoreOptions {
   cacheValueBytes?: number;
   /** Deletions remembered for the change feed before followers must list in full. Default 100 000. */
   maxTombstones?: number;
+  /** `stat` every key found at start in the background once open (the totals). Default true; tests turn it off. */
+  statInBackground?: boolean;
 }
 
 /** Options of {@link Store.put}. */
