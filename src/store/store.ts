@@ -196,7 +196,8 @@ export class Store {
         let entry = await this.#opened(key, stats);
         if (!entry) {
           if (attempt < READ_ATTEMPTS) continue;
-          entry = { size: Number(stats.size), mtimeUs: microseconds(stats), seq: -++this.#strays, ino: Number(stats.ino) };
+          const [size, ino] = [Number(stats.size), Number(stats.ino)];
+          entry = { size, mtimeUs: microseconds(stats), seq: -++this.#strays, ino };
         }
         if (entry.size > STREAM_THRESHOLD) {
           keep = true; // the stream closes the handle
@@ -337,7 +338,8 @@ export class Store {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const written = await writeTemp(tmp, item.body, {
       maxBytes: options.maxBytes,
-      mtimeUs: item.mtimeUs ?? this.#tick(),
+      // A new version's mtime: now, or just after the last one given when that is later.
+      mtimeUs: item.mtimeUs ?? (this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1)),
       keepBytes: options.cache === false ? 0 : CACHE_ON_WRITE_BYTES,
     });
     return { key: item.key, tmp, ...written, precondition: item.precondition };
@@ -466,12 +468,6 @@ export class Store {
     await this.#dirFsync.close();
   }
 
-  /** The mtime of a new version, in µs: now, or just after the last one given when that is later. */
-  #tick(): number {
-    this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1);
-    return this.#clockUs;
-  }
-
   /** `stat`s every key found at start that was not needed yet, a slice at a time: the totals become exact. */
   async #fillInBackground(): Promise<void> {
     let done = 0;
@@ -482,7 +478,7 @@ export class Store {
     }
   }
 
-  /** What only `stat` tells of a key found at start, read now (one `lstat`). A file gone or replaced by something else reads as absent. */
+  /** What only `stat` tells of a key found at start, read now (one `lstat`); not a file (any more): absent. */
   #statNow(key: string, slot: number): void {
     let stats: BigIntStats | undefined;
     try {
