@@ -178,7 +178,7 @@ function dispatch(
   if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
-  const opening = x.ctx.store.opening; // until every name is indexed, no key route answers (never a wrong 404)
+  const opening = ctx.store.opening; // until every name is indexed, no key route answers (never a wrong 404)
   if (opening !== null && STORE_ROUTES.has(found)) {
     return refuse(x, SERVICE_UNAVAILABLE, `not ready yet, ${opening}; try again shortly`, { "Retry-After": "1" });
   }
