@@ -501,3 +501,22 @@ test("a key found at start and never stat'ed yet: its tag, a precondition, a rea
   assert.deepEqual(fresh.list(), ["a", "b"]);
   await fresh.close();
 });
+
+test("a new version's mtime is later than the one it replaces, even one from the future (a clock set back)", async () => {
+  const dir = await tempDir();
+  const future = (Date.now() + 86_400_000) * 1000; // a day ahead, in µs
+  await writeFile(join(dir, "k"), "old");
+  await utimes(join(dir, "k"), (future + 0.5) / 1e6, (future + 0.5) / 1e6);
+  const store = await Store.open(dir);
+  const old = store.etag(store.stat("k")!);
+  const first = await store.put("k", chunks("new"), { maxBytes: 10 }); // the same size
+  assert.ok(first.mtimeUs > future, "later than the version it replaced");
+  assert.notEqual(store.etag(first), old);
+  const second = await store.put("k", chunks("abc"), { maxBytes: 10 });
+  assert.ok(second.mtimeUs > first.mtimeUs);
+  assert.equal(Number((await stat(join(dir, "k"), { bigint: true })).mtimeNs / 1000n), second.mtimeUs);
+  // A follower's copy keeps the mtime it is given, whatever it replaces.
+  const copy = await store.put("k", chunks("cpy"), { maxBytes: 10, mtimeUs: 1_700_000_000_000_000 });
+  assert.equal(copy.mtimeUs, 1_700_000_000_000_000);
+  await store.close();
+});

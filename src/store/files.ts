@@ -119,6 +119,19 @@ export async function writeTemp(
   }
 }
 
+/** Gives the closed file `path` the mtime `mtimeUs`, fsynced; resolves with the mtime the file system kept. */
+export async function restamp(path: string, mtimeUs: number): Promise<number> {
+  const handle = await open(path, "r+");
+  try {
+    const seconds = secondsOf(mtimeUs);
+    await handle.utimes(seconds, seconds);
+    await handle.sync();
+    return microseconds(await handle.stat({ bigint: true }));
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Writes all of `chunks`, however many calls it takes (writes may be short). */
 export async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void> {
   let rest = chunks;

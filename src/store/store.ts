@@ -38,7 +38,7 @@ import { ValueCache, type CachedValue } from "./cache.ts";
 import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";
 import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds } from "./files.ts";
-import { READ_FLAGS, readExactly, readNames, TMP_PREFIX, writeTemp } from "./files.ts";
+import { READ_FLAGS, readExactly, readNames, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
 import { KeyIndex, OpenedVersions, type Entry } from "./keyindex.ts";
 import { partitionPoint } from "./sorted.ts";
 import { PreconditionFailedError, ValueTooLargeError, type Staged, type StoreOptions, type Value } from "./types.ts";
@@ -68,10 +68,8 @@ export class Store {
   #index = new KeyIndex();
   #log: ChangeLog;
   #seq = 0;
-  /** Bytes of the values whose size is known. */
-  #bytes = 0;
-  /** Keys found at start whose file was not `stat`ed yet. */
-  #unknown = 0;
+  #bytes = 0; // of the values whose size is known
+  #unknown = 0; // keys found at start whose file was not `stat`ed yet
   #cache: ValueCache;
   /** Writes and deletes of a key run one after the other: the snapshot of a key's file is taken under it too. */
   #locks = new KeyLocks();
@@ -311,20 +309,22 @@ export class Store {
   }
 
   /**
-   * Makes a staged value the value of its key: renames its temporary file over
-   * the key's file and records the new entry. The one step of a write that makes
-   * it visible; run under the key's lock, so renames land in the order the index records.
+   * Makes a staged value the value of its key: renames its temporary file over the key's file and records the new
+   * entry. The one step of a write that makes it visible; run under the key's lock (renames land in index order).
    */
   async #install(s: Staged): Promise<Entry> {
     const current = this.stat(s.key); // known from here on: readers of the old file find it among the replaced
     const failed = s.precondition?.(current); // check and write in one step
     if (failed) throw new PreconditionFailedError(failed);
+    // Later than the version it replaces, even when the clock stepped back (or the file came from the future).
+    const behind = s.clocked && current !== undefined && s.mtimeUs <= current.mtimeUs;
+    const mtimeUs = behind ? await restamp(s.tmp, this.#clock(current.mtimeUs)) : s.mtimeUs;
     // A reader may open the new file before the index names it: it finds it here by inode.
     const landed = this.#versions.renamingIn(s.key, s.ino);
     let entry: Entry | null = null;
     try {
       await rename(s.tmp, join(this.dir, s.key));
-      entry = { size: s.size, mtimeUs: s.mtimeUs, seq: ++this.#seq, ino: s.ino };
+      entry = { size: s.size, mtimeUs, seq: ++this.#seq, ino: s.ino };
       this.#set(s.key, entry);
       if (s.cached) this.#cache.set(s.key, entry, s.cached);
       return entry;
@@ -338,11 +338,10 @@ export class Store {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const written = await writeTemp(tmp, item.body, {
       maxBytes: options.maxBytes,
-      // A new version's mtime: now, or just after the last one given when that is later.
-      mtimeUs: item.mtimeUs ?? (this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1)),
+      mtimeUs: item.mtimeUs ?? this.#clock(0),
       keepBytes: options.cache === false ? 0 : CACHE_ON_WRITE_BYTES,
     });
-    return { key: item.key, tmp, ...written, precondition: item.precondition };
+    return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, precondition: item.precondition };
   }
 
   /**
@@ -466,6 +465,11 @@ export class Store {
     this.#closed = true;
     await this.#locks.idle();
     await this.#dirFsync.close();
+  }
+
+  /** A new version's mtime in µs: now, or later than the last one given and than `afterUs`. */
+  #clock(afterUs: number): number {
+    return (this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1, afterUs + 1));
   }
 
   /** `stat`s every key found at start that was not needed yet, a slice at a time: the totals become exact. */

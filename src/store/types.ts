@@ -86,6 +86,8 @@ export interface Staged {
   readonly tmp: string;
   readonly size: number;
   readonly mtimeUs: number;
+  /** True when the mtime came from the store's clock (a new version), false when given (a follower's copy). */
+  readonly clocked: boolean;
   /** The temporary file's inode (it keeps it when renamed). */
   readonly ino: number;
   /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
