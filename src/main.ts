@@ -76,15 +76,9 @@ async function main(log: Logger): Promise<void> {
   });
   log("access", tokens?.describe() ?? { writes: "open", reads: "open" });
 
-  try {
-    parts.store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });
-  } catch (error) {
-    process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
-    process.exit(1);
-  }
-  const store = parts.store;
-  log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
-  if (stopping) return;
+  // The server listens first and answers 503 on key routes while the store opens (store.opening).
+  const store = new Store(config.dataDir, { cacheBytes: config.cacheBytes });
+  parts.store = store;
 
   const poller =
     config.role === "follower" && config.leaderUrl !== null
@@ -124,6 +118,13 @@ async function main(log: Logger): Promise<void> {
   const address = server.address();
   const port = typeof address === "object" && address ? address.port : config.port;
   log("listening", { port, address: config.listen ?? "*" });
+  try {
+    await store.open();
+  } catch (error) {
+    process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
+  log("store-open", { keys: store.count, epoch: store.epoch });
   if (stopping) return;
   parts.poller = poller;
   poller?.start();

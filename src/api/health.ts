@@ -40,6 +40,7 @@ async function readiness(x: Exchange): Promise<void> {
 
 /** Why this node is not ready, in one line; `null` when it is. */
 export async function notReadyReason({ store, poller, leaderUrl }: Context): Promise<string | null> {
+  if (store.opening !== null) return store.opening;
   const unwritable = await store.probeWritable();
   if (unwritable !== null) return unwritable;
   if (poller && !poller.synced) {

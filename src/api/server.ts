@@ -37,6 +37,7 @@ import {
   refuseMethod,
   REQUEST_TIMEOUT,
   send,
+  SERVICE_UNAVAILABLE,
   TEMPORARY_REDIRECT,
   UNAUTHORIZED,
   type Context,
@@ -88,6 +89,13 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/status", route("status", "open", { GET: status, HEAD: status })],
   ["/metrics", route("metrics", "open", { GET: metrics, HEAD: metrics })],
   ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
+]);
+
+/** The routes that read or change keys: `503` while the store opens. */
+const STORE_ROUTES: ReadonlySet<Route | undefined> = new Set([
+  ...PREFIX_ROUTES.values(),
+  EXACT_ROUTES.get("/keys"),
+  EXACT_ROUTES.get("/values"),
 ]);
 
 /** The answers of a path no route takes. */
@@ -145,6 +153,10 @@ function dispatch(
   if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
+  const opening = ctx.store.opening; // until every name is indexed, no key route answers (never a wrong 404)
+  if (opening !== null && STORE_ROUTES.has(found)) {
+    return refuse(x, SERVICE_UNAVAILABLE, `not ready yet, ${opening}; try again shortly`, { "Retry-After": "1" });
+  }
   if (found.access === "write" && ctx.role === "follower") return redirectToLeader(x);
   const follower = req.headers["mehdb-follower"]; // a follower names itself when it polls
   if (follower !== undefined && ctx.followers) recordWhenAnswered(ctx.followers, x, follower, path);

@@ -28,7 +28,7 @@ import { forEachLimited } from "../store/concurrency.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { metric } from "../metrics.ts";
-import { checkChanges, cursorReached, parseValues, type Changes, type PollerState } from "../protocol.ts";
+import { checkChanges, cursorReached, mtimeFromWire, parseValues, type Changes, type PollerState } from "../protocol.ts";
 import { ValueTooLargeError, type PutItem, type Store } from "../store/store.ts";
 import {
   AnswerTooLargeError,
@@ -209,7 +209,7 @@ export class Poller implements PollerState {
           throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
         listed.add(key);
         const held = store.stat(key);
-        if (!held || held.size !== size || held.mtimeMs !== Math.round(mtimeMs)) fetch.push(item);
+        if (!held || held.size !== size || held.mtimeUs !== mtimeFromWire(mtimeMs)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
       const gone: string[] = [];
@@ -293,7 +293,7 @@ export class Poller implements PollerState {
     const items: PutItem[] = [];
     for (const [key] of group) {
       const value = values.get(key);
-      if (value) items.push({ key, body: [value.body], mtimeMs: value.mtimeMs });
+      if (value) items.push({ key, body: [value.body], mtimeUs: value.mtimeUs });
     }
     await this.#write(items, GROUP_WRITE_CONCURRENCY);
   }
@@ -301,7 +301,7 @@ export class Poller implements PollerState {
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
   async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
     await this.#leader.fetch(`/get/${key}`, async (res) => {
-      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeMs }], 1);
+      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs: mtimeFromWire(mtimeMs) }], 1);
     });
   }
 
