@@ -69,13 +69,6 @@ export const DEFAULTS = {
   syncTimeoutMs: 10_000,
   maxValueBytes: 16 * 1024 * 1024,
   cacheBytes: 8 * 1024 * 1024,
-  // Not settings (no variable sets them): they leave for constants in api/server.ts, their one user.
-  /** Time the server allows for a request's headers. */
-  headersTimeoutMs: 10_000,
-  /** Time the server allows for a whole request, body included. */
-  requestTimeoutMs: 120_000,
-  /** How long an idle keep-alive connection stays open. */
-  keepAliveTimeoutMs: 5_000,
 } as const;
 
 /** Where `MEHDB_LOCAL=yes` looks for the leader, as in the original. */

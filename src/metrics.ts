@@ -47,11 +47,6 @@ export function metric(name: string, type: "gauge" | "counter", help: string, sa
   return text;
 }
 
-/** One metric without labels: `metric(name, type, help, value)`, kept for its callers until they use that. */
-export function sample(name: string, type: "gauge" | "counter", help: string, value: number): string {
-  return metric(name, type, help, value);
-}
-
 /** A Prometheus label value, escaped. */
 function labelValue(text: string): string {
   return text.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));

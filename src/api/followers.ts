@@ -12,6 +12,7 @@
  * poll that passed its token check and was answered; still, any reader may
  * send the header: the list is informational, not an authenticated identity.
  */
+import { metric } from "../metrics.ts";
 import { isHostName } from "../protocol.ts";
 
 /** One follower as the leader sees it. */
@@ -95,8 +96,7 @@ export class Followers {
   metrics(): string {
     const list = this.list();
     const family = (name: string, help: string, value: (f: FollowerStatus) => number) =>
-      `# HELP ${name} ${help}\n# TYPE ${name} gauge\n` +
-      list.map((f) => `${name}{follower="${labelValue(f.name)}"} ${value(f)}\n`).join("");
+      metric(name, "gauge", help, list.map((f) => ({ labels: { follower: f.name }, value: value(f) })));
     return (
       family(
         "mehdb_follower_lag_changes",
@@ -122,7 +122,3 @@ export class Followers {
   }
 }
 
-/** A Prometheus label value, escaped (host names need none; this is the second line of defence). */
-function labelValue(text: string): string {
-  return text.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
-}

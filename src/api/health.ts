@@ -4,7 +4,7 @@
  * `GET /metrics` (Prometheus text).
  */
 import { OK, send, SERVICE_UNAVAILABLE, type Context, type Exchange } from "./http.ts";
-import { sample } from "../metrics.ts";
+import { metric } from "../metrics.ts";
 
 /** `GET /status`: `leader` or `follower`; with `?level=full`, readiness. */
 export function status(x: Exchange): void | Promise<void> {
@@ -17,10 +17,10 @@ export function metrics(x: Exchange): void {
   const { metrics, store, role, poller, followers, watches } = x.ctx;
   const text =
     metrics.render() +
-    sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
-    sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
-    sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
-    sample(
+    metric("mehdb_keys", "gauge", "Keys stored.", store.count) +
+    metric("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
+    metric("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
+    metric(
       "process_resident_memory_bytes",
       "gauge",
       "Resident memory of the process, in bytes.",

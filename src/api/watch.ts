@@ -4,7 +4,7 @@
  * `GET /keys?since=…&wait=MS` answers ({@link Watches}) with their figures.
  */
 import { isValidKey } from "../keys.ts";
-import { sample } from "../metrics.ts";
+import { metric } from "../metrics.ts";
 import { partitionPoint } from "../store/sorted.ts";
 import type { Changes } from "../protocol.ts";
 
@@ -125,8 +125,8 @@ export class Watches {
   /** The watch figures, Prometheus text. */
   metrics(): string {
     return (
-      sample("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.held) +
-      sample(
+      metric("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.held) +
+      metric(
         "mehdb_watches_unheld_total",
         "counter",
         `Watches with nothing new refused with 503 because ${this.max} were held already.`,
