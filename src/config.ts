@@ -59,7 +59,7 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
-/** The defaults of every setting that has one. */
+/** The defaults of the settings the environment can set (`MEHDB_*`), applied here and nowhere else. */
 export const DEFAULTS = {
   port: 9876,
   dataDir: "./data",
@@ -69,15 +69,10 @@ export const DEFAULTS = {
   syncTimeoutMs: 10_000,
   maxValueBytes: 16 * 1024 * 1024,
   cacheBytes: 8 * 1024 * 1024,
-  /** Time the server allows for a request's headers. */
-  headersTimeoutMs: 10_000,
-  /** Time the server allows for a whole request, body included. */
-  requestTimeoutMs: 120_000,
-  /** How long an idle keep-alive connection stays open. */
-  keepAliveTimeoutMs: 5_000,
-  /** Where `MEHDB_LOCAL=yes` looks for the leader, as in the original. */
-  localLeaderUrl: "http://localhost:9999",
 } as const;
+
+/** Where `MEHDB_LOCAL=yes` looks for the leader, as in the original. */
+const LOCAL_LEADER_URL = "http://localhost:9999";
 
 /** A hostname read as StatefulSet pod `name-ordinal`. */
 export interface PodName {
@@ -114,7 +109,7 @@ export function loadConfig(env: Record<string, string | undefined>, hostname: st
   const local = yesNo(env, "MEHDB_LOCAL");
   const explicitLeader = nonEmpty(env.MEHDB_LEADER_URL);
   const leaderOverride =
-    explicitLeader !== undefined ? httpUrl(explicitLeader) : local ? DEFAULTS.localLeaderUrl : undefined;
+    explicitLeader !== undefined ? httpUrl(explicitLeader) : local ? LOCAL_LEADER_URL : undefined;
   const overrideSource = explicitLeader !== undefined ? "MEHDB_LEADER_URL" : "MEHDB_LOCAL=yes";
 
   const pod = parsePodName(host);

@@ -11,19 +11,23 @@ import type { Server } from "node:http";
 import { hostname } from "node:os";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { Followers } from "./api/followers.ts";
+import type { Context } from "./api/http.ts";
 import { createMehdbServer } from "./api/server.ts";
+import { TokenFileError, Tokens } from "./api/tokens.ts";
+import { Watches } from "./api/watch.ts";
 import { Store } from "./store/store.ts";
 import { Poller } from "./sync/poller.ts";
-import { TokenFileError, Tokens } from "./api/tokens.ts";
 
 /** How long in-flight requests may take to finish after a stop signal. */
 const SHUTDOWN_GRACE_MS = 5_000;
 
 /** The checked configuration and the token files, or a one-line error and exit 2. */
-function configure(log: Logger): { config: Config; tokens: Tokens | undefined } {
+async function configure(log: Logger): Promise<{ config: Config; tokens: Tokens | undefined }> {
   try {
     const config = loadConfig(process.env, hostname());
-    const tokens = Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
+    const tokens = await Tokens.open({ writeFile: config.writeTokenFile, readFile: config.readTokenFile, log });
     return { config, tokens };
   } catch (error) {
     if (!(error instanceof ConfigError || error instanceof TokenFileError)) throw error;
@@ -33,10 +37,10 @@ function configure(log: Logger): { config: Config; tokens: Tokens | undefined } 
 }
 
 async function main(log: Logger): Promise<void> {
-  const { config, tokens } = configure(log);
+  const { config, tokens } = await configure(log);
 
   // What is running so far; a stop signal may come at any point of the start-up.
-  const parts: { store?: Store; server?: Server; poller?: Poller } = {};
+  const parts: { store?: Store; server?: Server; poller?: Poller; watches?: Watches } = {};
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -48,6 +52,7 @@ async function main(log: Logger): Promise<void> {
     }, SHUTDOWN_GRACE_MS);
     force.unref();
     await parts.poller?.stop();
+    parts.watches?.close(); // held watches are answered at once, so that the server's close is prompt
     const server = parts.server;
     if (server?.listening) {
       const closed = new Promise((resolve) => server.close(resolve));
@@ -71,15 +76,9 @@ async function main(log: Logger): Promise<void> {
   });
   log("access", tokens?.describe() ?? { writes: "open", reads: "open" });
 
-  try {
-    parts.store = await Store.open(config.dataDir, { cacheBytes: config.cacheBytes });
-  } catch (error) {
-    process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
-    process.exit(1);
-  }
-  const store = parts.store;
-  log("store-open", { keys: store.count, bytes: store.bytes, epoch: store.epoch });
-  if (stopping) return;
+  // The server listens first and answers 503 on key routes while the store opens (store.opening).
+  const store = new Store(config.dataDir, { cacheBytes: config.cacheBytes });
+  parts.store = store;
 
   const poller =
     config.role === "follower" && config.leaderUrl !== null
@@ -94,16 +93,21 @@ async function main(log: Logger): Promise<void> {
           authorization: () => tokens?.leaderAuthorization(),
         })
       : undefined;
-  const server = createMehdbServer({
+  const ctx: Context = {
     store,
     role: config.role,
     leaderUrl: config.leaderUrl,
     maxValueBytes: config.maxValueBytes,
     log,
     poller,
-    host: config.host,
+    metrics: new Metrics(),
     access: tokens,
-  });
+    host: config.host,
+    followers: config.role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
+    watches: new Watches(() => store.nextChange()),
+  };
+  parts.watches = ctx.watches;
+  const server = createMehdbServer(ctx);
   server.on("error", (error: NodeJS.ErrnoException) => {
     process.stderr.write(`mehdb: cannot listen on port ${config.port}: ${error.code ?? error.message}\n`);
     process.exit(1);
@@ -114,6 +118,13 @@ async function main(log: Logger): Promise<void> {
   const address = server.address();
   const port = typeof address === "object" && address ? address.port : config.port;
   log("listening", { port, address: config.listen ?? "*" });
+  try {
+    await store.open();
+  } catch (error) {
+    process.stderr.write(`mehdb: cannot open data directory ${config.dataDir}: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
+  log("store-open", { keys: store.count, epoch: store.epoch });
   if (stopping) return;
   parts.poller = poller;
   poller?.start();

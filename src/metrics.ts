@@ -1,6 +1,7 @@
 /**
- * Metrics: request counters by route and status, rendered with the store's
- * gauges (and a follower's sync figures) in the Prometheus text format.
+ * Metrics: request counters by route and status, and {@link metric}, the one
+ * way a metric is rendered in the Prometheus text format (the store's gauges,
+ * a follower's sync figures, a leader's per-follower gauges).
  */
 
 /** Counts requests; one per server. */
@@ -17,19 +18,36 @@ export class Metrics {
 
   /** The request counters as Prometheus text. */
   render(): string {
-    let text =
-      "# HELP mehdb_http_requests_total HTTP requests answered, by route and status.\n" +
-      "# TYPE mehdb_http_requests_total counter\n";
+    const samples: Sample[] = [];
     for (const [route, byStatus] of [...this.#requests].sort(([a], [b]) => (a < b ? -1 : 1))) {
-      for (const [status, count] of [...byStatus].sort(([a], [b]) => a - b)) {
-        text += `mehdb_http_requests_total{route="${route}",status="${status}"} ${count}\n`;
+      for (const [status, value] of [...byStatus].sort(([a], [b]) => a - b)) {
+        samples.push({ labels: { route, status }, value });
       }
     }
-    return text;
+    return metric("mehdb_http_requests_total", "counter", "HTTP requests answered, by route and status.", samples);
   }
 }
 
-/** One Prometheus sample with its help and type lines. */
-export function sample(name: string, type: "gauge" | "counter", help: string, value: number, labels = ""): string {
-  return `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name}${labels ? `{${labels}}` : ""} ${value}\n`;
+/** One line of a metric: its labels (none when the metric has one line) and its value. */
+export interface Sample {
+  labels?: Record<string, string | number>;
+  value: number;
+}
+
+/**
+ * A metric in the Prometheus text format: its help and type lines, then one line per sample (none is fine); a
+ * number is the one sample of a metric without labels. Label values are escaped.
+ */
+export function metric(name: string, type: "gauge" | "counter", help: string, samples: number | Sample[]): string {
+  let text = `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+  for (const { labels, value } of typeof samples === "number" ? [{ value: samples }] : samples) {
+    const pairs = labels && Object.entries(labels).map(([label, v]) => `${label}="${labelValue(String(v))}"`);
+    text += `${name}${pairs ? `{${pairs.join(",")}}` : ""} ${value}\n`;
+  }
+  return text;
+}
+
+/** A Prometheus label value, escaped. */
+function labelValue(text: string): string {
+  return text.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
 }

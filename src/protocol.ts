@@ -66,8 +66,22 @@ export function cursorReached(reached: string | null, wanted: string): boolean {
   return have !== null && want !== null && have.epoch === want.epoch && want.seq <= have.seq;
 }
 
-/** A key in a change-feed listing: `[name, size, mtimeMs]`. */
+/**
+ * A key in a change-feed listing: `[name, size, mtimeMs]`. The mtime is in milliseconds with the
+ * microseconds as a fraction (`1700000000123.456`): a follower gives its copy exactly that mtime, so a
+ * version has the same entity tag on every pod. A 0.8 leader sends whole milliseconds; both read both.
+ */
 export type ListedKey = [name: string, size: number, mtimeMs: number];
+
+/** An mtime in whole microseconds as listings and `/values` lines carry it: milliseconds, with a fraction. */
+export function mtimeToWire(mtimeUs: number): number {
+  return mtimeUs / 1000;
+}
+
+/** An mtime of a listing or a `/values` line, back in whole microseconds (exact for what {@link mtimeToWire} made). */
+export function mtimeFromWire(mtimeMs: number): number {
+  return Math.round(mtimeMs * 1000);
+}
 
 /**
  * The answer of `GET /keys?since=CURSOR`: what changed since the cursor, or the whole listing when it cannot be served.
@@ -152,16 +166,19 @@ export const VALUES_TYPE = "application/vnd.mehdb.values";
 export const MAX_VALUES_KEYS = 1000;
 
 /**
- * The line before a value in a `GET /values` answer: `KEY SIZE MTIME_MS\n`,
+ * The line before a value in a `GET /values` answer: `KEY SIZE MTIME_MS\n` (the mtime as in {@link ListedKey}),
  * followed by SIZE bytes; `KEY -\n` for a key that is absent.
  */
-export function valueLine(key: string, value: { size: number; mtimeMs: number } | null): string {
-  return value === null ? `${key} -\n` : `${key} ${value.size} ${value.mtimeMs}\n`;
+export function valueLine(key: string, value: { size: number; mtimeUs: number } | null): string {
+  return value === null ? `${key} -\n` : `${key} ${value.size} ${mtimeToWire(value.mtimeUs)}\n`;
 }
 
-/** Reads a `GET /values` answer: key → bytes and mtime; absent keys are left out. Throws {@link ProtocolError}. */
-export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs: number }> {
-  const values = new Map<string, { body: Buffer; mtimeMs: number }>();
+/**
+ * Reads a `GET /values` answer: key → bytes and mtime (whole microseconds); absent keys are left out. Throws {@link
+ * ProtocolError}.
+ */
+export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeUs: number }> {
+  const values = new Map<string, { body: Buffer; mtimeUs: number }>();
   let at = 0;
   while (at < answer.length) {
     const end = answer.indexOf(10, at);
@@ -180,7 +197,7 @@ export function parseValues(answer: Buffer): Map<string, { body: Buffer; mtimeMs
     ) {
       throw new ProtocolError("leader's /values answer is malformed or cut short");
     }
-    values.set(key, { body: answer.subarray(at, at + length), mtimeMs });
+    values.set(key, { body: answer.subarray(at, at + length), mtimeUs: mtimeFromWire(mtimeMs) });
     at += length;
   }
   return values;
@@ -198,6 +215,12 @@ export interface PollerState {
   readonly unheld: string | null;
   /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond). */
   reached(cursor: string): boolean;
+  /** False while `key` is one of the leader's keys this follower cannot hold (its copy, if any, is older). */
+  holds(key: string): boolean;
+  /** True when this follower holds every key its syncs met (none is unheld). */
+  holdsAll(): boolean;
+  /** Time between two ticks, in ms. */
+  readonly intervalMs: number;
   /**
    * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
    * stopped).

@@ -1,6 +1,6 @@
 /**
  * The image, run the way a StatefulSet runs it, on one machine with podman
- * (../shared/CONTAINERS.md; the README's "Run with podman" is this test):
+ * (k8s/README.md, "Run with podman", is this test):
  * builds the real Containerfile on a local Node 24 base, runs mehdb-0 (leader)
  * and mehdb-1 (follower) on their own volumes, writes through the follower
  * with `curl -L`, reads from the follower, scales to 4, deletes and re-creates

@@ -7,11 +7,13 @@
  * input: bad names are ignored and never echoed, at most 100 names are kept.
  */
 import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { Followers } from "../src/api/followers.ts";
 import { followerHeaders, isHostName } from "../src/protocol.ts";
 import { assertStatus, del, http, put } from "./helpers/http.ts";
-import { startFollower, startMehdb, stopAll } from "./helpers/mehdb.ts";
+import { startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
 import { rawRequest } from "./helpers/raw.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -76,14 +78,14 @@ describe("Followers, on its own", () => {
     const asked: (string | null)[] = [];
     const lag = (cursor: string | null) => (asked.push(cursor), cursor === null ? 99 : Number(cursor.split("-")[1]));
     const followers = new Followers({ lag, now: () => now });
-    followers.record("Mehdb-1", "/keys", "since=e-7");
+    followers.record("Mehdb-1", "/keys", new URLSearchParams("since=e-7"));
     now = 2_000;
-    followers.record("mehdb-1", "/get/k", "");
-    followers.record("mehdb-2", "/values", "keys=a,b");
-    followers.record("mehdb-3", "/metrics", "");
-    followers.record("mehdb-3", "/status", "level=full");
-    followers.record(["mehdb-4", "mehdb-5"], "/keys", "since=e-1");
-    followers.record(undefined, "/keys", "");
+    followers.record("mehdb-1", "/get/k", new URLSearchParams(""));
+    followers.record("mehdb-2", "/values", new URLSearchParams("keys=a,b"));
+    followers.record("mehdb-3", "/metrics", new URLSearchParams(""));
+    followers.record("mehdb-3", "/status", new URLSearchParams("level=full"));
+    followers.record(["mehdb-4", "mehdb-5"], "/keys", new URLSearchParams("since=e-1"));
+    followers.record(undefined, "/keys", new URLSearchParams(""));
     now = 3_000;
     assert.deepEqual(followers.list(), [
       { name: "mehdb-1", lagChanges: 7, lastPollSeconds: 1 },
@@ -91,11 +93,13 @@ describe("Followers, on its own", () => {
     ]);
     assert.deepEqual(asked, ["e-7", null],
       "/get/ keeps the cursor of the last /keys; a follower never seen on /keys counts from the beginning");
-    followers.record("mehdb-2", "/keys", "");
+    followers.record("mehdb-2", "/keys", new URLSearchParams(""));
     now = 2_000 + 600_000 + 1;
     assert.deepEqual(followers.list().map((f) => f.name), ["mehdb-2"],
       "mehdb-1, unseen for more than 10 minutes, is forgotten");
-    for (let i = 0; i < 150; i++) followers.record(`f-${String(i).padStart(3, "0")}`, "/keys", "since=e-1");
+    for (let i = 0; i < 150; i++) {
+      followers.record(`f-${String(i).padStart(3, "0")}`, "/keys", new URLSearchParams("since=e-1"));
+    }
     const names = followers.list().map((f) => f.name);
     assert.equal(names.length, 100);
     const last100 = Array.from({ length: 100 }, (_, i) => `f-${String(i + 50).padStart(3, "0")}`);
@@ -105,8 +109,8 @@ describe("Followers, on its own", () => {
   test("a cursor too long to be real is not kept: the follower counts from the beginning", () => {
     const asked: (string | null)[] = [];
     const followers = new Followers({ lag: (cursor) => (asked.push(cursor), 0), now: () => 0 });
-    followers.record("mehdb-1", "/keys", `since=${"1".repeat(10_000)}`);
-    followers.record("mehdb-2", "/keys", `since=abc-${"1".repeat(20)}`);
+    followers.record("mehdb-1", "/keys", new URLSearchParams(`since=${"1".repeat(10_000)}`));
+    followers.record("mehdb-2", "/keys", new URLSearchParams(`since=abc-${"1".repeat(20)}`));
     followers.list();
     assert.deepEqual(asked, [null, `abc-${"1".repeat(20)}`]);
   });
@@ -116,7 +120,7 @@ describe("Followers, on its own", () => {
     assert.doesNotMatch(followers.metrics(), /\{/);
     assert.match(followers.metrics(), /^# TYPE mehdb_follower_lag_changes gauge$/m);
     assert.equal(followers.summary(), "");
-    followers.record("mehdb-1", "/keys", "since=x-1");
+    followers.record("mehdb-1", "/keys", new URLSearchParams("since=x-1"));
     assert.match(followers.metrics(), /^mehdb_follower_lag_changes\{follower="mehdb-1"\} 3$/m);
     assert.match(followers.metrics(), /^mehdb_follower_last_poll_seconds\{follower="mehdb-1"\} 0$/m);
     assert.equal(followers.summary(), ", followers: mehdb-1 (lag 3 changes, last poll 0.0 s ago)");
@@ -248,3 +252,86 @@ describe("the Mehdb-Follower header is input", () => {
     assert.ok(!page.includes("follower-049") && page.includes("follower-149"));
   });
 });
+
+describe("only a request that passed its token check and was answered records a follower", () => {
+  const WRITE = "w-Fq3Lm8Zt2Xc6Vb0Nk4Pj7Hd1Sg5Ry9A";
+  const READ = "r-Bn5Tc1Wq7Ke3Ly9Mz2Xd6Gh0Jp4Sv8U";
+
+  /** The environment of a leader (and its follower) with write and read tokens. */
+  async function tokenEnv(): Promise<Record<string, string>> {
+    const dir = await tempDir("mehdb-tokens-");
+    await writeFile(join(dir, "write"), `${WRITE}\n`);
+    await writeFile(join(dir, "read"), `${READ}\n`);
+    return { MEHDB_WRITE_TOKEN_FILE: join(dir, "write"), MEHDB_READ_TOKEN_FILE: join(dir, "read") };
+  }
+
+  test("with tokens: clients without the read token, or with a wrong one, posing as mehdb-1 and as 100 made-up " +
+    "names are not listed, and the real mehdb-1 stays", async () => {
+    const env = await tokenEnv();
+    const leader = await startMehdb({ env, waitReady: true });
+    const metricsOf = async () => (await http(`${leader.url}/metrics`)).text;
+    const real = await startFollower(leader.url, { host: "mehdb-1", env, waitReady: true });
+    await waitFor(async () => (await followerFigures(leader.url)).has("mehdb-1"), "the leader to list mehdb-1");
+    const refusals = () => metric401(leader.url);
+    const refusedBefore = await refusals();
+
+    real.child.kill("SIGSTOP");
+    try {
+      let aged = 0;
+      await waitFor(async () => {
+        aged = figuresOf(await followerFigures(leader.url), "mehdb-1").lastPoll;
+        return aged > 1;
+      }, "mehdb-1's last poll to age past 1 s while it is frozen");
+      const spoofs = ["mehdb-1", ...Array.from({ length: 100 }, (_, i) => `made-up-${i}`)];
+      const credentials: Record<string, string>[] = [{}, { Authorization: "Bearer not-the-token" }];
+      let sent = 0;
+      for (const name of spoofs) {
+        for (const auth of credentials) {
+          for (const path of ["/keys?since=", "/values?keys=k", "/get/k"]) {
+            const answer = await http(`${leader.url}${path}`, { headers: { ...auth, "Mehdb-Follower": name } });
+            assert.equal(answer.status, 401, `${path} as ${name}: ${answer.status} ${answer.text}`);
+            sent++;
+          }
+        }
+      }
+      const figures = await followerFigures(leader.url);
+      assert.deepEqual([...figures.keys()], ["mehdb-1"], "none of the spoofed names, and the real one not evicted");
+      assert.ok(figuresOf(figures, "mehdb-1").lastPoll >= aged,
+        "posing as mehdb-1 did not refresh its last poll");
+      const status = await http(`${leader.url}/status?level=full`);
+      assert.match(status.text, new RegExp(`^0 keys, followers: ${summaryOf("mehdb-1", 0)}\\n$`));
+      assert.doesNotMatch(await metricsOf(), /made-up/);
+      assert.equal(await refusals(), refusedBefore + sent, "each refusal counted, as before");
+    } finally {
+      real.child.kill("SIGCONT");
+    }
+  });
+
+  test("without tokens: a real follower's polls are recorded; a named request refused (400) or to a path that " +
+    "is no poll is not", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    assertStatus(await put(leader.url, "k", "v"), 200);
+    await startFollower(leader.url, { host: "mehdb-1", waitReady: true });
+    await waitFor(async () => (await followerFigures(leader.url)).get("mehdb-1")?.lag === 0,
+      "the leader to list mehdb-1 at lag 0");
+    const refused = [
+      "/get/..bad", "/keys?since=garbage", "/keys?wait=100", "/keys?prefix=.x", "/values?keys=..", "/keys?after=zz",
+    ];
+    for (const path of refused) {
+      const answer = await http(`${leader.url}${path}`, { headers: { "Mehdb-Follower": "refused-1" } });
+      assert.equal(answer.status, 400, `${path}: ${answer.status} ${answer.text}`);
+    }
+    for (const path of ["/status", "/metrics", "/", "/nope"]) {
+      await http(`${leader.url}${path}`, { headers: { "Mehdb-Follower": "no-poll-1" } });
+    }
+    assertStatus(await put(leader.url, "w", "v", { headers: { "Mehdb-Follower": "no-poll-2" } }), 200);
+    assert.deepEqual([...(await followerFigures(leader.url)).keys()], ["mehdb-1"]);
+    assert.doesNotMatch((await http(`${leader.url}/status?level=full`)).text, /refused|no-poll/);
+  });
+});
+
+/** `mehdb_http_requests_total{route="auth",status="401"}` of a server's `/metrics` (0 when absent). */
+async function metric401(url: string): Promise<number> {
+  const text = (await http(`${url}/metrics`)).text;
+  return Number(/^mehdb_http_requests_total\{route="auth",status="401"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+}

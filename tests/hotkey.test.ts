@@ -69,7 +69,7 @@ function parseValuesAnswer(body: Buffer): ValuesEntry[] {
     const end = body.indexOf(10, at);
     if (end < 0) throw new Error("answer ends inside a header line");
     const line = body.toString("latin1", at, end);
-    const [, key, length, mtime] = /^(\S+) (\d+) (\d+)$/.exec(line) ?? [];
+    const [, key, length, mtime] = /^(\S+) (\d+) (\d+(?:\.\d+)?)$/.exec(line) ?? [];
     if (key === undefined) throw new Error(`bad header line ${JSON.stringify(line.slice(0, 80))}`);
     at = end + 1;
     const size = Number(length);

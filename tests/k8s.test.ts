@@ -1,7 +1,7 @@
 /**
  * The Kubernetes manifests in k8s/, rendered the way a user applies them
  * (`kubectl -n mehdb apply -k k8s/`, and `-k k8s/with-tokens/`), checked
- * against what DESIGN.md and issues 4 and 12 ask of them. Needs kubectl (for
+ * against what k8s/README.md says of them. Needs kubectl (for
  * `kubectl kustomize`); without it the suite is skipped and says why.
  */
 import assert from "node:assert/strict";

@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { Logger } from "../src/log.ts";
 import type { PollerState } from "../src/protocol.ts";
+import { Followers } from "../src/api/followers.ts";
 import { createMehdbServer } from "../src/api/server.ts";
+import { Watches } from "../src/api/watch.ts";
+import { Metrics } from "../src/metrics.ts";
 import { Store } from "../src/store/store.ts";
 import { http, put } from "./helpers/http.ts";
 import { listen, stopAll, tempDir } from "./helpers/mehdb.ts";
@@ -22,13 +25,19 @@ function recorder(): { log: Logger; lines: string[] } {
 async function serve(role: "leader" | "follower", poller?: PollerState) {
   const store = await Store.open(await tempDir());
   const { log, lines } = recorder();
+  const leaderUrl = role === "follower" ? "http://mehdb-0.mehdb.default.svc.cluster.local:9876" : null;
   const server = createMehdbServer({
     store,
     role,
-    leaderUrl: role === "follower" ? "http://mehdb-0.mehdb.default.svc.cluster.local:9876" : null,
+    leaderUrl,
     maxValueBytes: 1024,
     log,
     poller,
+    metrics: new Metrics(),
+    access: undefined,
+    host: role,
+    followers: role === "leader" ? new Followers({ lag: (cursor) => store.changesSince(cursor) }) : null,
+    watches: new Watches(() => store.nextChange()),
   });
   return { store, url: await listen(server), lines };
 }
@@ -77,6 +86,9 @@ describe("route table, in-process", () => {
       secondsSinceSync: () => null,
       metrics: () => "mehdb_test_replica 1\n",
       reached: () => false,
+      holds: () => true,
+      holdsAll: () => true,
+      intervalMs: 1000,
       nextSync: () => Promise.resolve(),
     };
     const { url, store } = await serve("follower", poller);

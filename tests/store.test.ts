@@ -1,6 +1,6 @@
 /** The store on its own: files per key, atomic durable writes, the listing and the change feed. */
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { Store, ValueTooLargeError, type PutItem } from "../src/store/store.ts";
@@ -110,6 +110,7 @@ test("open: indexes valid names, ignores others, removes leftover temporary file
   await mkdir(join(dir, "subdir"));
   const store = await Store.open(dir);
   assert.deepEqual(store.list(), ["kept"]);
+  for (let i = 0; i < 100 && store.bytes === 0; i++) await sleep(10); // the totals are filled in once open
   assert.equal(store.bytes, 5);
   assert.deepEqual((await readdir(dir)).sort(), [".other", "bad name", "kept", "lost+found", "subdir"]);
   assert.equal((await read(store, "kept"))?.toString(), "value");
@@ -160,16 +161,41 @@ test("large values are streamed from the file", async () => {
   await store.close();
 });
 
-test("put with mtimeMs keeps that modification time (whole milliseconds)", async () => {
+test("put with mtimeUs keeps that modification time to the microsecond, through a restart", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);
-  const mtimeMs = 1_700_000_000_123;
-  const entry = await store.put("k", chunks("v"), { maxBytes: 10, mtimeMs });
-  assert.equal(entry.mtimeMs, mtimeMs);
-  assert.equal(Math.round((await stat(join(dir, "k"))).mtimeMs), mtimeMs);
+  // utimes takes float seconds: every microsecond must survive the round trip, whatever its digits.
+  const times = [1_700_000_000_123_456, 1_700_000_000_999_999, 1_700_000_001_000_000, 1_234_567_890_000_001];
+  for (let i = 0; i < 200; i++) times.push(1_600_000_000_000_000 + Math.floor(Math.random() * 200_000_000_000_000));
+  for (const [i, mtimeUs] of times.entries()) {
+    const entry = await store.put(`k${i}`, chunks("v"), { maxBytes: 10, mtimeUs });
+    assert.equal(entry.mtimeUs, mtimeUs);
+    const onDisk = await stat(join(dir, `k${i}`), { bigint: true });
+    assert.equal(Number(onDisk.mtimeNs / 1000n), mtimeUs);
+  }
+  const tags = times.map((_, i) => store.etag(store.stat(`k${i}`)!));
   await store.close();
   const reopened = await Store.open(dir);
-  assert.equal(reopened.stat("k")?.mtimeMs, mtimeMs);
+  for (const [i, mtimeUs] of times.entries()) {
+    assert.equal(reopened.stat(`k${i}`)?.mtimeUs, mtimeUs);
+    assert.equal(reopened.etag(reopened.stat(`k${i}`)!), tags[i], "the same tag after a restart");
+  }
+  await reopened.close();
+});
+
+test("entity tags follow the version: a same-size overwrite gets a new tag, a restart keeps it", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  const tags = new Set<string>();
+  for (let i = 0; i < 100; i++) tags.add(store.etag(await store.put("k", chunks(`v${i % 10}`), { maxBytes: 10 })));
+  assert.equal(tags.size, 100, "100 writes of the same size in a tight loop, 100 tags");
+  const last = store.etag(store.stat("k")!);
+  await store.close();
+  const reopened = await Store.open(dir);
+  assert.equal(reopened.etag(reopened.stat("k")!), last);
+  assert.equal(reopened.etag((await reopened.get("k"))!.entry), last);
+  const next = reopened.etag(await reopened.put("k", chunks("v9"), { maxBytes: 10 }));
+  assert.ok(!tags.has(next), "a write after a restart never reuses a tag of the key");
   await reopened.close();
 });
 
@@ -243,15 +269,17 @@ test("putMany: nothing is visible until the batch is written, then all values ar
   let release = () => {};
   const gate = new Promise<void>((resolve) => (release = resolve));
   let taken = 0;
-  async function* items(): AsyncGenerator<PutItem> {
+  async function* second(): AsyncGenerator<Buffer> {
     taken++;
-    yield { key: "one", body: chunks("1"), mtimeMs: 1_700_000_000_000 };
     await gate; // the batch waits here for its second value
-    taken++;
-    yield { key: "two", body: chunks("22") };
+    yield Buffer.from("22");
   }
-  const written = store.putMany(items(), { maxBytes: 10 });
-  while (taken < 1 || (await readdir(dir)).length === 0) await sleep(5);
+  const items: PutItem[] = [
+    { key: "one", body: chunks("1"), mtimeUs: 1_700_000_000_000_000 },
+    { key: "two", body: second() },
+  ];
+  const written = store.putMany(items, { maxBytes: 10 });
+  while (taken < 1) await sleep(5);
   assert.deepEqual(store.list(), []);
   const keyFiles = (await readdir(dir)).filter((n) => !n.startsWith(".tmp-"));
   assert.equal(keyFiles.length, 0, "no key file before the batch is written");
@@ -259,7 +287,7 @@ test("putMany: nothing is visible until the batch is written, then all values ar
   const results = await written;
   assert.deepEqual(results.map((r) => [r.key, r.entry?.size]), [["one", 1], ["two", 2]]);
   assert.deepEqual(store.list(), ["one", "two"]);
-  assert.equal(store.stat("one")?.mtimeMs, 1_700_000_000_000);
+  assert.equal(store.stat("one")?.mtimeUs, 1_700_000_000_000_000);
   assert.deepEqual((await readdir(dir)).sort(), ["one", "two"]);
   await store.close();
 });
@@ -289,10 +317,10 @@ test("an entry names the inode of its file, from a write and from the start-up s
   const store = await Store.open(dir);
   const entry = await store.put("k", chunks("value"), { maxBytes: 10 });
   assert.equal(entry.ino, (await stat(join(dir, "k"))).ino);
-  const batch = [{ key: "c", body: chunks("copy"), mtimeMs: 1_700_000_000_000 }];
+  const batch = [{ key: "c", body: chunks("copy"), mtimeUs: 1_700_000_000_000_000 }];
   const [copied] = await store.putMany(batch, { maxBytes: 10 });
   assert.equal(copied?.entry?.ino, (await stat(join(dir, "c"))).ino);
-  assert.equal(copied?.entry?.mtimeMs, 1_700_000_000_000);
+  assert.equal(copied?.entry?.mtimeUs, 1_700_000_000_000_000);
   await store.close();
   const reopened = await Store.open(dir);
   assert.equal(reopened.stat("k")?.ino, entry.ino);
@@ -404,13 +432,12 @@ test("putMany holds one temporary file open per value in flight, not one per val
   const fds = async () => (await readdir("/proc/self/fd")).length;
   const before = await fds();
   let most = 0;
-  async function* items(): AsyncGenerator<PutItem> {
-    for (let i = 0; i < 300; i++) {
-      most = Math.max(most, await fds());
-      yield { key: `k${i}`, body: [Buffer.from(`value ${i}`)] };
-    }
+  async function* body(i: number): AsyncGenerator<Buffer> {
+    most = Math.max(most, await fds());
+    yield Buffer.from(`value ${i}`);
   }
-  const results = await store.putMany(items(), { maxBytes: 100, concurrency: 2 });
+  const items = Array.from({ length: 300 }, (_, i): PutItem => ({ key: `k${i}`, body: body(i) }));
+  const results = await store.putMany(items, { maxBytes: 100, concurrency: 2 });
   assert.equal(results.filter((r) => r.entry).length, 300);
   assert.equal(store.count, 300);
   assert.ok(most - before <= 4, `descriptors open during the batch: ${most - before} more than before`);
@@ -441,5 +468,55 @@ test("change feed pages: a full listing in pages sorted by name; " +
   const long = store.changes(first.cursor, { limit: 2 });
   assert.deepEqual([long.full, long.keys.map(([k]) => k), long.next], [true, ["a", "b"], "b"]);
   assert.equal(store.changes(first.cursor).full, false, "unpaged requests keep the whole incremental answer");
+  await store.close();
+});
+
+test("a key found at start and never stat'ed yet: its tag, a precondition, a read and a listing are exact", async () => {
+  const dir = await tempDir();
+  const times = new Map([["a", 1_700_000_000_123_456], ["b", 1_700_000_001_654_321], ["c", 1_700_000_002_000_001]]);
+  for (const [key, us] of times) {
+    await writeFile(join(dir, key), `value of ${key}`);
+    await utimes(join(dir, key), (us + 0.5) / 1e6, (us + 0.5) / 1e6);
+  }
+  const tagOf = (key: string) => `"${times.get(key)!.toString(36)}-${`value of ${key}`.length.toString(36)}"`;
+  const store = await Store.open(dir, { statInBackground: false });
+  assert.equal(store.count, 3);
+  // A read: the entry of the bytes it opened.
+  const value = await store.get("a");
+  assert.equal(value?.body?.toString(), "value of a");
+  assert.equal(store.etag(value.entry), tagOf("a"));
+  // A listing page: sizes and mtimes as the files have them.
+  const page = store.changes(null, { limit: 10 });
+  assert.deepEqual(page.keys.map(([k, size, ms]) => [k, size, Math.round(ms * 1000)]),
+    [...times].map(([k, us]) => [k, `value of ${k}`.length, us]));
+  await store.close();
+  // Preconditions judged on keys nobody stat'ed before.
+  const fresh = await Store.open(dir, { statInBackground: false });
+  const ifMatch = (tag: string) => (current: { size: number; mtimeUs: number } | undefined) =>
+    current && fresh.etag({ ...current, seq: 0, ino: 0 }) === tag ? null : "does not match";
+  await assert.rejects(fresh.put("b", chunks("new"), { maxBytes: 100, precondition: ifMatch('"0-1"') }), /match/);
+  await fresh.put("b", chunks("new"), { maxBytes: 100, precondition: ifMatch(tagOf("b")) });
+  assert.equal(await fresh.delete("c", { precondition: ifMatch(tagOf("c")) }), true);
+  assert.equal(fresh.etag(fresh.stat("a")!), tagOf("a"));
+  assert.deepEqual(fresh.list(), ["a", "b"]);
+  await fresh.close();
+});
+
+test("a new version's mtime is later than the one it replaces, even one from the future (a clock set back)", async () => {
+  const dir = await tempDir();
+  const future = (Date.now() + 86_400_000) * 1000; // a day ahead, in µs
+  await writeFile(join(dir, "k"), "old");
+  await utimes(join(dir, "k"), (future + 0.5) / 1e6, (future + 0.5) / 1e6);
+  const store = await Store.open(dir);
+  const old = store.etag(store.stat("k")!);
+  const first = await store.put("k", chunks("new"), { maxBytes: 10 }); // the same size
+  assert.ok(first.mtimeUs > future, "later than the version it replaced");
+  assert.notEqual(store.etag(first), old);
+  const second = await store.put("k", chunks("abc"), { maxBytes: 10 });
+  assert.ok(second.mtimeUs > first.mtimeUs);
+  assert.equal(Number((await stat(join(dir, "k"), { bigint: true })).mtimeNs / 1000n), second.mtimeUs);
+  // A follower's copy keeps the mtime it is given, whatever it replaces.
+  const copy = await store.put("k", chunks("cpy"), { maxBytes: 10, mtimeUs: 1_700_000_000_000_000 });
+  assert.equal(copy.mtimeUs, 1_700_000_000_000_000);
   await store.close();
 });

@@ -1,6 +1,6 @@
 /**
- * Access tokens (DESIGN.md, "Access (optional tokens) and network policy"):
- * the pure verdict of src/tokens.ts, then every rule end to end with real
+ * Access tokens (src/README.md, "Access tokens"):
+ * the pure verdict of src/api/tokens.ts, then every rule end to end with real
  * leader and follower processes on loopback, curl as users run it, token
  * rotation by atomic rename (as a Kubernetes Secret volume does it), bad
  * token files at start, and no token in any log line or answer.

@@ -4,6 +4,8 @@
  * installed).
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { connect, type Socket } from "node:net";
 import { after, before, describe, test } from "node:test";
 import {
   changesWithPrefix,
@@ -16,7 +18,7 @@ import {
 import { cursorReached, parseCursor } from "../src/protocol.ts";
 import { SyncWaits } from "../src/sync/waits.ts";
 import { missingTool, must } from "./helpers/commands.ts";
-import { del, header, http, metric, put, readFeed, type Answer } from "./helpers/http.ts";
+import { assertOneLine, del, header, http, metric, put, readFeed, type Answer, type Feed } from "./helpers/http.ts";
 import { startFollower, startMehdb, stopAll, type Mehdb } from "./helpers/mehdb.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
 
@@ -177,12 +179,13 @@ describe("read-your-writes through a follower with a long sync interval (?after=
     assert.deepEqual(JSON.parse(keys.stdout), ["ryw-curl"]);
   });
 
-  test("a cursor of another epoch: the follower redirects, the leader answers", async () => {
+  test("a cursor of another epoch: the follower redirects, the leader cannot vouch for it (409)", async () => {
     const foreign = "0123456789ab-1";
     assert.equal((await http(`${follower.url}/get/ryw?after=${foreign}`)).status, 307);
     const onLeader = await http(`${leader.url}/get/ryw?after=${foreign}`);
-    assert.equal(onLeader.status, 200, "the leader has every write it acknowledged");
-    assert.equal((await http(`${leader.url}/keys?after=${foreign}`)).status, 200);
+    assert.equal(onLeader.status, 409, "the leader cannot tell whether a write of another epoch is here");
+    assert.match(onLeader.text, /^cannot vouch for after=0123456789ab-1: it is of epoch 0123456789ab, .*\n$/);
+    assert.equal((await http(`${leader.url}/keys?after=${foreign}`)).status, 409);
   });
 
   test("malformed after=: one-line 400 on the leader and on the follower", async () => {
@@ -322,5 +325,66 @@ describe("a held watch across SIGTERM", () => {
     assert.deepEqual(JSON.parse(answer.text), { cursor, full: false, keys: [], deleted: [] });
     assert.ok(!leader.output().includes("event=stop-forced"), `the stop was not forced:\n${leader.output()}`);
     assert.ok(performance.now() - started < 20_000, "well before the watch's 60 s");
+  });
+});
+
+/** A `GET /keys?QUERY` on a connection of its own, left open: the client ends it with FIN (`end`) or a reset. */
+async function openWatch(port: number, query: string): Promise<Socket> {
+  const socket = connect(port, "127.0.0.1");
+  socket.on("error", () => {});
+  socket.on("data", () => {});
+  await once(socket, "connect");
+  socket.write(`GET /keys?${query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  return socket;
+}
+
+describe("watches whose clients go, and the watch limit", () => {
+  const SLOTS = 256;
+
+  test("256 watches whose clients close with FIN free their slots; a new watch is then held", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    const held = () => metric(leader.url, "mehdb_watches_held");
+    const { cursor } = await readFeed(leader.url, "since=");
+    const sockets = await Promise.all(
+      Array.from({ length: SLOTS }, () => openWatch(leader.port, `since=${cursor}&wait=60000`)));
+    await waitFor(async () => (await held()) === SLOTS, `${SLOTS} watches to be held`);
+    const closed = sockets.map((socket) => once(socket, "close"));
+    for (const socket of sockets) socket.end(); // FIN: the client gives up, as curl -m or a proxy's timeout does
+    await waitFor(async () => (await held()) === 0, "every slot to be free once its client closed with FIN");
+    await Promise.all(closed); // the server closed its side too: the descriptors are freed
+    const watching = readFeed(leader.url, `since=${cursor}&wait=60000`, 70_000);
+    await waitFor(async () => (await held()) === 1, "a new watch to be held");
+    await put(leader.url, "after-fin", "v");
+    assert.deepEqual((await watching).keys.map(([name]) => name), ["after-fin"]);
+    // A reset frees a slot as well.
+    const reset = await openWatch(leader.port, `since=${(await readFeed(leader.url, "since=")).cursor}&wait=60000`);
+    await waitFor(async () => (await held()) === 1, "the watch to be held");
+    reset.resetAndDestroy();
+    await waitFor(async () => (await held()) === 0, "the slot to be free once its client reset");
+  });
+
+  test("every slot taken and nothing new: 503 with Retry-After: 1; something new: 200 at once", async () => {
+    const leader = await startMehdb({ waitReady: true });
+    const { cursor: before } = await readFeed(leader.url, "since=");
+    const cursor = cursorOf(await put(leader.url, "new", "v"));
+    const sockets = await Promise.all(
+      Array.from({ length: SLOTS }, () => openWatch(leader.port, `since=${cursor}&wait=60000`)));
+    try {
+      await waitFor(async () => (await metric(leader.url, "mehdb_watches_held")) === SLOTS,
+        `${SLOTS} watches to be held`);
+      const unheld = await metric(leader.url, "mehdb_watches_unheld_total");
+      const full = await http(`${leader.url}/keys?since=${cursor}&wait=60000`, { timeoutMs: 70_000 });
+      assert.equal(full.status, 503, full.text);
+      assert.equal(header(full, "Retry-After"), "1");
+      assertOneLine(full);
+      assert.match(full.text, /watch limit/);
+      assert.equal(await metric(leader.url, "mehdb_watches_unheld_total"), unheld + 1);
+      const changed = await http(`${leader.url}/keys?since=${before}&wait=60000`, { timeoutMs: 70_000 });
+      assert.equal(changed.status, 200, changed.text);
+      assert.deepEqual((JSON.parse(changed.text) as Feed).keys.map(([name]) => name), ["new"]);
+      assert.equal(await metric(leader.url, "mehdb_watches_held"), SLOTS);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
   });
 });

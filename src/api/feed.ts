@@ -1,28 +1,128 @@
 /**
  * Listing keys and the leader's side of replication: `GET /keys` (the sorted
- * array of names; `?since=CURSOR`, the change feed) and `GET /values?keys=a,b,c`
- * (several values in one answer, for a follower's catch-up).
+ * array of names; `?since=CURSOR`, the change feed, held up to `?wait=MS`
+ * while nothing changed) and `GET /values?keys=a,b,c` (several values in one
+ * answer, for a follower's catch-up).
  */
-import { afterThen, answer, BAD_REQUEST, errorCode, OK, refuse, type Exchange } from "./http.ts";
+import { afterThen } from "./after.ts";
+import {
+  BAD_REQUEST,
+  errorCode,
+  OK,
+  quote,
+  refuse,
+  send,
+  SERVICE_UNAVAILABLE,
+  type Exchange,
+} from "./http.ts";
 import { isValidKey, KEY_RULE } from "../keys.ts";
-import { MAX_VALUES_KEYS, valueLine, VALUES_TYPE } from "../protocol.ts";
+import {
+  CURSOR_RULE,
+  MAX_VALUES_KEYS,
+  parseCursor,
+  parseListingPage,
+  valueLine,
+  VALUES_TYPE,
+  type Changes,
+  type ListingPage,
+} from "../protocol.ts";
+import type { Store } from "../store/store.ts";
+import { changesWithPrefix, isValidPrefix, MAX_WAIT_MS, nothingChanged, parseWait, withPrefix } from "./watch.ts";
+
+/** What a change-feed request asks for beyond its cursor: names starting with `prefix`, and a page. */
+interface Listing {
+  since: string;
+  prefix: string;
+  page: ListingPage | undefined;
+}
 
 /**
  * `GET /keys`: the sorted JSON array of names; with `?since=CURSOR`, what changed since (held up to `?wait=MS`
  * while nothing did); `?prefix=P` keeps names starting with P; `?after=CURSOR` as for `/get/KEY`.
  */
 export function listKeys(x: Exchange): void | Promise<void> {
-  return afterThen(x, "/keys", () => {
-    const reply = x.ctx.consistency.keys(new URLSearchParams(x.query), x.res);
-    if (!(reply instanceof Promise)) return answer(x, reply);
-    return reply.then((held) => answer(x, held));
-  });
+  return afterThen(x, null, () => keys(x));
+}
+
+function keys(x: Exchange): void | Promise<void> {
+  const { params } = x;
+  const since = params.get("since");
+  const prefix = params.get("prefix") ?? "";
+  const waitText = params.get("wait");
+  if (!isValidPrefix(prefix)) {
+    const rule = `a prefix is empty or follows the key rule (${KEY_RULE})`;
+    return refuse(x, BAD_REQUEST, `invalid prefix=${quote(prefix)}: ${rule}`);
+  }
+  const wait = waitText === null ? null : parseWait(waitText);
+  if (waitText !== null && wait === null) {
+    const rule = `a whole number of milliseconds from 1 to ${MAX_WAIT_MS}`;
+    return refuse(x, BAD_REQUEST, `invalid wait=${quote(waitText)}: ${rule}`);
+  }
+  if (since === null) {
+    if (wait !== null) {
+      const why = "the cursor of the last answer, to wait for what comes after it";
+      return refuse(x, BAD_REQUEST, `wait needs since=CURSOR: ${why}`);
+    }
+    return sendJson(x, withPrefix(x.ctx.store.list(), prefix));
+  }
+  if (since !== "" && parseCursor(since) === null) {
+    return refuse(x, BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
+  }
+  const page = parseListingPage(params);
+  if (typeof page === "string") return refuse(x, BAD_REQUEST, page);
+  const listing = { since, prefix, page };
+  const changes = changesOf(x.ctx.store, listing);
+  if (wait === null || !nothingChanged(changes)) return sendJson(x, changes);
+  return hold(x, listing, performance.now() + wait);
+}
+
+/**
+ * Holds a change-feed answer with nothing in it until something under its prefix changes, its wait passes or
+ * the server stops; `503` when every slot is taken. A client that ends its side of the connection (FIN, which
+ * node:http does not report as the server allows half-open connections, or a reset) is never answered: its
+ * slot and its connection are freed at once.
+ */
+async function hold(x: Exchange, listing: Listing, deadline: number): Promise<void> {
+  const { watches, store } = x.ctx;
+  const socket = x.req.socket;
+  const gone = new AbortController();
+  const onGone = () => gone.abort();
+  socket.once("end", onGone).once("close", onGone);
+  if (socket.readableEnded || socket.destroyed) gone.abort();
+  try {
+    for (;;) {
+      const left = Math.ceil(deadline - performance.now());
+      if (left <= 0) return sendJson(x, changesOf(store, listing));
+      const wake = watches.hold(left, gone.signal);
+      if (wake === null) {
+        const text = `watch limit reached: ${watches.max} watches are held already; retry after 1 s`;
+        return refuse(x, SERVICE_UNAVAILABLE, text, { "Retry-After": "1" });
+      }
+      const why = await wake;
+      if (why === "gone") return void socket.destroy();
+      const changes = changesOf(store, listing);
+      // At shutdown the answer closes its connection, so that the server's close is not held by it.
+      if (why === "closed") return sendJson(x, changes, { Connection: "close" });
+      // A change outside the prefix lets the answer go with nothing in it: hold it again.
+      if (why !== "change" || !nothingChanged(changes)) return sendJson(x, changes);
+    }
+  } finally {
+    socket.off("end", onGone).off("close", onGone);
+  }
+}
+
+function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
+  return changesWithPrefix(store.changes(since, page), prefix);
+}
+
+function sendJson(x: Exchange, value: unknown, headers?: Record<string, string>): void {
+  send(x, OK, JSON.stringify(value), "application/json", headers);
 }
 
 /** `GET /values?keys=a,b,c`: several values in one answer, for a follower's catch-up (format: `protocol.ts`). */
 export async function sendValues(x: Exchange): Promise<void> {
   const { req, res, ctx } = x;
-  const keys = (new URLSearchParams(x.query).get("keys") ?? "").split(",");
+  const keys = (x.params.get("keys") ?? "").split(",");
   if (keys.length > MAX_VALUES_KEYS || !keys.every(isValidKey)) {
     return refuse(x, BAD_REQUEST, `keys must be 1-${MAX_VALUES_KEYS} keys separated by commas; ${KEY_RULE}`);
   }

@@ -8,8 +8,11 @@
  *
  * The header is input like any other: only valid host names (RFC 1123) are
  * kept, at most 100 of them, each forgotten after 10 minutes unseen. Anything
- * else is ignored and never shown.
+ * else is ignored and never shown. The server records a name only from a
+ * poll that passed its token check and was answered; still, any reader may
+ * send the header: the list is informational, not an authenticated identity.
  */
+import { metric } from "../metrics.ts";
 import { isHostName } from "../protocol.ts";
 
 /** One follower as the leader sees it. */
@@ -26,13 +29,15 @@ export interface FollowerStatus {
 export interface FollowersOptions {
   /** Changes the leader has made since `cursor` (`null`: since the beginning); usually `store.changesSince`. */
   lag: (cursor: string | null) => number;
-  /** Most followers remembered; a new name beyond it replaces the one unseen the longest. Default 100. */
-  maxFollowers?: number;
-  /** A follower unseen this long is forgotten, in ms. Default 600 000 (10 minutes). */
-  forgetAfterMs?: number;
-  /** The clock, in ms (monotonic). Default `performance.now`. */
+  /** The clock, in ms (monotonic). Default `performance.now` (a test sets its own). */
   now?: () => number;
 }
+
+/** Most followers remembered; a new name beyond it replaces the one unseen the longest. */
+const MAX_FOLLOWERS = 100;
+
+/** A follower unseen this long is forgotten, in ms (10 minutes). */
+const FORGET_AFTER_MS = 600_000;
 
 /** Longest cursor remembered (a real one is about 20 characters). */
 const MAX_CURSOR_CHARS = 100;
@@ -45,36 +50,32 @@ function isPollPath(path: string): boolean {
 /** The followers a leader has heard from; one per server. */
 export class Followers {
   #lag: (cursor: string | null) => number;
-  #max: number;
-  #forgetAfterMs: number;
   #now: () => number;
   /** name → last poll and cursor; in order of last poll, oldest first. */
   #byName = new Map<string, { lastPoll: number; cursor: string | null }>();
 
   constructor(options: FollowersOptions) {
     this.#lag = options.lag;
-    this.#max = options.maxFollowers ?? 100;
-    this.#forgetAfterMs = options.forgetAfterMs ?? 600_000;
     this.#now = options.now ?? (() => performance.now());
   }
 
   /**
-   * Notes a request: `header` is its `Mehdb-Follower` value (ignored unless a valid
-   * host name), `path` and `query` its URL. `GET /keys` records the `since` cursor
+   * Notes an answered request: `header` is its `Mehdb-Follower` value (ignored unless a valid
+   * host name), `path` and `params` its URL. `GET /keys` records the `since` cursor
    * (none: the follower asked for everything); `/values` and `/get/` only the time.
    */
-  record(header: string | string[] | undefined, path: string, query: string): void {
+  record(header: string | string[] | undefined, path: string, params: URLSearchParams): void {
     if (typeof header !== "string" || !isPollPath(path) || !isHostName(header)) return;
     const name = header.toLowerCase();
     const known = this.#byName.get(name);
-    const since = path === "/keys" ? new URLSearchParams(query).get("since") : undefined;
+    const since = path === "/keys" ? params.get("since") : undefined;
     // A cursor is `EPOCH-SEQ`, a few dozen characters; a longer one cannot be served, and is not kept.
     const cursor =
       since === undefined ? (known?.cursor ?? null) : since && since.length <= MAX_CURSOR_CHARS ? since : null;
     this.#byName.delete(name); // re-inserted last: the map stays in order of last poll
     this.#byName.set(name, { lastPoll: this.#now(), cursor });
     const [oldest] = this.#byName.keys();
-    if (this.#byName.size > this.#max && oldest !== undefined) this.#byName.delete(oldest);
+    if (this.#byName.size > MAX_FOLLOWERS && oldest !== undefined) this.#byName.delete(oldest);
   }
 
   /** The followers seen in the last 10 minutes (by default), sorted by name, with their figures now. */
@@ -82,7 +83,7 @@ export class Followers {
     const now = this.#now();
     const out: FollowerStatus[] = [];
     for (const [name, { lastPoll, cursor }] of this.#byName) {
-      if (now - lastPoll > this.#forgetAfterMs) {
+      if (now - lastPoll > FORGET_AFTER_MS) {
         this.#byName.delete(name);
         continue;
       }
@@ -95,8 +96,7 @@ export class Followers {
   metrics(): string {
     const list = this.list();
     const family = (name: string, help: string, value: (f: FollowerStatus) => number) =>
-      `# HELP ${name} ${help}\n# TYPE ${name} gauge\n` +
-      list.map((f) => `${name}{follower="${labelValue(f.name)}"} ${value(f)}\n`).join("");
+      metric(name, "gauge", help, list.map((f) => ({ labels: { follower: f.name }, value: value(f) })));
     return (
       family(
         "mehdb_follower_lag_changes",
@@ -122,7 +122,3 @@ export class Followers {
   }
 }
 
-/** A Prometheus label value, escaped (host names need none; this is the second line of defence). */
-function labelValue(text: string): string {
-  return text.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
-}

@@ -4,23 +4,23 @@
  * `GET /metrics` (Prometheus text).
  */
 import { OK, send, SERVICE_UNAVAILABLE, type Context, type Exchange } from "./http.ts";
-import { sample } from "../metrics.ts";
+import { metric } from "../metrics.ts";
 
 /** `GET /status`: `leader` or `follower`; with `?level=full`, readiness. */
 export function status(x: Exchange): void | Promise<void> {
-  if (new URLSearchParams(x.query).get("level") !== "full") return send(x, OK, `${x.ctx.role}\n`);
+  if (x.params.get("level") !== "full") return send(x, OK, `${x.ctx.role}\n`);
   return readiness(x);
 }
 
 /** `GET /metrics`: request counters, the store's gauges and a follower's poller's figures. */
 export function metrics(x: Exchange): void {
-  const { metrics, store, role, poller, followers, consistency } = x.ctx;
+  const { metrics, store, role, poller, followers, watches } = x.ctx;
   const text =
     metrics.render() +
-    sample("mehdb_keys", "gauge", "Keys stored.", store.count) +
-    sample("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
-    sample("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
-    sample(
+    metric("mehdb_keys", "gauge", "Keys stored.", store.count) +
+    metric("mehdb_bytes", "gauge", "Bytes of all values stored.", store.bytes) +
+    metric("mehdb_leader", "gauge", "1 on the leader, 0 on a follower.", role === "leader" ? 1 : 0) +
+    metric(
       "process_resident_memory_bytes",
       "gauge",
       "Resident memory of the process, in bytes.",
@@ -28,7 +28,7 @@ export function metrics(x: Exchange): void {
     ) +
     (poller ? poller.metrics() : "") +
     (followers?.metrics() ?? "") +
-    consistency.metrics();
+    watches.metrics();
   send(x, OK, text, "text/plain; version=0.0.4; charset=utf-8");
 }
 
@@ -40,6 +40,7 @@ async function readiness(x: Exchange): Promise<void> {
 
 /** Why this node is not ready, in one line; `null` when it is. */
 export async function notReadyReason({ store, poller, leaderUrl }: Context): Promise<string | null> {
+  if (store.opening !== null) return store.opening;
   const unwritable = await store.probeWritable();
   if (unwritable !== null) return unwritable;
   if (poller && !poller.synced) {

@@ -8,13 +8,13 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Role } from "../config.ts";
-import type { Consistency } from "./consistency.ts";
 import type { Followers } from "./followers.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { PollerState } from "../protocol.ts";
 import type { Store } from "../store/store.ts";
 import type { Tokens } from "./tokens.ts";
+import type { Watches } from "./watch.ts";
 
 export const OK = 200;
 export const NOT_MODIFIED = 304;
@@ -24,6 +24,7 @@ export const UNAUTHORIZED = 401;
 export const NOT_FOUND = 404;
 export const METHOD_NOT_ALLOWED = 405;
 export const REQUEST_TIMEOUT = 408;
+export const CONFLICT = 409;
 export const PRECONDITION_FAILED = 412;
 export const CONTENT_TOO_LARGE = 413;
 export const EXPECTATION_FAILED = 417;
@@ -32,7 +33,7 @@ export const INTERNAL_SERVER_ERROR = 500;
 export const SERVICE_UNAVAILABLE = 503;
 export const INSUFFICIENT_STORAGE = 507;
 
-/** What a server's routes work with; one per server. */
+/** What a server's routes work with; one per server, built by `main.ts`. */
 export interface Context {
   store: Store;
   role: Role;
@@ -51,8 +52,8 @@ export interface Context {
   host: string;
   /** The followers that poll this leader; `null` on a follower. */
   followers: Followers | null;
-  /** Conditional writes, `?after=`, and held `/keys` answers. */
-  consistency: Consistency;
+  /** The held `GET /keys?since=…&wait=MS` answers. */
+  watches: Watches;
 }
 
 /** One request being answered: the server's context, the request and response, and the route's label. */
@@ -64,13 +65,13 @@ export interface Exchange {
   readonly route: string;
   /** The path after the route's prefix (`KEY` of `/get/KEY`); empty for exact routes. */
   readonly rest: string;
-  /** The query string, without `?`. */
-  readonly query: string;
+  /** The query string, parsed once. */
+  readonly params: URLSearchParams;
   /** True when the client waits for `100 Continue` before sending its body. */
   readonly expectsContinue: boolean;
 }
 
-/** An answer decided before it is sent (see `consistency.ts`). */
+/** An answer decided before it is sent. */
 export interface Reply {
   /** HTTP status: 200, or the refusal's (307, 400, 412). */
   status: number;
@@ -124,17 +125,6 @@ export function answer(x: Exchange, reply: Reply): void {
   refuse(x, reply.status, reply.body, reply.headers);
 }
 
-/**
- * Answers `?after=CURSOR` first (a `400`, or a follower's `307` when it is still behind after its next sync),
- * else goes on with `next`. `path` is the request's path with its key checked.
- */
-export function afterThen(x: Exchange, path: string, next: () => void | Promise<void>): void | Promise<void> {
-  const checked = x.ctx.consistency.after(path, new URLSearchParams(x.query));
-  if (checked === null) return next();
-  if (!(checked instanceof Promise)) return answer(x, checked);
-  return checked.then((reply) => (reply === null ? next() : answer(x, reply)));
-}
-
 /** `405` with the `Allow` header. */
 export function refuseMethod(x: Exchange, allow: string): void {
   refuse(x, METHOD_NOT_ALLOWED, `method ${x.req.method} not allowed here; use ${allow}`, { Allow: allow });
@@ -158,6 +148,11 @@ export function rawAnswer(socket: Duplex, status: number, text: string, lingerMs
 /** The error `code` of a system error, else its text: what a log line or a one-line answer shows. */
 export function errorCode(error: unknown): string {
   return (error as NodeJS.ErrnoException)?.code ?? String(error);
+}
+
+/** A value from the request for a one-line answer: quoted, cut short, printable. */
+export function quote(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text).replace(/[^\x20-\x7e]/g, "?");
 }
 
 /** `text` as one short lower-case line. */

@@ -1,13 +1,14 @@
 /**
- * One key: `GET|HEAD /get/KEY` reads it, `PUT /set/KEY` stores the body,
- * `DELETE /set/KEY` removes it. A follower's `/set/` answers are redirects,
- * decided by the route table before these handlers run.
+ * One key: `GET|HEAD /get/KEY` reads it (`?after=CURSOR`: see `after.ts`),
+ * `PUT /set/KEY` stores the body, `DELETE /set/KEY` removes it. A write's
+ * `If-Match` / `If-None-Match` are judged here (with `preconditions.ts`) and
+ * its answer carries the new `ETag` and `Mehdb-Cursor`. A follower's `/set/`
+ * answers are redirects, decided by the route table before these handlers run.
  */
 import type { ReadStream } from "node:fs";
 import { pipeline } from "node:stream";
+import { afterThen } from "./after.ts";
 import {
-  afterThen,
-  answer,
   BAD_REQUEST,
   CONTENT_TOO_LARGE,
   errorCode,
@@ -22,7 +23,15 @@ import {
   type Exchange,
 } from "./http.ts";
 import { KEY_RULE, keyFromPath } from "../keys.ts";
-import { PreconditionFailedError, ValueTooLargeError, type Entry, type Store } from "../store/store.ts";
+import { evaluatePreconditions, readPreconditions } from "./preconditions.ts";
+import { CURSOR_HEADER } from "../protocol.ts";
+import {
+  PreconditionFailedError,
+  ValueTooLargeError,
+  type Entry,
+  type Precondition,
+  type Store,
+} from "../store/store.ts";
 
 /** The key named by the rest of the path; `null` after answering `400` when it breaks the key rules. */
 export function requestedKey(x: Exchange): string | null {
@@ -35,7 +44,7 @@ export function requestedKey(x: Exchange): string | null {
 export function getValue(x: Exchange): void | Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
-  if (x.query !== "") return afterThen(x, `/get/${key}`, () => readValue(x, key));
+  if (x.params.has("after")) return afterThen(x, key, () => readValue(x, key));
   return readValue(x, key);
 }
 
@@ -60,13 +69,14 @@ export async function putValue(x: Exchange): Promise<void> {
   if (declared !== undefined && Number(declared) > maxValueBytes) {
     return refuse(x, CONTENT_TOO_LARGE, `value too large: ${declared} bytes, the limit is ${maxValueBytes}`);
   }
-  const conditional = ctx.consistency.preconditions(req.headers, "PUT", key);
-  if (conditional && "reply" in conditional) return answer(x, conditional.reply);
+  const precondition = preconditionOf(x, key);
+  if (precondition === null) return;
   if (x.expectsContinue) res.writeContinue();
   try {
     const body = req.iterator({ destroyOnReturn: false });
-    const entry = await ctx.store.put(key, body, { maxBytes: maxValueBytes, precondition: conditional?.precondition });
-    send(x, OK, "WRITE completed\n", undefined, ctx.consistency.writeHeaders(entry));
+    const { store } = ctx;
+    const entry = await store.put(key, body, { maxBytes: maxValueBytes, precondition });
+    send(x, OK, "WRITE completed\n", undefined, { ETag: store.etag(entry), [CURSOR_HEADER]: store.cursorOf(entry) });
     log("write", { key, bytes: entry.size });
   } catch (error) {
     if (req.destroyed && !req.complete) {
@@ -90,20 +100,40 @@ export async function putValue(x: Exchange): Promise<void> {
 export async function deleteValue(x: Exchange): Promise<void> {
   const key = requestedKey(x);
   if (key === null) return;
-  const { store, log, consistency } = x.ctx;
-  const conditional = consistency.preconditions(x.req.headers, "DELETE", key);
-  if (conditional && "reply" in conditional) return answer(x, conditional.reply);
+  const { store, log } = x.ctx;
+  const precondition = preconditionOf(x, key);
+  if (precondition === null) return;
   try {
-    if (!(await store.delete(key, { precondition: conditional?.precondition }))) {
-      return refuse(x, NOT_FOUND, `key not found: ${key}`);
-    }
-    send(x, OK, "DELETE completed\n", undefined, consistency.writeHeaders());
+    if (!(await store.delete(key, { precondition }))) return refuse(x, NOT_FOUND, `key not found: ${key}`);
+    send(x, OK, "DELETE completed\n", undefined, { [CURSOR_HEADER]: store.cursor });
     log("delete", { key });
   } catch (error) {
     if (error instanceof PreconditionFailedError) return refuse(x, PRECONDITION_FAILED, error.message);
     log("error", { op: "delete", key, error: errorCode(error) });
     refuse(x, INTERNAL_SERVER_ERROR, `delete failed: ${errorCode(error)}`);
   }
+}
+
+/**
+ * The preconditions of `PUT` or `DELETE /set/KEY` (`If-Match`, `If-None-Match`): `undefined` when there are none;
+ * `null` after answering `400` (malformed) or `412` (failing already, the body not read); else the check the store
+ * judges again in the key's lock, right before the write.
+ */
+function preconditionOf(x: Exchange, key: string): Precondition | null | undefined {
+  const pre = readPreconditions(x.req.headers);
+  if (pre === null) return undefined;
+  if ("error" in pre) {
+    refuse(x, BAD_REQUEST, pre.error);
+    return null;
+  }
+  const { store } = x.ctx;
+  const precondition: Precondition = (current) => evaluatePreconditions(pre, key, current && store.etag(current));
+  const current = store.stat(key);
+  // A DELETE of an absent key is a 404 whatever its preconditions (RFC 9110, 13.2.1: they apply only to a 2xx).
+  const failed = x.req.method === "DELETE" && current === undefined ? null : precondition(current);
+  if (failed === null) return precondition;
+  refuse(x, PRECONDITION_FAILED, failed);
+  return null;
 }
 
 /** Answers a value: its bytes, or its file streamed; `304` when the client has it already. */

@@ -1,8 +1,8 @@
 /**
  * Preconditions of a write (RFC 9110, section 13): reading `If-Match` and
  * `If-None-Match`, and judging them against a key's current entity tag.
- * Pure functions; the server reads the headers, the store judges inside its
- * per-key lock, right before the write becomes visible.
+ * Pure functions; the key handler (`key.ts`) reads the headers, the store
+ * judges inside its per-key lock, right before the write becomes visible.
  *
  *     If-Match: *                  the key exists
  *     If-Match: "a", "b"           its current tag is one of these (strong comparison: W/ tags never match)

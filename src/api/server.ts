@@ -11,11 +11,11 @@
  *     GET        /metrics   Prometheus text
  *     GET|HEAD   /          the status page (HTML)
  *
- * Conditional writes (`If-Match`, `If-None-Match`), `?after=CURSOR`, `?prefix=` and held
- * `?wait=` answers are judged in `consistency.ts`.
+ * Conditional writes (`If-Match`, `If-None-Match`) are judged in `key.ts`, `?after=CURSOR` in
+ * `after.ts`, `?prefix=` and held `?wait=` answers in `feed.ts` and `watch.ts`.
  *
- * A request goes: `onRequest` → `dispatch` finds its route and checks the
- * method (and, on a follower, redirects writes) → the route's handler, in a
+ * A request goes: `onRequest` → `dispatch` parses its query, finds its route,
+ * checks its token and method (and, on a follower, redirects writes) → the route's handler, in a
  * file beside this one (`key.ts`, `feed.ts`, `health.ts`, `page.ts`). Every
  * error answer is one line of text; the answers `node:http`
  * would send by itself (malformed request, unmet `Expect`, headers too large,
@@ -24,8 +24,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { DEFAULTS, type Role } from "../config.ts";
-import { Consistency } from "./consistency.ts";
 import {
   BAD_REQUEST,
   EXPECTATION_FAILED,
@@ -39,46 +37,25 @@ import {
   refuseMethod,
   REQUEST_TIMEOUT,
   send,
+  SERVICE_UNAVAILABLE,
   TEMPORARY_REDIRECT,
   UNAUTHORIZED,
   type Context,
   type Exchange,
 } from "./http.ts";
-import { Followers } from "./followers.ts";
-import type { Logger } from "../log.ts";
-import type { PollerState } from "../protocol.ts";
-import { Metrics } from "../metrics.ts";
+import type { Followers } from "./followers.ts";
 import { listKeys, sendValues } from "./feed.ts";
 import { metrics, status } from "./health.ts";
 import { statusPage } from "./page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./key.ts";
-import type { Store } from "../store/store.ts";
-import { CHALLENGE, type Access, type Tokens } from "./tokens.ts";
+import { CHALLENGE, type Access } from "./tokens.ts";
 
-/** Options of {@link createMehdbServer}. */
-export interface ServerOptions {
-  store: Store;
-  role: Role;
-  /** Where a follower redirects writes (`http://host:port`); `null` on a leader. */
-  leaderUrl: string | null;
-  /** Largest value accepted, in bytes. */
-  maxValueBytes: number;
-  log: Logger;
-  /** The follower's poller; absent on a leader. */
-  poller?: PollerState;
-  /** This node's host name, shown on the status page. Default: the role. */
-  host?: string;
-  /** Who may write and read (the token files, `tokens.ts`). Default: everything open. */
-  access?: Pick<Tokens, "refusal">;
-  /** Request counters. Default: a new {@link Metrics}. */
-  metrics?: Metrics;
-  /** Time allowed for a request's headers. Default `DEFAULTS.headersTimeoutMs` (10 s). */
-  headersTimeoutMs?: number;
-  /** Time allowed for a whole request, body included. Default `DEFAULTS.requestTimeoutMs` (120 s). */
-  requestTimeoutMs?: number;
-  /** How long an idle keep-alive connection stays open. Default `DEFAULTS.keepAliveTimeoutMs` (5 s). */
-  keepAliveTimeoutMs?: number;
-}
+/** Time allowed for a request's headers. */
+const HEADERS_TIMEOUT_MS = 10_000;
+/** Time allowed for a whole request, body included. */
+const REQUEST_TIMEOUT_MS = 120_000;
+/** How long an idle keep-alive connection stays open (and a socket node:http gave up on lingers). */
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 
 /** A route's handler: answers the request, synchronously when it can. */
 type Handler = (x: Exchange) => void | Promise<void>;
@@ -114,6 +91,13 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
 ]);
 
+/** The routes that read or change keys: `503` while the store opens. */
+const STORE_ROUTES: ReadonlySet<Route | undefined> = new Set([
+  ...PREFIX_ROUTES.values(),
+  EXACT_ROUTES.get("/keys"),
+  EXACT_ROUTES.get("/values"),
+]);
+
 /** The answers of a path no route takes. */
 const UNROUTED = route("other", "open", {});
 
@@ -132,7 +116,7 @@ export function accessOf(path: string): Access {
 /** Every method some route takes (the `Allow` of a CONNECT). */
 const ALL_METHODS = "GET, HEAD, PUT, DELETE";
 
-/** Finds the request's route, checks its method and answers through its handler. */
+/** Finds the request's route, checks its token and method, and answers through its handler. */
 function dispatch(
   ctx: Context,
   req: IncomingMessage,
@@ -142,7 +126,7 @@ function dispatch(
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const path = q < 0 ? url : url.slice(0, q);
-  const query = q < 0 ? "" : url.slice(q + 1);
+  const params = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
   const routed = routeOf(path);
   const found = routed?.route;
   const x: Exchange = {
@@ -151,13 +135,12 @@ function dispatch(
     res,
     route: (found ?? UNROUTED).label,
     rest: routed?.prefix ? path.slice(routed.prefix.length) : "",
-    query,
+    params,
     expectsContinue,
   };
   if (req.headers.host === undefined && req.httpVersion === "1.1") {
     return refuse(exchange(ctx, req, res), BAD_REQUEST, "malformed request: an HTTP/1.1 request needs a Host header");
   }
-  ctx.followers?.record(req.headers["mehdb-follower"], path, query); // a follower names itself when it polls
   if (found === undefined) {
     return refuse(
       x,
@@ -170,13 +153,29 @@ function dispatch(
   if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
+  const opening = ctx.store.opening; // until every name is indexed, no key route answers (never a wrong 404)
+  if (opening !== null && STORE_ROUTES.has(found)) {
+    return refuse(x, SERVICE_UNAVAILABLE, `not ready yet, ${opening}; try again shortly`, { "Retry-After": "1" });
+  }
   if (found.access === "write" && ctx.role === "follower") return redirectToLeader(x);
+  const follower = req.headers["mehdb-follower"]; // a follower names itself when it polls
+  if (follower !== undefined && ctx.followers) recordWhenAnswered(ctx.followers, x, follower, path);
   return handler(x);
+}
+
+/**
+ * Records a follower's poll once it is answered, and only then: a refused request (`401` before this, a `400`
+ * after) changes nothing.
+ */
+function recordWhenAnswered(followers: Followers, x: Exchange, name: string | string[], path: string): void {
+  x.res.once("finish", () => {
+    if (x.res.statusCode < BAD_REQUEST) followers.record(name, path, x.params);
+  });
 }
 
 /** An exchange outside the route table (answers counted as `other`). */
 function exchange(ctx: Context, req: IncomingMessage, res: ServerResponse): Exchange {
-  return { ctx, req, res, route: UNROUTED.label, rest: "", query: "", expectsContinue: false };
+  return { ctx, req, res, route: UNROUTED.label, rest: "", params: new URLSearchParams(), expectsContinue: false };
 }
 
 /** A handler threw: logs it and answers 500 (or drops the connection when the answer has begun). */
@@ -194,27 +193,15 @@ function redirectToLeader(x: Exchange): void {
   refuse(x, TEMPORARY_REDIRECT, `this is a follower; write to the leader at ${location}`, { Location: location });
 }
 
-/** Creates (but does not start) the HTTP server of a leader or a follower. */
-export function createMehdbServer(options: ServerOptions): Server {
-  const ctx: Context = {
-    store: options.store,
-    role: options.role,
-    leaderUrl: options.leaderUrl,
-    maxValueBytes: options.maxValueBytes,
-    log: options.log,
-    poller: options.poller,
-    metrics: options.metrics ?? new Metrics(),
-    access: options.access,
-    host: options.host ?? options.role,
-    followers:
-      options.role === "leader" ? new Followers({ lag: (cursor) => options.store.changesSince(cursor) }) : null,
-    consistency: new Consistency({ store: options.store, leaderUrl: options.leaderUrl, poller: options.poller }),
-  };
-  const keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULTS.keepAliveTimeoutMs;
+/**
+ * Creates (but does not start) the HTTP server of a leader or a follower over `ctx`. Held watches are not
+ * released by its `close`: the caller calls `ctx.watches.close()` first, so that a stop stays prompt.
+ */
+export function createMehdbServer(ctx: Context): Server {
   const server = createServer({
-    headersTimeout: options.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
-    requestTimeout: options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
-    keepAliveTimeout: keepAliveTimeoutMs,
+    headersTimeout: HEADERS_TIMEOUT_MS,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     connectionsCheckingInterval: 1_000,
     requireHostHeader: false, // checked in dispatch(), to answer with a one-line body
   });
@@ -237,12 +224,6 @@ export function createMehdbServer(options: ServerOptions): Server {
     }
     if (pending) pending.catch((error: unknown) => failed(ctx, req, res, error));
   };
-  // Held watches are answered at once when the server closes, so a stop stays prompt.
-  const closeServer = server.close.bind(server);
-  server.close = ((callback?: (error?: Error) => void) => {
-    ctx.consistency.close();
-    return closeServer(callback);
-  }) as Server["close"];
   server.on("request", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, false));
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
   server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
@@ -266,14 +247,14 @@ export function createMehdbServer(options: ServerOptions): Server {
           ? [REQUEST_TIMEOUT, "request timed out"]
           : [BAD_REQUEST, `malformed request: ${oneLine(error.reason ?? error.code ?? "unreadable")}`];
     ctx.metrics.count(UNROUTED.label, code);
-    rawAnswer(socket, code, text, keepAliveTimeoutMs);
+    rawAnswer(socket, code, text, KEEP_ALIVE_TIMEOUT_MS);
   });
   // CONNECT goes to its own event; without a listener node:http drops the connection without a word.
   server.on("connect", (req: IncomingMessage, socket: Duplex) => {
     socket.on("error", () => {});
     ctx.metrics.count(UNROUTED.label, METHOD_NOT_ALLOWED);
     const text = `method ${req.method} not allowed: mehdb is not a proxy; use ${ALL_METHODS}`;
-    rawAnswer(socket, METHOD_NOT_ALLOWED, text, keepAliveTimeoutMs, `Allow: ${ALL_METHODS}\r\n`);
+    rawAnswer(socket, METHOD_NOT_ALLOWED, text, KEEP_ALIVE_TIMEOUT_MS, `Allow: ${ALL_METHODS}\r\n`);
   });
   return server;
 }

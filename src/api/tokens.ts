@@ -1,13 +1,13 @@
 /**
- * Access tokens: the optional write and read tokens of DESIGN.md, "Access
- * (optional tokens) and network policy".
+ * Access tokens: the optional write and read tokens (src/README.md, "Access
+ * tokens").
  *
  * `MEHDB_WRITE_TOKEN_FILE` and `MEHDB_READ_TOKEN_FILE` name files holding the
  * tokens (a Kubernetes Secret mounted as files). {@link Tokens} reads them at
  * start, then re-reads them on a timer: a Secret volume swaps its files by
  * renaming a `..data` symlink, so the files are polled (content, through the
  * path) rather than watched by inode. A new token applies within
- * {@link DEFAULT_POLL_MS} plus one read; the old one stops working at the same
+ * {@link POLL_MS} plus one read; the old one stops working at the same
  * moment.
  *
  * The verdict on a request is {@link judgeAuthorization}, a pure function of
@@ -17,7 +17,7 @@
  * never on how much of it a guess got right), and no token is ever logged or
  * put in an answer.
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
+import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import type { IncomingHttpHeaders } from "node:http";
 import { timingSafeEqual } from "node:crypto";
@@ -27,10 +27,10 @@ import type { Logger } from "../log.ts";
 export type Access = "write" | "read" | "open";
 
 /** How often the token files are re-read, in ms. */
-export const DEFAULT_POLL_MS = 500;
+const POLL_MS = 500;
 
 /** Longest token accepted, in characters (a token file is small; this bounds each re-read). */
-export const MAX_TOKEN_CHARS = 4096;
+const MAX_TOKEN_CHARS = 4096;
 
 /** The challenge sent with every `401` (`WWW-Authenticate`). */
 export const CHALLENGE = 'Bearer realm="mehdb"';
@@ -175,8 +175,6 @@ export interface TokensOptions {
   /** `MEHDB_READ_TOKEN_FILE`, or `null`. */
   readFile: string | null;
   log: Logger;
-  /** How often the files are re-read, in ms. Default {@link DEFAULT_POLL_MS}. */
-  pollMs?: number;
 }
 
 /** One configured file: its variable, path, and the token last read from it. */
@@ -202,14 +200,14 @@ export class Tokens {
   #polling = false;
 
   /** Use {@link Tokens.open}, which reads and checks the files first. */
-  constructor(sources: TokenSource[], log: Logger, pollMs: number) {
+  constructor(sources: TokenSource[], log: Logger) {
     this.#sources = sources;
     this.#log = log;
     this.#secrets = {
       write: sources.find((s) => s.kind === "write")?.secret ?? null,
       read: sources.find((s) => s.kind === "read")?.secret ?? null,
     };
-    this.#timer = setInterval(() => void this.#poll(), pollMs);
+    this.#timer = setInterval(() => void this.#poll(), POLL_MS);
     this.#timer.unref();
   }
 
@@ -218,7 +216,7 @@ export class Tokens {
    * nothing is protected). Throws {@link TokenFileError} for a file that is
    * missing, unreadable, not a regular file, empty, or holds an unusable token.
    */
-  static open(options: TokensOptions): Tokens | undefined {
+  static async open(options: TokensOptions): Promise<Tokens | undefined> {
     const sources: TokenSource[] = [];
     for (const [kind, variable, path] of [
       ["write", "MEHDB_WRITE_TOKEN_FILE", options.writeFile],
@@ -227,7 +225,7 @@ export class Tokens {
       if (path === null) continue;
       let token: string;
       try {
-        token = readTokenSync(path);
+        token = await readToken(path);
       } catch (error) {
         throw new TokenFileError(`${variable}=${path}: ${describe(error)}`);
       }
@@ -236,7 +234,7 @@ export class Tokens {
       sources.push({ kind, variable, path, secret: new Secret(token), problem: null });
     }
     if (sources.length === 0) return undefined;
-    return new Tokens(sources, options.log, options.pollMs ?? DEFAULT_POLL_MS);
+    return new Tokens(sources, options.log);
   }
 
   /** What is protected, for the start-up log line. */
@@ -309,16 +307,6 @@ export class Tokens {
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK;
 /** Largest token file read, in bytes. */
 const MAX_FILE_BYTES = 64 * 1024;
-
-function readTokenSync(path: string): string {
-  const fd = openSync(path, OPEN_FLAGS);
-  try {
-    checkFile(fstatSync(fd));
-    return readFileSync(fd, "utf8").trim();
-  } finally {
-    closeSync(fd);
-  }
-}
 
 async function readToken(path: string): Promise<string> {
   const handle = await open(path, OPEN_FLAGS);

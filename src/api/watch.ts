@@ -1,18 +1,18 @@
 /**
- * Watching changes and reading your writes, the parts that need no HTTP:
- * the `wait` and `prefix` parameters of `GET /keys`,
- * the bounded set of held `GET /keys?since=…&wait=MS` answers ({@link Watches}),
- * and the follower's "next sync" signal ({@link SyncWaits}) that `?after=` waits on.
+ * Watching changes, the parts that need no HTTP: the `wait` and `prefix`
+ * parameters of `GET /keys`, and the bounded set of held
+ * `GET /keys?since=…&wait=MS` answers ({@link Watches}) with their figures.
  */
 import { isValidKey } from "../keys.ts";
+import { metric } from "../metrics.ts";
 import { partitionPoint } from "../store/sorted.ts";
 import type { Changes } from "../protocol.ts";
 
 /** Longest `wait` of `GET /keys?since=…&wait=MS`, in milliseconds. */
 export const MAX_WAIT_MS = 60_000;
 
-/** Held `/keys` answers at once, by default; past it a watch is answered at once, as without `wait`. */
-export const DEFAULT_MAX_HELD = 256;
+/** Held `/keys` answers at once, by default; past it a watch with nothing new is answered `503`. */
+export const MAX_HELD = 256;
 
 /** Reads `wait`: a whole number of milliseconds from 1 to {@link MAX_WAIT_MS}; `null` otherwise. */
 export function parseWait(text: string): number | null {
@@ -55,7 +55,7 @@ export type Wake = "change" | "timeout" | "closed" | "gone";
 
 /** Options of {@link Watches}. */
 export interface WatchesOptions {
-  /** Answers held at once. Default {@link DEFAULT_MAX_HELD}. */
+  /** Answers held at once. Default {@link MAX_HELD} (the server's; a test sets a smaller one). */
   max?: number;
 }
 
@@ -76,7 +76,7 @@ export class Watches {
   /** `nextChange` resolves at the store's next change (see `Store.nextChange`). */
   constructor(nextChange: () => Promise<void>, options: WatchesOptions = {}) {
     this.#nextChange = nextChange;
-    this.max = options.max ?? DEFAULT_MAX_HELD;
+    this.max = options.max ?? MAX_HELD;
   }
 
   /** Answers held now. */
@@ -84,7 +84,7 @@ export class Watches {
     return this.#waiters.size;
   }
 
-  /** Watches answered at once because {@link Watches.max} were already held. */
+  /** Watches refused (`503`) because {@link Watches.max} were already held. */
   get refused(): number {
     return this.#refused;
   }
@@ -92,7 +92,7 @@ export class Watches {
   /**
    * Holds until the next change, `ms` pass, `signal` aborts (the client went
    * away) or {@link Watches.close}; resolves with the reason. `null` when
-   * {@link Watches.max} answers are held already: the caller answers at once.
+   * {@link Watches.max} answers are held already: the caller refuses it.
    */
   hold(ms: number, signal?: AbortSignal): Promise<Wake> | null {
     if (this.#closed) return Promise.resolve("closed");
@@ -120,6 +120,19 @@ export class Watches {
   close(): void {
     this.#closed = true;
     this.#wakeAll("closed");
+  }
+
+  /** The watch figures, Prometheus text. */
+  metrics(): string {
+    return (
+      metric("mehdb_watches_held", "gauge", "GET /keys?since=...&wait=... answers held now.", this.held) +
+      metric(
+        "mehdb_watches_unheld_total",
+        "counter",
+        `Watches with nothing new refused with 503 because ${this.max} were held already.`,
+        this.#refused,
+      )
+    );
   }
 
   #listen(): void {

@@ -2,247 +2,169 @@
  * The store: every key is one file in the data directory, named for the key.
  *
  * A write streams the value into a temporary file (`.tmp-…`, a name no key
- * can have), fsyncs it, renames it over the key's file and fsyncs the
- * directory before it resolves: a crash at any instant leaves each key with its
- * old or its new value, never a torn one. Writes that finish together share
- * one directory fsync (group commit), and {@link Store.putMany} writes a batch
- * with one directory fsync (a follower's copies). Temporary files never leave
- * this module, and each is closed (fsynced) before the next value of a batch is
- * written: a batch holds one descriptor per value in flight, not one per value.
- * Leftover temporary files are removed when the store opens.
+ * can have), gives it its version's mtime, fsyncs it, renames it over the key's
+ * file and fsyncs the directory before it resolves: a crash at any instant leaves
+ * each key with its old or its new value, never a torn one. Writes that finish
+ * together share one directory fsync (group commit), and {@link Store.putMany}
+ * writes a batch with one directory fsync (a follower's copies), holding one
+ * descriptor per value in flight. The one step that makes a write visible is
+ * `#install` (a delete's is in {@link Store.delete}), under the key's lock.
  *
- * In memory the store keeps an index (key → size, mtime, version, inode), a
- * bounded cache of small values (the files stay the truth), and a change log
- * that followers read through {@link Store.changes}: a cursor `EPOCH-SEQ`, where
- * the epoch is new every time the store opens.
+ * Opening ({@link Store.open}) reads the directory's names, not their `stat`s,
+ * a slice at a time, and says how far it got in {@link Store.opening}; what only
+ * `stat` tells (size, mtime, inode) is read when a key is first needed, and for
+ * every key in the background once open. In memory: the compact index
+ * (`keyindex.ts`), a bounded cache of small values (`cache.ts`; the files stay
+ * the truth), and the change log (`changelog.ts`) that followers read through
+ * {@link Store.changes}: a cursor `EPOCH-SEQ`, the epoch new every time the
+ * store opens. Leftover temporary files are removed when it opens.
  *
- * Only regular files are keys: links are never followed, at start (`lstat`) or
- * when read (`O_NOFOLLOW`). A read describes the file it actually opened: it
- * finds the entry by the inode of its open handle (the index's, a write being
- * renamed in, or a recently replaced one), so an entity tag, size or mtime is
- * never paired with another version's bytes and a concurrent write never makes
- * a read fail.
+ * Only regular files are keys: links are never followed, at start (directory
+ * entry types) or when read (`O_NOFOLLOW`). A read describes the file it
+ * actually opened: it finds the entry by the inode of its open handle (the
+ * index's, a write being renamed in, or a recently replaced one), so an entity
+ * tag, size or mtime is never paired with another version's bytes and a
+ * concurrent write never makes a read fail.
  */
 import { randomBytes } from "node:crypto";
-import { constants, createReadStream, lstatSync, readdirSync, type ReadStream, type Stats } from "node:fs";
+import { createReadStream, lstatSync, type BigIntStats } from "node:fs";
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { forEachLimited } from "./concurrency.ts";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
+import { formatCursor, mtimeToWire, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { ValueCache, type CachedValue } from "./cache.ts";
+import { ChangeLog } from "./changelog.ts";
+import { forEachLimited, KeyLocks } from "./concurrency.ts";
+import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds } from "./files.ts";
+import { READ_FLAGS, readExactly, readNames, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
+import { KeyIndex, OpenedVersions, type Entry } from "./keyindex.ts";
 import { partitionPoint } from "./sorted.ts";
-import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { PreconditionFailedError, ValueTooLargeError, type Staged, type StoreOptions, type Value } from "./types.ts";
+import type { Precondition, PutItem, PutManyOptions, PutOptions, PutResult } from "./types.ts";
 
-/** What the store knows of one key. Replaced, never changed, on every write. */
-export interface Entry {
-  /** Size of the value in bytes. */
-  readonly size: number;
-  /** Modification time of the file, in whole milliseconds. */
-  readonly mtimeMs: number;
-  /**
-   * The change number that wrote it (unique within one epoch; negative for a file the store did not write, see {@link
-   * Store.get}).
-   */
-  readonly seq: number;
-  /** The inode of its file: how a read knows which version it opened. */
-  readonly ino: number;
-}
-
-/** A value read from the store: its bytes when small, else a stream of the file. */
-export type Value =
-  { entry: Entry; body: Buffer; stream?: undefined } | { entry: Entry; body?: undefined; stream: ReadStream };
-
-/** Options of {@link Store.open}. */
-export interface StoreOptions {
-  /**
-   * Bytes of small values kept in memory (each counted with 512 B of overhead). Default `DEFAULTS.cacheBytes` (8 MiB);
-   * 0 turns the cache off.
-   */
-  cacheBytes?: number;
-  /** Largest value the cache holds. Default 64 KiB. */
-  cacheValueBytes?: number;
-  /** Deletions remembered for the change feed before followers must list in full. Default 100 000. */
-  maxTombstones?: number;
-}
-
-/** Options of {@link Store.put}. */
-export interface PutOptions {
-  /** Largest value accepted; more bytes throw {@link ValueTooLargeError}. */
-  maxBytes: number;
-  /** Modification time to give the file (a follower keeps its leader's). Default: now. */
-  mtimeMs?: number;
-  /** Keep a small value (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
-  cache?: boolean;
-  /**
-   * Judged in the key's lock right before the write becomes visible: a reason makes it fail with {@link
-   * PreconditionFailedError}. Default none.
-   */
-  precondition?: Precondition;
-}
-
-/** A check of a conditional write: `null` to go ahead, else one line saying why not. */
-export type Precondition = (current: Entry | undefined) => string | null;
-
-/** A write's or delete's precondition did not hold; nothing was changed. The message is the reason. */
-export class PreconditionFailedError extends Error {
-  override name = "PreconditionFailedError";
-}
-
-/** One value of a batch write; see {@link Store.putMany}. */
-export interface PutItem {
-  key: string;
-  /** The bytes: chunks, possibly arriving over time. */
-  body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
-  /** Modification time to give the file (a follower keeps its leader's). Default: now. */
-  mtimeMs?: number;
-  /** Judged in the key's lock right before the value becomes visible (see {@link PutOptions}). Default none. */
-  precondition?: Precondition;
-}
-
-/** Options of {@link Store.putMany}. */
-export interface PutManyOptions {
-  /** Largest value accepted; a larger one is not written ({@link ValueTooLargeError} in its result). */
-  maxBytes: number;
-  /** Keep small values (≤ 4 KiB) in the cache right away. Default true; a follower's copies wait to be read. */
-  cache?: boolean;
-  /**
-   * Values written at once, each with one temporary file open while it is written. Default 1: items are
-   * taken in order and each body is read to its end before the next item is taken (bodies may share one stream).
-   */
-  concurrency?: number;
-}
-
-/**
- * What {@link Store.putMany} did with one item: its new entry, or why this key
- * cannot be held here (a {@link ValueTooLargeError}, or something other than a
- * file in the way: `EISDIR`, `ENOTEMPTY`, `ENOTDIR`); the other items are written all the same.
- */
-export type PutResult =
-  { key: string; entry: Entry; error?: undefined } | { key: string; entry?: undefined; error: Error };
-
-/** A value written and fsynced in its (closed) temporary file, not yet renamed over its key's file. */
-interface Staged {
-  readonly key: string;
-  readonly tmp: string;
-  readonly size: number;
-  readonly mtimeMs: number;
-  /** The temporary file's inode (it keeps it when renamed). */
-  readonly ino: number;
-  /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
-  readonly cached: Buffer | null;
-  readonly precondition: Precondition | undefined;
-}
-
-/** The value was larger than allowed; nothing was stored. */
-export class ValueTooLargeError extends Error {
-  override name = "ValueTooLargeError";
-}
+export type { CachedValue } from "./cache.ts";
+export type { Entry } from "./keyindex.ts";
+export { PreconditionFailedError, ValueTooLargeError } from "./types.ts";
+export type { Precondition, PutItem, PutManyOptions, PutOptions, PutResult, StoreOptions, Value } from "./types.ts";
 
 /** Values up to this size go to the cache when written; larger ones (up to the cache's limit) when first read. */
 const CACHE_ON_WRITE_BYTES = 4 * 1024;
-/** Bytes of a value gathered before they are written (with one `writev`). */
-const WRITE_BATCH_BYTES = 256 * 1024;
-/**
- * What the cache counts for each value on top of its bytes: the objects that hold it. Measured
- * in heap snapshots of a leader with 100 000 keys: about 450 B per cached 50-byte value (the
- * Buffer and its ArrayBuffer, the backing store, the cache's node, its key, its headers, the Map's slot).
- */
-const CACHE_ENTRY_OVERHEAD = 512;
 /** Values larger than this are streamed from the file instead of read whole. */
 const STREAM_THRESHOLD = 1024 * 1024;
-/** Prefix of temporary files; no key starts with `.`. */
-const TMP_PREFIX = ".tmp-";
-/** How a value's file is opened: never through a link, and never blocking on a FIFO put in a key's place. */
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
-/** Replaced or deleted versions remembered by inode, for reads that opened them just before. */
-const RECENT_VERSIONS = 1024;
 /** Opens of a key whose file the store cannot name (replaced many times meanwhile) before it is served as found. */
 const READ_ATTEMPTS = 3;
+/** Keys `stat`ed between two turns of the event loop by the background pass after opening. */
+const FILL_SLICE = 2048;
 
-/** One key per file in a directory; create with {@link Store.open}. */
+/** One key per file in a directory: `new Store(dir)`, then {@link Store.open} (or the static `Store.open`). */
 export class Store {
   /** The data directory. */
   readonly dir: string;
-  /** Changes every time the store opens; part of every cursor and entity tag. */
+  /** Changes every time the store opens; part of every cursor. */
   readonly epoch: string;
 
-  #index = new Map<string, Entry>();
-  #sorted: string[] | null = null;
-  #bytes = 0;
+  #index = new KeyIndex();
+  #log: ChangeLog;
   #seq = 0;
-  /** Changes after `#floor`, oldest first: key names, with `#logSeq` their change numbers. */
-  #logKeys: string[] = [];
-  #logSeq: number[] = [];
-  #floor = 0;
-  #maxTombstones: number;
+  #bytes = 0; // of the values whose size is known
+  #unknown = 0; // keys found at start whose file was not `stat`ed yet
   #cache: ValueCache;
-  #locks = new Map<string, Promise<unknown>>();
-  #dirFsync: DirFsync;
+  /** Writes and deletes of a key run one after the other: the snapshot of a key's file is taken under it too. */
+  #locks = new KeyLocks();
+  #dirFsync = new DirFsync();
   #tmpCount = 0;
-  /** Files being renamed over their key's file, by inode: readers may open them before the index names them. */
-  #renaming = new Map<number, { key: string; landed: Promise<Entry | null> }>();
-  /** Versions replaced or deleted lately, by inode (oldest first), for readers that opened them before. */
-  #recent = new Map<number, { key: string; entry: Entry }>();
+  /** Versions a read may open that the index does not name: being renamed in, or replaced lately. */
+  #versions = new OpenedVersions();
   /** Files found at a key's path that the store did not write (see {@link Store.get}). */
   #strays = 0;
   #changed: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** The last mtime given to a version, in µs: each new one is later (see {@link Store.etag}). */
+  #clockUs = 0;
+  #opening: string | null = "opening the data directory: 0 names read";
+  #statInBackground: boolean;
+  #closed = false;
 
-  private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
+  constructor(dir: string, options: StoreOptions = {}) {
     this.dir = dir;
     this.epoch = randomBytes(6).toString("hex");
-    this.#dirFsync = new DirFsync(dirHandle);
     const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
-    this.#maxTombstones = options.maxTombstones ?? 100_000;
+    this.#log = new ChangeLog(options.maxTombstones ?? 100_000);
+    this.#statInBackground = options.statInBackground ?? true;
   }
 
-  /**
-   * Opens (and creates) the data directory: removes leftover temporary files and
-   * indexes every file whose name is a valid key. Other names are left alone.
-   */
+  /** A new store on `dir`, opened. */
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
-    await mkdir(dir, { recursive: true });
-    const store = new Store(dir, await open(dir, "r"), options);
-    // The scan is synchronous: nothing else runs before the store is open, and
-    // 100 000 stat calls take a tenth of the time they take through the thread pool.
-    const names = readdirSync(dir);
-    const leftovers = names.filter((name) => name.startsWith(TMP_PREFIX));
-    await forEachLimited(leftovers, 32, (name) => unlink(join(dir, name)).catch(ignoreMissing));
-    for (const key of names) {
-      if (!isValidKey(key)) continue;
-      // lstat: a link is not a key, wherever it points.
-      const stats = lstatSync(join(dir, key), { throwIfNoEntry: false });
-      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
-    }
-    store.#floor = store.#seq;
-    if (leftovers.length > 0) await store.#dirFsync.sync();
+    const store = new Store(dir, options);
+    await store.open();
     return store;
   }
 
-  /** Number of keys stored. */
+  /**
+   * Opens (and creates) the data directory: indexes every regular file whose
+   * name is a valid key (other names are left alone) by its name alone, and
+   * removes leftover temporary files. The event loop runs between slices of
+   * names; {@link Store.opening} says how far it got. Once open, the files are
+   * `stat`ed in the background (sizes for {@link Store.bytes}).
+   */
+  async open(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    this.#dirFsync.attach(await open(this.dir, "r"));
+    const leftovers: string[] = [];
+    let names = 0;
+    for await (const slice of readNames(this.dir)) {
+      if (this.#closed) return;
+      for (const key of slice.files) if (isValidKey(key)) this.#index.addUnknown(key, ++this.#seq);
+      leftovers.push(...slice.leftovers);
+      names += slice.files.length + slice.leftovers.length;
+      this.#opening = `opening the data directory: ${names} names read`;
+    }
+    this.#unknown = this.#index.size;
+    this.#log.floor = this.#seq;
+    await forEachLimited(leftovers, 32, (name) => unlink(join(this.dir, name)).catch(ignoreMissing));
+    if (leftovers.length > 0) await this.#dirFsync.sync();
+    this.#opening = null;
+    if (this.#statInBackground) void this.#fillInBackground();
+  }
+
+  /** One line on how far opening got (`opening the data directory: 412000 names read`); `null` once open. */
+  get opening(): string | null {
+    return this.#opening;
+  }
+
+  /** Number of keys stored (exact once open). */
   get count(): number {
     return this.#index.size;
   }
 
-  /** Total bytes of all values. */
+  /** Total bytes of all values (of those `stat`ed so far, in the moments after opening). */
   get bytes(): number {
     return this.#bytes;
   }
 
-  /** The strong entity tag of an entry: unique for its value, within and across epochs. */
+  /**
+   * The strong entity tag of an entry: its mtime in µs and its size (`"MTIME-SIZE"`, base 36). The same on
+   * every pod for one version (followers copy the mtime), and new for every version: the store's clock gives
+   * each write a later mtime than any it gave before.
+   */
   etag(entry: Entry): string {
-    return `"${this.epoch}-${entry.seq.toString(36)}"`;
+    return `"${entry.mtimeUs.toString(36)}-${entry.size.toString(36)}"`;
   }
 
-  /** The entry of `key`, or `undefined` when absent. */
+  /** The entry of `key` (its file `stat`ed now if it never was), or `undefined` when absent. */
   stat(key: string): Entry | undefined {
-    return this.#index.get(key);
+    const slot = this.#index.slot(key);
+    if (slot === undefined) return undefined;
+    if (!this.#index.known(slot)) this.#statNow(key, slot);
+    return this.#index.entryAt(slot);
   }
 
   /** The value of `key` when it is in the cache (no I/O, no allocation), else `undefined`. */
   cached(key: string): CachedValue | undefined {
-    const entry = this.#index.get(key);
-    return entry && this.#cache.hit(key, entry);
+    const slot = this.#index.slot(key);
+    return slot === undefined ? undefined : this.#cache.hit(key, this.#index.seqAt(slot));
   }
 
   /**
@@ -251,14 +173,12 @@ export class Store {
    * key meanwhile never makes it fail: it answers the old or the new value.
    * A key whose file was replaced behind the store's back by something that is
    * not a regular file (a link, a directory) reads as absent; a regular file
-   * the store did not write is served with an entry of its own (a tag no
-   * version shares).
+   * the store did not write is served with an entry of its own.
    */
   async get(key: string): Promise<Value | null> {
-    const current = this.#index.get(key);
-    if (!current) return null;
-    const body = this.#cache.get(key, current);
-    if (body) return { entry: current, body };
+    const hit = this.cached(key);
+    if (hit) return { entry: hit.entry, body: hit.body };
+    if (!this.#index.has(key)) return null;
     for (let attempt = 1; ; attempt++) {
       let handle: FileHandle;
       try {
@@ -269,12 +189,13 @@ export class Store {
       }
       let keep = false;
       try {
-        const stats = await handle.stat();
+        const stats = await handle.stat({ bigint: true });
         if (!stats.isFile()) return null;
         let entry = await this.#opened(key, stats);
         if (!entry) {
           if (attempt < READ_ATTEMPTS) continue;
-          entry = { size: stats.size, mtimeMs: Math.round(stats.mtimeMs), seq: -++this.#strays, ino: stats.ino };
+          const [size, ino] = [Number(stats.size), Number(stats.ino)];
+          entry = { size, mtimeUs: microseconds(stats), seq: -++this.#strays, ino };
         }
         if (entry.size > STREAM_THRESHOLD) {
           keep = true; // the stream closes the handle
@@ -285,7 +206,7 @@ export class Store {
           if (attempt < READ_ATTEMPTS) continue; // cut short behind the store's back
           throw new Error(`key ${key}: its file is shorter than the ${entry.size} bytes it had`);
         }
-        if (entry === this.#index.get(key)) this.#cache.set(key, entry, bytes);
+        if (this.#isCurrent(key, entry)) this.#cache.set(key, entry, bytes);
         return { entry, body: bytes };
       } finally {
         if (!keep) await handle.close();
@@ -294,23 +215,32 @@ export class Store {
   }
 
   /**
-   * The entry of the file a read opened for `key` (by its inode): the index's, one
-   * being renamed in (waits until it is named), or one replaced lately; `undefined`
-   * when the store cannot tell.
+   * The entry of the file a read opened for `key` (by its inode): the index's
+   * (a key found at start takes this first `stat`), one being renamed in (waits
+   * until it is named), or one replaced lately; `undefined` when the store cannot tell.
    */
-  async #opened(key: string, stats: Stats): Promise<Entry | undefined> {
+  async #opened(key: string, stats: BigIntStats): Promise<Entry | undefined> {
+    const ino = Number(stats.ino);
+    const size = Number(stats.size);
     const matches = (entry: Entry | null | undefined): entry is Entry =>
-      !!entry && entry.ino === stats.ino && entry.size === stats.size;
-    const current = this.#index.get(key);
-    if (matches(current)) return current;
-    const renaming = this.#renaming.get(stats.ino);
-    if (renaming?.key === key) {
-      const landed = await renaming.landed;
-      if (matches(landed)) return landed;
+      !!entry && entry.ino === ino && entry.size === size;
+    const renaming = this.#versions.renaming(key, ino);
+    const slot = this.#index.slot(key);
+    if (slot !== undefined) {
+      if (!this.#index.known(slot) && !renaming) this.#fill(slot, size, microseconds(stats), ino);
+      const current = this.#index.known(slot) ? this.#index.entryAt(slot) : undefined;
+      if (matches(current)) return current;
     }
-    const recent = this.#recent.get(stats.ino);
-    if (recent?.key === key && matches(recent.entry)) return recent.entry;
-    return undefined;
+    const landed = await renaming;
+    if (matches(landed)) return landed;
+    const recent = this.#versions.replaced(key, ino);
+    return matches(recent) ? recent : undefined;
+  }
+
+  /** True when `entry` is the version the index has for `key`. */
+  #isCurrent(key: string, entry: Entry): boolean {
+    const slot = this.#index.slot(key);
+    return slot !== undefined && this.#index.known(slot) && this.#index.seqAt(slot) === entry.seq;
   }
 
   /**
@@ -320,7 +250,7 @@ export class Store {
    */
   async put(key: string, body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: PutOptions): Promise<Entry> {
     const [result] = await this.putMany(
-      [{ key, body, mtimeMs: options.mtimeMs, precondition: options.precondition }],
+      [{ key, body, mtimeUs: options.mtimeUs, precondition: options.precondition }],
       options,
     );
     if (!result?.entry) throw result?.error ?? new Error(`the write of ${key} gave no result`);
@@ -338,34 +268,21 @@ export class Store {
    * error (a body that fails, a full disk, no descriptor left) rejects: then no
    * value that was not yet renamed is written, and no temporary file is left.
    */
-  async putMany(items: AsyncIterable<PutItem> | Iterable<PutItem>, options: PutManyOptions): Promise<PutResult[]> {
+  async putMany(items: readonly PutItem[], options: PutManyOptions): Promise<PutResult[]> {
     const staged: (Staged | undefined)[] = [];
     const results: (PutResult | undefined)[] = [];
-    const pull = serialPull(items);
-    let failed: { error: unknown } | null = null;
-    const worker = async () => {
-      while (failed === null) {
-        const next = await pull();
-        if (next.done) return;
-        const { index, value: item } = next;
+    try {
+      await forEachLimited(items, Math.max(1, options.concurrency ?? 1), async (item, i) => {
         try {
-          staged[index] = await this.#stage(item, options);
+          staged[i] = await this.#stage(item, options);
         } catch (error) {
           if (!(error instanceof ValueTooLargeError)) throw error;
-          results[index] = { key: item.key, error };
+          results[i] = { key: item.key, error };
         }
-      }
-    };
-    const workers = Array.from({ length: Math.max(1, options.concurrency ?? 1) }, () =>
-      worker().catch((error: unknown) => {
-        failed ??= { error };
-      }),
-    );
-    await Promise.all(workers);
-    if (failed !== null) {
-      await pull.stop();
+      });
+    } catch (error) {
       await removeAll(staged);
-      throw (failed as { error: unknown }).error;
+      throw error;
     }
     let renamed = 0;
     try {
@@ -374,7 +291,7 @@ export class Store {
         if (!s) continue;
         staged[i] = undefined; // from here on, renamed or removed: not left for the clean-up below
         try {
-          results[i] = { key: s.key, entry: await this.#locked(s.key, () => this.#install(s)) };
+          results[i] = { key: s.key, entry: await this.#locks.run(s.key, () => this.#install(s)) };
           renamed++;
         } catch (error) {
           await unlink(s.tmp).catch(() => {});
@@ -392,19 +309,22 @@ export class Store {
   }
 
   /**
-   * Makes a staged value the value of its key: renames its temporary file over
-   * the key's file and records the new entry. The one step of a write that makes
-   * it visible; run under the key's lock, so renames land in the order the index records.
+   * Makes a staged value the value of its key: renames its temporary file over the key's file and records the new
+   * entry. The one step of a write that makes it visible; run under the key's lock (renames land in index order).
    */
   async #install(s: Staged): Promise<Entry> {
-    const failed = s.precondition?.(this.#index.get(s.key)); // check and write in one step
+    const current = this.stat(s.key); // known from here on: readers of the old file find it among the replaced
+    const failed = s.precondition?.(current); // check and write in one step
     if (failed) throw new PreconditionFailedError(failed);
+    // Later than the version it replaces, even when the clock stepped back (or the file came from the future).
+    const behind = s.clocked && current !== undefined && s.mtimeUs <= current.mtimeUs;
+    const mtimeUs = behind ? await restamp(s.tmp, this.#clock(current.mtimeUs)) : s.mtimeUs;
     // A reader may open the new file before the index names it: it finds it here by inode.
-    const landed = this.#renamingIn(s.key, s.ino);
+    const landed = this.#versions.renamingIn(s.key, s.ino);
     let entry: Entry | null = null;
     try {
       await rename(s.tmp, join(this.dir, s.key));
-      entry = this.#entry(s.size, s.mtimeMs, s.ino);
+      entry = { size: s.size, mtimeUs, seq: ++this.#seq, ino: s.ino };
       this.#set(s.key, entry);
       if (s.cached) this.#cache.set(s.key, entry, s.cached);
       return entry;
@@ -413,49 +333,15 @@ export class Store {
     }
   }
 
-  /**
-   * The first half of a write: streams the item's body into a new temporary file,
-   * sets its mtime, fsyncs and closes it. On any error the file is removed.
-   */
+  /** The first half of a write: the item's body in a new temporary file with its version's mtime, fsynced. */
   async #stage(item: PutItem, options: PutManyOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
-    const handle = await open(tmp, "wx", 0o644);
-    let closed = false;
-    try {
-      // Chunks are written in batches of up to WRITE_BATCH_BYTES: one system call for most values.
-      let size = 0;
-      let cached: Uint8Array[] | null = options.cache === false ? null : [];
-      let pending: Uint8Array[] = [];
-      let pendingBytes = 0;
-      for await (const chunk of item.body) {
-        size += chunk.length;
-        if (size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
-        if (cached && size <= CACHE_ON_WRITE_BYTES) cached.push(chunk);
-        else cached = null;
-        pending.push(chunk);
-        pendingBytes += chunk.length;
-        if (pendingBytes >= WRITE_BATCH_BYTES) {
-          await writeAll(handle, pending);
-          pending = [];
-          pendingBytes = 0;
-        }
-      }
-      if (pendingBytes > 0) await writeAll(handle, pending);
-      // The leader's mtime, in whole milliseconds, is set before the fsync (the quick check compares it).
-      const given = item.mtimeMs === undefined ? undefined : Math.round(item.mtimeMs);
-      if (given !== undefined) await handle.utimes(given / 1000, given / 1000);
-      await handle.sync();
-      const stats = await handle.stat();
-      closed = true;
-      await handle.close();
-      const mtimeMs = given ?? Math.round(stats.mtimeMs);
-      const value = cached && Buffer.concat(cached, size);
-      return { key: item.key, tmp, size, mtimeMs, ino: stats.ino, cached: value, precondition: item.precondition };
-    } catch (error) {
-      if (!closed) await handle.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
-      throw error;
-    }
+    const written = await writeTemp(tmp, item.body, {
+      maxBytes: options.maxBytes,
+      mtimeUs: item.mtimeUs ?? this.#clock(0),
+      keepBytes: options.cache === false ? 0 : CACHE_ON_WRITE_BYTES,
+    });
+    return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, precondition: item.precondition };
   }
 
   /**
@@ -463,9 +349,10 @@ export class Store {
    * when absent).
    */
   async delete(key: string, options: { precondition?: Precondition } = {}): Promise<boolean> {
-    const removed = await this.#locked(key, async () => {
-      if (!this.#index.has(key)) return false;
-      const failed = options.precondition?.(this.#index.get(key)); // check and delete in one step
+    const removed = await this.#locks.run(key, async () => {
+      const current = this.stat(key);
+      if (!current) return false;
+      const failed = options.precondition?.(current); // check and delete in one step
       if (failed) throw new PreconditionFailedError(failed);
       try {
         await unlink(join(this.dir, key));
@@ -499,10 +386,9 @@ export class Store {
     return this.#changed.promise;
   }
 
-  /** Every key, sorted. */
+  /** Every key, sorted (the same array until a key comes or goes). */
   list(): readonly string[] {
-    this.#sorted ??= [...this.#index.keys()].sort();
-    return this.#sorted;
+    return this.#index.sorted();
   }
 
   /**
@@ -513,19 +399,19 @@ export class Store {
    * longer than `page.limit` becomes the first such page.
    */
   changes(cursor: string | null, page?: ListingPage): Changes {
-    const next = formatCursor(this.epoch, this.#seq);
+    const next = this.cursor;
     const since = page?.from !== undefined ? null : seqOf(cursor, this.epoch);
-    if (since === null || since < this.#floor || since > this.#seq) return this.#fullListing(next, page);
+    if (since === null || since < this.#log.floor || since > this.#seq) return this.#fullListing(next, page);
     const keys: ListedKey[] = [];
     const deleted: string[] = [];
     if (since === this.#seq) return { cursor: next, full: false, keys, deleted };
     const seen = new Set<string>();
-    for (const key of this.#logKeys.slice(partitionPoint(this.#logSeq, (seq) => seq <= since))) {
+    for (const key of this.#log.since(since)) {
       if (seen.has(key)) continue;
       seen.add(key);
       if (page && seen.size > page.limit) return this.#fullListing(next, page);
-      const entry = this.#index.get(key);
-      if (entry) keys.push([key, entry.size, entry.mtimeMs]);
+      const entry = this.stat(key);
+      if (entry) keys.push(listed(key, entry));
       else deleted.push(key);
     }
     return { cursor: next, full: false, keys, deleted };
@@ -535,16 +421,17 @@ export class Store {
   #fullListing(cursor: string, page: ListingPage | undefined): Changes {
     const keys: ListedKey[] = [];
     if (!page) {
-      for (const [key, entry] of this.#index) keys.push([key, entry.size, entry.mtimeMs]);
+      for (const [key] of this.#index.entries()) keys.push(listed(key, this.stat(key) as Entry));
       return { cursor, full: true, keys, deleted: [] };
     }
     const names = this.list();
     const { from } = page;
     const start = from === undefined ? 0 : partitionPoint(names, (name) => name <= from);
     const end = Math.min(names.length, start + page.limit);
-    for (const name of names.slice(start, end)) {
-      const entry = this.#index.get(name);
-      if (entry) keys.push([name, entry.size, entry.mtimeMs]);
+    for (let i = start; i < end; i++) {
+      const name = names[i] as string;
+      const entry = this.stat(name);
+      if (entry) keys.push(listed(name, entry));
     }
     return { cursor, full: true, keys, deleted: [], next: end < names.length ? (names[end - 1] ?? null) : null };
   }
@@ -573,263 +460,82 @@ export class Store {
     }
   }
 
-  /** Waits for writes in flight, then releases the directory handle. */
+  /** Stops opening or the background pass, waits for writes in flight, then releases the directory handle. */
   async close(): Promise<void> {
-    await Promise.allSettled([...this.#locks.values()]);
+    this.#closed = true;
+    await this.#locks.idle();
     await this.#dirFsync.close();
   }
 
-  #entry(size: number, mtimeMs: number, ino: number): Entry {
-    const seq = ++this.#seq;
-    return { size, mtimeMs, seq, ino };
+  /** A new version's mtime in µs: now, or later than the last one given and than `afterUs`. */
+  #clock(afterUs: number): number {
+    return (this.#clockUs = Math.max(Date.now() * 1000, this.#clockUs + 1, afterUs + 1));
   }
 
-  /**
-   * Registers the file of inode `ino` as being renamed over `key`'s file; call
-   * the function returned with its entry once the index names it (`null` when
-   * the rename failed). Readers that open it meanwhile wait for that entry.
-   */
-  #renamingIn(key: string, ino: number): (entry: Entry | null) => void {
-    let resolve!: (entry: Entry | null) => void;
-    const record = { key, landed: new Promise<Entry | null>((r) => (resolve = r)) };
-    this.#renaming.set(ino, record);
-    return (entry) => {
-      if (this.#renaming.get(ino) === record) this.#renaming.delete(ino);
-      resolve(entry);
-    };
+  /** `stat`s every key found at start that was not needed yet, a slice at a time: the totals become exact. */
+  async #fillInBackground(): Promise<void> {
+    let done = 0;
+    for (const [key, slot] of this.#index.entries()) {
+      if (done++ % FILL_SLICE === 0) await nextTurn();
+      if (this.#unknown === 0 || this.#closed) return;
+      if (!this.#index.known(slot) && !this.#locks.has(key)) this.#statNow(key, slot);
+    }
   }
 
-  /** Remembers a version that was replaced or deleted, for reads that opened its file just before. */
-  #superseded(key: string, entry: Entry): void {
-    this.#recent.delete(entry.ino); // re-inserted last: an older version that had this inode is forgotten first
-    this.#recent.set(entry.ino, { key, entry });
-    const [oldest] = this.#recent.keys(); // a Map iterates in insertion order
-    if (this.#recent.size > RECENT_VERSIONS && oldest !== undefined) this.#recent.delete(oldest);
+  /** What only `stat` tells of a key found at start, read now (one `lstat`); not a file (any more): absent. */
+  #statNow(key: string, slot: number): void {
+    let stats: BigIntStats | undefined;
+    try {
+      stats = lstatSync(join(this.dir, key), { bigint: true, throwIfNoEntry: false });
+    } catch {
+      stats = undefined; // unreadable: its reads will say why
+    }
+    if (stats?.isFile()) this.#fill(slot, Number(stats.size), microseconds(stats), Number(stats.ino));
+    else this.#fill(slot, 0, 0, 0);
   }
 
-  #set(key: string, entry: Entry, logged = true): void {
-    const old = this.#index.get(key);
-    if (old) {
-      this.#bytes -= old.size;
-      this.#superseded(key, old);
-    } else this.#sorted = null;
+  #fill(slot: number, size: number, mtimeUs: number, ino: number): void {
+    this.#index.fill(slot, size, mtimeUs, ino);
+    this.#bytes += size;
+    this.#unknown--;
+  }
+
+  /** Forgets the version `key` has now (its bytes counted out, kept among the replaced for reads that opened it). */
+  #supersede(key: string): void {
+    const slot = this.#index.slot(key);
+    if (slot === undefined) return;
+    if (!this.#index.known(slot)) return void this.#unknown--;
+    const old = this.#index.entryAt(slot);
+    this.#bytes -= old.size;
+    this.#versions.superseded(key, old);
+  }
+
+  #set(key: string, entry: Entry): void {
+    this.#supersede(key);
     this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
-    if (logged) this.#log(key, entry.seq);
+    this.#logChange(key, entry.seq);
   }
 
   #remove(key: string): void {
-    const old = this.#index.get(key);
-    if (!old) return;
-    this.#index.delete(key);
-    this.#bytes -= old.size;
-    this.#superseded(key, old);
-    this.#sorted = null;
+    if (!this.#index.has(key)) return;
+    this.#supersede(key);
+    this.#index.remove(key);
     this.#cache.delete(key);
-    this.#log(key, ++this.#seq);
+    this.#logChange(key, ++this.#seq);
   }
 
-  #log(key: string, seq: number): void {
-    this.#logKeys.push(key);
-    this.#logSeq.push(seq);
+  #logChange(key: string, seq: number): void {
+    this.#log.append(key, seq, this.#index);
     this.#changed?.resolve(); // wakes held watches
     this.#changed = null;
-    if (this.#logKeys.length > 2 * this.#index.size + this.#maxTombstones + 1024) this.#compactLog();
-  }
-
-  /** Keeps the newest change per key, and at most `maxTombstones` deletions (raising the floor). */
-  #compactLog(): void {
-    const newest = new Map<string, number>();
-    this.#logKeys.forEach((key, i) => newest.set(key, this.#logSeq[i] ?? 0));
-    let tombstones = 0;
-    for (const key of newest.keys()) if (!this.#index.has(key)) tombstones++;
-    const keys: string[] = [];
-    const seqs: number[] = [];
-    this.#logKeys.forEach((key, i) => {
-      const seq = this.#logSeq[i] ?? 0;
-      if (newest.get(key) !== seq) return;
-      if (!this.#index.has(key) && tombstones > this.#maxTombstones) {
-        tombstones--;
-        this.#floor = seq;
-        return;
-      }
-      keys.push(key);
-      seqs.push(seq);
-    });
-    this.#logKeys = keys;
-    this.#logSeq = seqs;
-  }
-
-  /** Runs `fn` after every earlier locked operation on `key` (renames land in the order the index records). */
-  async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.#locks.get(key);
-    const run = before ? before.then(fn, fn) : fn();
-    const settled = run.then(
-      () => {},
-      () => {},
-    );
-    this.#locks.set(key, settled);
-    try {
-      return await run;
-    } finally {
-      if (this.#locks.get(key) === settled) this.#locks.delete(key);
-    }
   }
 }
 
-/** One directory fsync at a time; callers that arrive while one runs share the next. */
-class DirFsync {
-  #handle: FileHandle;
-  #running: Promise<void> | null = null;
-  #queued: Promise<void> | null = null;
-
-  constructor(handle: FileHandle) {
-    this.#handle = handle;
-  }
-
-  sync(): Promise<void> {
-    if (this.#queued) return this.#queued;
-    if (!this.#running) return this.#start();
-    this.#queued = this.#running
-      .catch(() => {})
-      .then(() => {
-        this.#queued = null;
-        return this.#start();
-      });
-    return this.#queued;
-  }
-
-  async close(): Promise<void> {
-    await (this.#queued ?? this.#running)?.catch(() => {});
-    await this.#handle.close();
-  }
-
-  #start(): Promise<void> {
-    const run = this.#handle.sync().finally(() => {
-      if (this.#running === run) this.#running = null;
-    });
-    this.#running = run;
-    return run;
-  }
-}
-
-/** A value held by the cache: the bytes of one entry. */
-export interface CachedValue {
-  readonly entry: Entry;
-  readonly body: Buffer;
-  /** A slot for the server: the headers of this value's answer, made on its first GET. */
-  headers?: string[];
-}
-
-/** A cached value in the cache's recency list. */
-interface CacheNode extends CachedValue {
-  readonly key: string;
-  newer: CacheNode | null;
-  older: CacheNode | null;
-}
-
-/**
- * Least-recently-used cache of small values, bounded in bytes, checked against the entry.
- *
- * Recency is a linked list beside the Map, not the Map's insertion order: moving a key to the
- * end of a V8 Map (delete, then set) leaves a deleted slot in that key's hash chain each time,
- * so a hot key's next set walks every earlier one until the table is rebuilt (measured: 1.7 µs
- * per hit with 1 000 entries, 117 µs with 55 000), and taking the oldest key by iterating
- * skips every slot deleted at the front. Here a hit moves two pointers and the Map only
- * changes when a key comes in or goes out.
- */
-class ValueCache {
-  readonly maxValueBytes: number;
-  #maxBytes: number;
-  #bytes = 0;
-  #nodes = new Map<string, CacheNode>();
-  #newest: CacheNode | null = null;
-  #oldest: CacheNode | null = null;
-
-  constructor(maxBytes: number, maxValueBytes: number) {
-    this.#maxBytes = maxBytes;
-    this.maxValueBytes = maxBytes > 0 ? maxValueBytes : -1;
-  }
-
-  /** The cached value of `key` when it holds `entry`'s bytes; marks it most recently used. */
-  hit(key: string, entry: Entry): CachedValue | undefined {
-    const node = this.#nodes.get(key);
-    if (!node || node.entry !== entry) return undefined;
-    if (node !== this.#newest) {
-      this.#unlink(node);
-      this.#push(node);
-    }
-    return node;
-  }
-
-  /** The bytes of `key` when they are `entry`'s. */
-  get(key: string, entry: Entry): Buffer | undefined {
-    return this.hit(key, entry)?.body;
-  }
-
-  set(key: string, entry: Entry, body: Buffer): void {
-    if (body.length > this.maxValueBytes) return;
-    this.delete(key);
-    const node: CacheNode = { key, entry, body, headers: undefined, newer: null, older: null };
-    this.#nodes.set(key, node);
-    this.#push(node);
-    this.#bytes += body.length + CACHE_ENTRY_OVERHEAD;
-    while (this.#bytes > this.#maxBytes && this.#oldest) this.delete(this.#oldest.key);
-  }
-
-  delete(key: string): void {
-    const node = this.#nodes.get(key);
-    if (!node) return;
-    this.#nodes.delete(key);
-    this.#unlink(node);
-    this.#bytes -= node.body.length + CACHE_ENTRY_OVERHEAD;
-  }
-
-  #push(node: CacheNode): void {
-    node.older = this.#newest;
-    node.newer = null;
-    if (this.#newest) this.#newest.newer = node;
-    else this.#oldest = node;
-    this.#newest = node;
-  }
-
-  #unlink(node: CacheNode): void {
-    if (node.newer) node.newer.older = node.older;
-    else this.#newest = node.older;
-    if (node.older) node.older.newer = node.newer;
-    else this.#oldest = node.newer;
-    node.newer = node.older = null;
-  }
-}
-
-/** Writes all of `chunks`, however many calls it takes (writes may be short). */
-async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void> {
-  let rest = chunks;
-  while (rest.length > 0) {
-    let { bytesWritten } = await handle.writev(rest);
-    let whole = 0; // chunks written whole
-    for (const chunk of rest) {
-      if (bytesWritten < chunk.length) break;
-      bytesWritten -= chunk.length;
-      whole++;
-    }
-    rest = rest.slice(whole);
-    const [first] = rest;
-    if (first && bytesWritten > 0) rest[0] = first.subarray(bytesWritten);
-  }
-}
-
-/** Reads the first `size` bytes of a file in one buffer; `null` when it has fewer. */
-async function readExactly(handle: FileHandle, size: number): Promise<Buffer | null> {
-  const buffer = Buffer.allocUnsafeSlow(size); // not a slice of the shared pool: the cache may keep it
-  let filled = 0;
-  while (filled < size) {
-    const { bytesRead } = await handle.read(buffer, filled, size - filled, filled);
-    if (bytesRead === 0) return null;
-    filled += bytesRead;
-  }
-  return buffer;
+/** A key as listings give it: `[name, size, mtime]`. */
+function listed(key: string, entry: Entry): ListedKey {
+  return [key, entry.size, mtimeToWire(entry.mtimeUs)];
 }
 
 /** The seq of `cursor` when it is of this `epoch`; `null` when absent, malformed or of another epoch. */
@@ -838,70 +544,7 @@ function seqOf(cursor: string | null, epoch: string): number | null {
   return parsed?.epoch === epoch ? parsed.seq : null;
 }
 
-/** Errors of a rename that concern only this key: something other than a file is in the way. */
-function isInTheWay(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException)?.code;
-  return code === "EISDIR" || code === "ENOTEMPTY" || code === "ENOTDIR";
-}
-
 /** Removes the temporary files of values staged but not renamed. */
 async function removeAll(staged: readonly (Staged | undefined)[]): Promise<void> {
   for (const s of staged) if (s) await unlink(s.tmp).catch(() => {});
-}
-
-/**
- * Takes items one at a time from `items`, for several workers: each call waits for
- * the one before (an async iterator must not be advanced twice at once) and numbers
- * the items in order. `stop()` ends the iteration early (a generator's clean-up runs).
- */
-function serialPull<T>(items: AsyncIterable<T> | Iterable<T>) {
-  const iterator: AsyncIterator<T> | Iterator<T> =
-    Symbol.asyncIterator in items
-      ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
-      : (items as Iterable<T>)[Symbol.iterator]();
-  let last: Promise<unknown> = Promise.resolve();
-  let count = 0;
-  let done = false;
-  const pull = (): Promise<{ done: true } | { done: false; index: number; value: T }> => {
-    const next = last.then(async () => {
-      if (done) return { done: true } as const;
-      const result = await iterator.next();
-      if (result.done) {
-        done = true;
-        return { done: true } as const;
-      }
-      return { done: false, index: count++, value: result.value } as const;
-    });
-    last = next.catch(() => {});
-    return next;
-  };
-  pull.stop = async () => {
-    await last;
-    if (done) return;
-    done = true;
-    try {
-      await iterator.return?.();
-    } catch {
-      // the source's own clean-up failed: nothing more to do
-    }
-  };
-  return pull;
-}
-
-function isMissing(error: unknown): boolean {
-  return (error as NodeJS.ErrnoException)?.code === "ENOENT";
-}
-
-/**
- * What opening something that is not a regular file with {@link READ_FLAGS} throws: a link (`ELOOP`), a socket
- * (`ENXIO`).
- */
-function isNotAFile(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException)?.code;
-  return code === "ELOOP" || code === "ENXIO";
-}
-
-function ignoreMissing(error: unknown): undefined {
-  if (isMissing(error)) return undefined;
-  throw error;
 }

@@ -18,50 +18,46 @@
  * A leader that answers `/keys` with a plain array (the original Go mehdb) is
  * listed and copied in full every tick.
  *
- * Bounds: each request to the leader has a deadline from start to end; one
- * listing answer is read up to {@link MAX_LISTING_BYTES}; copies go through
+ * Bounds: each request to the leader has a deadline from start to end and each
+ * answer is read up to a bound (`client.ts`); copies go through
  * {@link Store.putMany}, which holds one descriptor per value in flight.
  * Failures are told apart in the log: the leader cannot be reached, the leader
  * answered wrongly, or this follower failed locally.
  */
-import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
 import { forEachLimited } from "../store/concurrency.ts";
-import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import { sample } from "../metrics.ts";
-import { checkChanges, followerHeaders, cursorReached, parseValues, ProtocolError, type Changes, type PollerState } from "../protocol.ts";
+import { metric } from "../metrics.ts";
+import { checkChanges, cursorReached, mtimeFromWire, parseValues, type Changes, type PollerState } from "../protocol.ts";
 import { ValueTooLargeError, type PutItem, type Store } from "../store/store.ts";
-import { authorizationHeader, leaderRefusal } from "./client.ts";
+import {
+  AnswerTooLargeError,
+  describeError,
+  exactly,
+  failureEvent,
+  isFound,
+  LeaderAnswerError,
+  LeaderClient,
+  readAll,
+  type FailureEvent,
+  type LeaderOptions,
+} from "./client.ts";
 import { SyncWaits } from "./waits.ts";
 
-/** Options of {@link Poller}. */
-export interface PollerOptions {
+/** Options of {@link Poller}: its leader ({@link LeaderOptions}), its store, its pace and its bound. */
+export interface PollerOptions extends LeaderOptions {
   store: Store;
-  /** The leader, `http://host:port`. */
-  leaderUrl: string;
   /** Time between ticks. */
   intervalMs: number;
   /** Largest value copied; a larger one is skipped and reported as not held. */
   maxValueBytes: number;
   log: Logger;
-  /** Values fetched one by one at once. Default 8. */
-  concurrency?: number;
-  /** Time allowed for each request to the leader, from start to the end of its answer, in ms. Default 10 000. */
-  timeoutMs?: number;
-  /**
-   * This follower's host name, sent as `Mehdb-Follower` on every request to the leader (none when not a valid host
-   * name). Default: none.
-   */
-  host?: string;
-  /** The `Authorization` value sent on every request to the leader, asked each time (tokens rotate). Default: none. */
-  authorization?: () => string | undefined;
 }
 
 /** Keys per page of a full listing the follower asks for (`limit`). */
 const PAGE_KEYS = 10_000;
-/** Largest listing answer read from the leader (one page, or a whole unpaged listing), in bytes. */
-const MAX_LISTING_BYTES = 8 * 1024 * 1024;
+/** Values fetched one by one at once. */
+const CONCURRENCY = 8;
 /** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
 const GROUP_VALUE_BYTES = 64 * 1024;
 /** Limits of one group: keys, listed bytes, characters of the key list. */
@@ -86,52 +82,11 @@ const MAX_LOGGED_SKIPS = 1000;
 /** Keys not held that are remembered by name (more are only counted). */
 const MAX_UNHELD_NAMES = 10_000;
 
-/** The three kinds of failure the log tells apart, with the event each is logged as (once per outage). */
-const FAILURE_EVENTS = {
-  unreachable: "leader-unreachable",
-  answer: "leader-error",
-  local: "local-error",
-} as const;
-type FailureKind = keyof typeof FAILURE_EVENTS;
-
-/** Error codes of a leader that cannot be reached (name resolution, connection, transport). */
-const NETWORK_CODES: ReadonlySet<string> = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "EHOSTDOWN",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EAI_FAIL",
-  "EAI_NONAME",
-  "ERR_STREAM_PREMATURE_CLOSE",
-]);
-
-/** The leader answered, but not as a leader should (status, shape, size). Logged as `leader-error`. */
-class LeaderAnswerError extends Error {
-  override name = "LeaderAnswerError";
-}
-
-/** An answer longer than the poller reads. */
-class AnswerTooLargeError extends LeaderAnswerError {
-  override name = "AnswerTooLargeError";
-}
-
-/** No complete answer from the leader in time. Logged as `leader-unreachable`. */
-class LeaderTimeoutError extends Error {
-  override name = "LeaderTimeoutError";
-}
-
 /** Copies a leader's keys on a timer; create one per follower, then {@link Poller.start}. */
 export class Poller implements PollerState {
-  #options: Required<PollerOptions>;
-  #agent: Agent;
+  #options: PollerOptions;
   #abort = new AbortController();
+  #leader: LeaderClient;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | null = null;
   #cursor: string | null = null;
@@ -140,65 +95,21 @@ export class Poller implements PollerState {
   #synced = false;
   #lastSuccess: number | null = null;
   #lastError: string | null = null;
-  /** The current run of failed ticks: since when, and the kinds already logged. */
-  #outage: { since: number; logged: Set<FailureKind> } | null = null;
-  #counts = { ticks: 0, requests: 0, copied: 0, deleted: 0, skipped: 0, unheld: 0, errors: 0 };
+  /** The current run of failed ticks: since when, and the events already logged. */
+  #outage: { since: number; logged: Set<FailureEvent> } | null = null;
+  #counts = { ticks: 0, copied: 0, deleted: 0, skipped: 0, unheld: 0, errors: 0 };
   /** Bad names already logged (each is logged once). */
   #skippedNames = new Set<string>();
   /** Reads with `?after=` waiting for the next tick. */
   #syncWaits = new SyncWaits();
   /** Keys this follower cannot hold, with the reason; each is logged when it joins. */
   #unheld = new Map<string, string>();
+  /** The tick that last met a key not held when `#unheld` was full; -1: none since the last full reconcile. */
+  #unheldUnnamed = -1;
 
   constructor(options: PollerOptions) {
-    this.#options = {
-      concurrency: 8,
-      timeoutMs: DEFAULTS.syncTimeoutMs,
-      host: "",
-      authorization: () => undefined,
-      ...options,
-    };
-    this.#agent = new Agent({ keepAlive: true, maxSockets: this.#options.concurrency });
-  }
-
-  /** True once one sync with the leader has completed. */
-  get synced(): boolean {
-    return this.#synced;
-  }
-
-  /** The last tick's error, one line; `null` when it went well. */
-  get lastError(): string | null {
-    return this.#lastError;
-  }
-
-  /** The keys this follower cannot hold, one line naming a few; `null` when there are none. */
-  get unheld(): string | null {
-    const count = this.#unheld.size;
-    if (count === 0) return null;
-    const named = [...this.#unheld]
-      .slice(0, 3)
-      .map(([key, reason]) => `${key} (${reason})`)
-      .join(", ");
-    const more = count > 3 ? ", …" : "";
-    return `${count} key${count === 1 ? "" : "s"} not held: ${named}${more}; retried on the next full reconcile`;
-  }
-
-  /** Seconds since the last complete sync, `null` before the first. */
-  secondsSinceSync(): number | null {
-    return this.#lastSuccess === null ? null : (performance.now() - this.#lastSuccess) / 1000;
-  }
-
-  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond): `?after=` reads. */
-  reached(cursor: string): boolean {
-    return cursorReached(this.#cursor, cursor);
-  }
-
-  /**
-   * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
-   * stopped).
-   */
-  nextSync(maxStartMs: number): Promise<void> {
-    return this.#syncWaits.next(maxStartMs);
+    this.#options = options;
+    this.#leader = new LeaderClient(options, this.#abort.signal);
   }
 
   /** Starts ticking: one tick now, then one every `intervalMs`. */
@@ -213,9 +124,10 @@ export class Poller implements PollerState {
     this.#abort.abort();
     this.#syncWaits.close();
     await this.#running;
-    this.#agent.destroy();
+    this.#leader.close();
   }
 
+  /** One tick, never two at once: sync, then report; reads waiting with `?after=` go when it ends. */
   #tick(): Promise<void> {
     if (this.#running) return this.#running;
     if (this.#abort.signal.aborted) return Promise.resolve();
@@ -233,50 +145,17 @@ export class Poller implements PollerState {
     return this.#running;
   }
 
-  #succeeded(): void {
-    const { log, leaderUrl } = this.#options;
-    if (!this.#synced) {
-      log("synced", {
-        leader: leaderUrl,
-        keys: this.#options.store.count,
-        copied: this.#counts.copied,
-        deleted: this.#counts.deleted,
-      });
-    }
-    if (this.#outage !== null) {
-      const after = [...this.#outage.logged].map((kind) => FAILURE_EVENTS[kind]).join(",");
-      log("sync-recovered", {
-        leader: leaderUrl,
-        after,
-        down_seconds: ((performance.now() - this.#outage.since) / 1000).toFixed(1),
-      });
-      this.#outage = null;
-    }
-    this.#synced = true;
-    this.#lastSuccess = performance.now();
-    this.#lastError = null;
-  }
-
-  /** Counts a failed tick and logs it once per kind per outage; the leader is checked again next tick. */
-  #failed(error: unknown): void {
-    if (this.#abort.signal.aborted) return;
-    this.#counts.errors++;
-    this.#trusted = false;
-    this.#lastError = describe(error);
-    const kind = classify(error);
-    this.#outage ??= { since: performance.now(), logged: new Set() };
-    if (this.#outage.logged.has(kind)) return;
-    this.#outage.logged.add(kind);
-    this.#options.log(FAILURE_EVENTS[kind], { leader: this.#options.leaderUrl, error: this.#lastError });
-  }
-
+  /** One sync: the changes since the cursor, or a full reconcile when the leader lists everything. */
   async #syncOnce(): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
-    const first = await this.#listing(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}&limit=${PAGE_KEYS}`);
+    const since = encodeURIComponent(this.#cursor ?? "");
+    const first = await this.#leader.listing(`/keys?since=${since}&limit=${PAGE_KEYS}`);
     if (Array.isArray(first)) return this.#syncPlain(first);
     const changes = checkChanges(first);
     if (changes.full) {
       await this.#reconcile(changes);
+      // A full reconcile retries every key: one left unnamed by an earlier tick is now named, held or gone.
+      if (this.#unheldUnnamed < this.#counts.ticks) this.#unheldUnnamed = -1;
     } else {
       const deleted = changes.deleted.filter((key) => this.#acceptable(key));
       await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
@@ -287,7 +166,7 @@ export class Poller implements PollerState {
 
   /** Trusts the address only once `GET /status` answers `leader` (this mehdb and the original Go one both do). */
   async #checkLeader(): Promise<void> {
-    const said = await this.#fetch("/status", async (res) => {
+    const said = await this.#leader.fetch("/status", async (res) => {
       try {
         const body = (await readAll(res, MAX_STATUS_BYTES, "GET /status")).toString("utf8").trim();
         return res.statusCode === 200 ? JSON.stringify(body.slice(0, 40)) : `${res.statusCode}`;
@@ -330,7 +209,7 @@ export class Poller implements PollerState {
           throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
         listed.add(key);
         const held = store.stat(key);
-        if (!held || held.size !== size || held.mtimeMs !== Math.round(mtimeMs)) fetch.push(item);
+        if (!held || held.size !== size || held.mtimeUs !== mtimeFromWire(mtimeMs)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
       const gone: string[] = [];
@@ -341,7 +220,8 @@ export class Poller implements PollerState {
       await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
       await this.#copy(fetch);
       if (next === null) return;
-      page = checkChanges(await this.#listing(`/keys?since=&limit=${PAGE_KEYS}&from=${encodeURIComponent(next)}`));
+      const path = `/keys?since=&limit=${PAGE_KEYS}&from=${encodeURIComponent(next)}`;
+      page = checkChanges(await this.#leader.listing(path));
       if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
       from = next;
     }
@@ -349,14 +229,14 @@ export class Poller implements PollerState {
 
   /** The original Go leader: copy every listed key whose bytes differ, remove the rest. */
   async #syncPlain(names: unknown[]): Promise<void> {
-    const { store, maxValueBytes, concurrency } = this.#options;
+    const { store, maxValueBytes } = this.#options;
     const listed = new Set<string>();
     for (const name of names) if (typeof name === "string" && this.#acceptable(name)) listed.add(name);
     for (const key of this.#unheld.keys()) if (!listed.has(key)) this.#unheld.delete(key);
     const gone = store.list().filter((key) => !listed.has(key));
     await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
-    await forEachLimited([...listed], concurrency, (key) =>
-      this.#fetch(`/get/${key}`, async (res) => {
+    await forEachLimited([...listed], CONCURRENCY, (key) =>
+      this.#leader.fetch(`/get/${key}`, async (res) => {
         if (!isFound(res, key)) return;
         let bytes: Buffer;
         try {
@@ -377,7 +257,7 @@ export class Poller implements PollerState {
    * Copies listed keys: small ones in groups, larger ones one by one; those over this follower's limit are not held.
    */
   async #copy(listed: Listed[]): Promise<void> {
-    const { maxValueBytes, concurrency } = this.#options;
+    const { maxValueBytes } = this.#options;
     const small: Listed[] = [];
     const large: Listed[] = [];
     for (const item of listed) {
@@ -389,7 +269,7 @@ export class Poller implements PollerState {
       }
     }
     await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
-    await forEachLimited(large, concurrency, (item) => this.#copyOne(item));
+    await forEachLimited(large, CONCURRENCY, (item) => this.#copyOne(item));
   }
 
   /**
@@ -399,7 +279,7 @@ export class Poller implements PollerState {
    * {@link MAX_GROUP_ANSWER_BYTES}, gets one request per key instead.
    */
   async #copyGroup(group: Listed[]): Promise<void> {
-    const answer = await this.#fetch(`/values?keys=${group.map(([key]) => key).join(",")}`, async (res) => {
+    const answer = await this.#leader.fetch(`/values?keys=${group.map(([key]) => key).join(",")}`, async (res) => {
       if (res.statusCode !== 200) return void res.resume();
       try {
         return await readAll(res, MAX_GROUP_ANSWER_BYTES, "GET /values");
@@ -408,20 +288,20 @@ export class Poller implements PollerState {
         throw error;
       }
     });
-    if (answer === undefined) return forEachLimited(group, this.#options.concurrency, (item) => this.#copyOne(item));
+    if (answer === undefined) return forEachLimited(group, CONCURRENCY, (item) => this.#copyOne(item));
     const values = parseValues(answer);
     const items: PutItem[] = [];
     for (const [key] of group) {
       const value = values.get(key);
-      if (value) items.push({ key, body: [value.body], mtimeMs: value.mtimeMs });
+      if (value) items.push({ key, body: [value.body], mtimeUs: value.mtimeUs });
     }
     await this.#write(items, GROUP_WRITE_CONCURRENCY);
   }
 
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
   async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
-    await this.#fetch(`/get/${key}`, async (res) => {
-      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeMs }], 1);
+    await this.#leader.fetch(`/get/${key}`, async (res) => {
+      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs: mtimeFromWire(mtimeMs) }], 1);
     });
   }
 
@@ -442,6 +322,7 @@ export class Poller implements PollerState {
   /** A key this follower cannot hold: skipped, counted, logged when it joins the set, named in the status line. */
   #notHeld(key: string, error: Error): void {
     this.#counts.unheld++;
+    if (this.#unheld.size >= MAX_UNHELD_NAMES && !this.#unheld.has(key)) this.#unheldUnnamed = this.#counts.ticks;
     if (this.#unheld.has(key) || this.#unheld.size >= MAX_UNHELD_NAMES) return;
     const code = (error as NodeJS.ErrnoException).code;
     const reason =
@@ -452,6 +333,7 @@ export class Poller implements PollerState {
     this.#options.log("key-not-held", { key, reason, retry: "on the next full reconcile" });
   }
 
+  /** Removes a local key the leader no longer has. */
   async #delete(key: string): Promise<void> {
     this.#unheld.delete(key);
     if (await this.#options.store.delete(key)) this.#counts.deleted++;
@@ -474,68 +356,97 @@ export class Poller implements PollerState {
     return false;
   }
 
-  /** A listing (`GET /keys…`), read up to {@link MAX_LISTING_BYTES} and parsed. */
-  #listing(path: string): Promise<unknown> {
-    return this.#fetch(path, async (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        if (res.statusCode === 401)
-          throw new LeaderAnswerError(leaderRefusal(this.#options.authorization() !== undefined));
-        throw new LeaderAnswerError(`leader answered ${res.statusCode} to GET /keys`);
-      }
-      const text = (await readAll(res, MAX_LISTING_BYTES, "GET /keys")).toString("utf8");
-      try {
-        return JSON.parse(text);
-      } catch {
-        throw new LeaderAnswerError("leader's answer to GET /keys is not JSON");
-      }
-    });
+  /** Logs the first sync and the end of an outage, once each. */
+  #succeeded(): void {
+    const { log, leaderUrl } = this.#options;
+    if (!this.#synced) {
+      log("synced", {
+        leader: leaderUrl,
+        keys: this.#options.store.count,
+        copied: this.#counts.copied,
+        deleted: this.#counts.deleted,
+      });
+    }
+    if (this.#outage !== null) {
+      const after = [...this.#outage.logged].join(",");
+      log("sync-recovered", {
+        leader: leaderUrl,
+        after,
+        down_seconds: ((performance.now() - this.#outage.since) / 1000).toFixed(1),
+      });
+      this.#outage = null;
+    }
+    this.#synced = true;
+    this.#lastSuccess = performance.now();
+    this.#lastError = null;
+  }
+
+  /** Counts a failed tick and logs it once per kind per outage; the leader is checked again next tick. */
+  #failed(error: unknown): void {
+    if (this.#abort.signal.aborted) return;
+    this.#counts.errors++;
+    this.#trusted = false;
+    this.#lastError = describeError(error);
+    const event = failureEvent(error);
+    this.#outage ??= { since: performance.now(), logged: new Set() };
+    if (this.#outage.logged.has(event)) return;
+    this.#outage.logged.add(event);
+    this.#options.log(event, { leader: this.#options.leaderUrl, error: this.#lastError });
+  }
+
+  /** True once one sync with the leader has completed. */
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  /** The last tick's error, one line; `null` when it went well. */
+  get lastError(): string | null {
+    return this.#lastError;
+  }
+
+  /** The keys this follower cannot hold, one line naming a few; `null` when there are none. */
+  get unheld(): string | null {
+    const count = this.#unheld.size;
+    if (count === 0) return null;
+    const named = [...this.#unheld]
+      .slice(0, 3)
+      .map(([key, reason]) => `${key} (${reason})`)
+      .join(", ");
+    const more = count > 3 ? ", …" : "";
+    return `${count} key${count === 1 ? "" : "s"} not held: ${named}${more}; retried on the next full reconcile`;
+  }
+
+  /** Seconds since the last complete sync, `null` before the first. */
+  secondsSinceSync(): number | null {
+    return this.#lastSuccess === null ? null : (performance.now() - this.#lastSuccess) / 1000;
+  }
+
+  /** True when the last complete sync reached the leader's `cursor` (same epoch, seq not beyond): `?after=` reads. */
+  reached(cursor: string): boolean {
+    return cursorReached(this.#cursor, cursor);
+  }
+
+  /** False while `key` is one this follower cannot hold (`?after=` reads of it go to the leader). */
+  holds(key: string): boolean {
+    return this.#unheldUnnamed < 0 && !this.#unheld.has(key);
+  }
+
+  /** True when no key is unheld (`/keys?after=` is answered here). */
+  holdsAll(): boolean {
+    return this.#unheldUnnamed < 0 && this.#unheld.size === 0;
+  }
+
+  /** Time between two ticks, in ms. */
+  get intervalMs(): number {
+    return this.#options.intervalMs;
   }
 
   /**
-   * GET from the leader over the keep-alive agent, and `read` its answer, all
-   * within `timeoutMs` from the start of the request to the end of the answer's
-   * body (however slowly it trickles in; what `read` does after the last byte,
-   * such as fsyncing a copy, is not counted). Retried once on a stale pooled connection.
+   * Resolves once the next tick that starts within `maxStartMs` has ended (or at `maxStartMs`, or at once when
+   * stopped).
    */
-  async #fetch<T>(path: string, read: (res: IncomingMessage) => Promise<T>): Promise<T> {
-    const { leaderUrl, timeoutMs } = this.#options;
-    for (let attempt = 0; ; attempt++) {
-      this.#counts.requests++;
-      let req: ClientRequest | undefined;
-      let res: IncomingMessage | undefined;
-      const timer = setTimeout(() => {
-        const error = new LeaderTimeoutError(`no complete answer to GET ${path.slice(0, 60)} within ${timeoutMs} ms`);
-        res?.destroy(error);
-        req?.destroy(error);
-      }, timeoutMs);
-      try {
-        res = await new Promise<IncomingMessage>((resolve, reject) => {
-          const headers = {
-            ...followerHeaders(this.#options.host),
-            ...authorizationHeader(this.#options.authorization()),
-          };
-          const sent = request(
-            `${leaderUrl}${path}`,
-            { agent: this.#agent, signal: this.#abort.signal, headers },
-            resolve,
-          );
-          req = sent;
-          sent.on("error", (error: NodeJS.ErrnoException) =>
-            reject(Object.assign(error, { reused: sent.reusedSocket })),
-          );
-          sent.end();
-        });
-        res.once("end", () => clearTimeout(timer));
-        return await read(res);
-      } catch (error) {
-        const { code, reused } = error as NodeJS.ErrnoException & { reused?: boolean };
-        if (attempt === 0 && res === undefined && reused && (code === "ECONNRESET" || code === "EPIPE")) continue;
-        throw error;
-      } finally {
-        clearTimeout(timer);
-      }
-    }
+  nextSync(maxStartMs: number): Promise<void> {
+    return this.#syncWaits.next(maxStartMs);
   }
 
   /** The poller's figures, Prometheus text. */
@@ -543,36 +454,36 @@ export class Poller implements PollerState {
     const c = this.#counts;
     const age = this.secondsSinceSync();
     return (
-      sample("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
-      sample("mehdb_sync_requests_total", "counter", "Requests sent to the leader.", c.requests) +
-      sample("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
-      sample(
+      metric("mehdb_sync_ticks_total", "counter", "Sync ticks started.", c.ticks) +
+      metric("mehdb_sync_requests_total", "counter", "Requests sent to the leader.", this.#leader.requests) +
+      metric("mehdb_sync_keys_copied_total", "counter", "Values copied from the leader.", c.copied) +
+      metric(
         "mehdb_sync_keys_deleted_total",
         "counter",
         "Keys removed because the leader no longer has them.",
         c.deleted,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_skipped_total",
         "counter",
         "Listed names skipped because they break the key rules.",
         c.skipped,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_unheld_total",
         "counter",
         "Copies skipped because this follower cannot hold the key.",
         c.unheld,
       ) +
-      sample(
+      metric(
         "mehdb_sync_keys_unheld",
         "gauge",
         "Keys of the leader this follower cannot hold now.",
         this.#unheld.size,
       ) +
-      sample("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
-      sample("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
-      sample(
+      metric("mehdb_sync_errors_total", "counter", "Ticks that failed.", c.errors) +
+      metric("mehdb_sync_synced", "gauge", "1 once a sync with the leader has completed.", this.#synced ? 1 : 0) +
+      metric(
         "mehdb_sync_seconds_since_success",
         "gauge",
         "Seconds since the last complete sync (-1 before the first).",
@@ -609,54 +520,3 @@ function groups(listed: Listed[]): Listed[][] {
   return out;
 }
 
-/** A `404` is a key gone meanwhile (`false`); any other status than `200` is the leader's error. */
-function isFound(res: IncomingMessage, key: string): boolean {
-  if (res.statusCode === 200) return true;
-  res.resume();
-  if (res.statusCode === 404) return false;
-  throw new LeaderAnswerError(`leader answered ${res.statusCode} to GET /get/${key}`);
-}
-
-/** The body of `res`, up to `limit` bytes; past that, the answer is dropped and {@link AnswerTooLargeError} thrown. */
-async function readAll(res: IncomingMessage, limit: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit)
-      throw new AnswerTooLargeError(
-        `leader's answer to ${what} is larger than ${limit} bytes, this follower's bound; not read further`,
-      );
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size);
-}
-
-/** The body of `res`, failing unless it is exactly as long as its `Content-Length`. */
-async function* exactly(res: IncomingMessage): AsyncGenerator<Buffer> {
-  const declared = res.headers["content-length"];
-  let size = 0;
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    yield chunk;
-  }
-  if (declared !== undefined && size !== Number(declared)) {
-    throw new LeaderAnswerError(`value cut short: ${size} of ${declared} bytes`);
-  }
-}
-
-/** Which side failed: the leader cannot be reached, the leader answered wrongly, or this follower. */
-function classify(error: unknown): FailureKind {
-  if (error instanceof LeaderTimeoutError) return "unreachable";
-  if (error instanceof LeaderAnswerError || error instanceof ProtocolError) return "answer";
-  const code = String((error as NodeJS.ErrnoException)?.code ?? "");
-  if (code.startsWith("HPE_")) return "answer"; // the leader's HTTP itself is malformed
-  if (NETWORK_CODES.has(code)) return "unreachable";
-  return "local"; // EMFILE, ENOSPC, EIO, …: this follower's own failure
-}
-
-function describe(error: unknown): string {
-  const e = error as NodeJS.ErrnoException;
-  const text = e?.code && !String(e.message).includes(e.code) ? `${e.code}: ${e.message}` : String(e?.message ?? error);
-  return text.replace(/\s+/g, " ").slice(0, 200);
-}

@@ -23,7 +23,7 @@ import { mixedLoadWorkloads, populate } from "./populate.ts";
 import {
   cpuSeconds, haveTaskset, killAllSync, memoryMb, setAffinity, startTs, stopAll, stopProcess, tail,
 } from "./procs.ts";
-import { startCountingProxy } from "./proxy.ts";
+import { startCountingProxy } from "../helpers/proxy.ts";
 import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
 import { emptyPodResults, formatPod, runPod } from "./pod.ts";

@@ -1,6 +1,7 @@
 /**
  * HTTP helpers for the benchmark's own requests (setup, probes, readiness):
- * a keep-alive client to 127.0.0.1 and readiness polling.
+ * a keep-alive client to 127.0.0.1 and readiness polling ({@link pollUntil}; the
+ * suites' condition wait is tests/helpers/wait.ts' waitFor).
  */
 
 import { Agent, request as httpRequest } from "node:http";
@@ -50,7 +51,7 @@ export function keyCount(body: string): number | null {
  * 10 ms at first, then every 1 % of the time elapsed (at most 100 ms), so that long
  * waits (a catch-up) are not slowed by the probes (a readiness probe writes a file).
  */
-export async function waitFor(
+export async function pollUntil(
   child: Child,
   port: number,
   path: string,
@@ -75,7 +76,7 @@ export async function waitFor(
 
 /** Waits for `GET /status?level=full` → 200 (and at least `minKeys` keys); ms since start. */
 export function waitReady(child: Child, port: number, timeoutMs: number, minKeys = 0): Promise<number> {
-  return waitFor(
+  return pollUntil(
     child,
     port,
     "/status?level=full",

@@ -6,7 +6,7 @@
 
 import { randomBytes } from "node:crypto";
 import type { Node } from "./mehdb.ts";
-import type { CountingProxy } from "./proxy.ts";
+import type { CountingProxy } from "../helpers/proxy.ts";
 import { sleep } from "../helpers/wait.ts";
 import { req } from "./http.ts";
 import { percentile } from "./stats.ts";
@@ -89,22 +89,23 @@ export interface IdleResult {
  * bounded below by one per elapsed interval minus one, so a silent tick still counts.
  */
 export async function measureIdle(proxy: CountingProxy, intervalMs: number, ticks: number): Promise<IdleResult> {
-  const before = proxy.counts();
+  const seen = proxy.exchanges().length;
+  const bytesBefore = proxy.bytes();
   const t0 = performance.now();
   await sleep(intervalMs * ticks);
   const windowMs = performance.now() - t0;
-  const after = proxy.counts();
-  const times = after.times.slice(before.requests);
+  const window = proxy.exchanges().slice(seen);
+  const bytesAfter = proxy.bytes();
   let bursts = 0;
   let last = -Infinity;
-  for (const t of times) {
-    if (t - last > intervalMs / 2) bursts++;
-    last = t;
+  for (const { at } of window) {
+    if (at - last > intervalMs / 2) bursts++;
+    last = at;
   }
   const observed = Math.max(bursts, Math.floor(windowMs / intervalMs) - 1, 1);
-  const requests = after.requests - before.requests;
-  const bytes = after.bytes - before.bytes;
-  const kinds = new Set(after.paths.slice(before.requests).map((p) => p.replace(/=[^&]*/g, "=…")));
+  const requests = window.length;
+  const bytes = bytesAfter.up + bytesAfter.down - bytesBefore.up - bytesBefore.down;
+  const kinds = new Set(window.map((e) => e.requestLine.replace(/ HTTP\/1\.[01]$/, "").replace(/=[^&]*/g, "=…")));
   return {
     windowMs,
     ticks: observed,

@@ -153,7 +153,7 @@ export function missingFigures(r: unknown): string[] {
   });
 }
 
-/** The targets of DESIGN.md and the benchmark issue, checked on `r`. */
+/** The performance targets (tests/README.md, "Performance"), checked on `r`. */
 export function checkTargets(r: Omit<Results, "targets">, fullScale: boolean): Target[] {
   const at = (v: number | null | undefined, ok: (v: number) => boolean, judge = true): boolean | null =>
     v == null || !judge ? null : ok(v);

@@ -51,6 +51,11 @@ export interface StartOptions {
   /** Wait for `GET /status?level=full` to answer 200 too. Default false. */
   waitReady?: boolean;
   /**
+   * Wait for the store to be open (its `store-open` log line): mehdb listens first and answers 503 on key routes
+   * until then. Default true.
+   */
+  waitOpen?: boolean;
+  /**
    * A command that runs mehdb, such as `["prlimit", "--nofile=1024:1024", "--"]` (it must exec, so the pid
    * stays mehdb's). Default none.
    */
@@ -108,6 +113,9 @@ export async function startMehdb(options: StartOptions = {}): Promise<Mehdb> {
     });
   });
   if (child.pid === undefined) throw new Error("mehdb listens but has no pid");
+  if (options.waitOpen !== false) {
+    await waitFor(() => / event=store-open /.test(text) || child.exitCode !== null, "the store to open", 60_000, 10);
+  }
   const url = `http://127.0.0.1:${port}`;
   const mehdb: Mehdb = {
     url,

