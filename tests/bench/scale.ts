@@ -13,7 +13,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { freePort, ROOT } from "../helpers/mehdb.ts";
 import { sleep } from "../helpers/wait.ts";
-import { req, waitFor } from "./http.ts";
+import { pollUntil, req } from "./http.ts";
 import { runLoad, type LoadOptions, type LoadResult } from "./load.ts";
 import { serverNodeFlags } from "./mehdb.ts";
 import type { Options } from "./options.ts";
@@ -93,8 +93,8 @@ async function waitQuiet(pid: number, maxMs = 60_000): Promise<void> {
 async function timedStart(root: string, dir: string, name: string, timeoutMs: number) {
   const leader = await startLeaderOf(root, dir, name);
   const ok = (r: { status: number }): boolean => r.status === 200;
-  const liveMs = await waitFor(leader.child, leader.port, "/status", ok, timeoutMs);
-  const readyMs = await waitFor(leader.child, leader.port, "/status?level=full", ok, timeoutMs);
+  const liveMs = await pollUntil(leader.child, leader.port, "/status", ok, timeoutMs);
+  const readyMs = await pollUntil(leader.child, leader.port, "/status?level=full", ok, timeoutMs);
   await waitQuiet(leader.child.pid);
   return { ...leader, liveMs, readyMs, rssMb: memoryMb(leader.child.pid).rssMb };
 }
