@@ -149,7 +149,7 @@ function dispatch(
     );
   }
   // Before the method and the redirect: a follower refuses a bad token itself, a good one gets the 307.
-  const denied = found.access === "open" ? null : ctx.access?.refusal(req, found.access);
+  const denied = ctx.access?.refusal(req, found.access);
   if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);

@@ -248,9 +248,10 @@ export class Tokens {
 
   /** The one-line reason to answer `401` to a request for a route needing `access`, or `null` to let it through. */
   refusal(req: { headers: IncomingHttpHeaders; rawHeaders: string[] }, access: Access): string | null {
-    if (access === "open") return null;
     const secrets = this.#secrets;
-    if ((access === "write" ? (secrets.write ?? secrets.read) : secrets.read) === null) return null;
+    // No header is read when the route needs no token (open, or its token is not set): most requests.
+    const needed = access === "open" ? null : access === "write" ? (secrets.write ?? secrets.read) : secrets.read;
+    if (needed === null) return null;
     return judgeAuthorization(authorizationOf(req), access, secrets);
   }
 
