@@ -205,4 +205,11 @@ export interface PollerState {
   nextSync(maxStartMs: number): Promise<void>;
   /** The poller's own metrics, Prometheus text. */
   metrics(): string;
+  /** Resolves once no tick is running (at once when none is): a snapshot waits for a moment between ticks. */
+  idle(): Promise<void>;
+  /**
+   * Between ticks, after one that completed: the leader's cursor the store holds exactly. `null` during a tick,
+   * after a failed one (the store may hold part of a later state) and before the first.
+   */
+  readonly heldCursor: string | null;
 }

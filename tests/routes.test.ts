@@ -78,6 +78,8 @@ describe("route table, in-process", () => {
       metrics: () => "mehdb_test_replica 1\n",
       reached: () => false,
       nextSync: () => Promise.resolve(),
+      idle: () => Promise.resolve(),
+      heldCursor: null,
     };
     const { url, store } = await serve("follower", poller);
     const written = await put(url, "k1", "v1");

@@ -52,6 +52,7 @@ import { listKeys, sendValues } from "./feed.ts";
 import { metrics, status } from "./health.ts";
 import { statusPage } from "./page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./key.ts";
+import { getSnapshot, putSnapshot } from "./snapshot.ts";
 import type { Store } from "../store/store.ts";
 import { CHALLENGE, type Access, type Tokens } from "./tokens.ts";
 
@@ -111,6 +112,7 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/values", route("values", "read", { GET: sendValues, HEAD: sendValues })],
   ["/status", route("status", "open", { GET: status, HEAD: status })],
   ["/metrics", route("metrics", "open", { GET: metrics, HEAD: metrics })],
+  ["/snapshot", route("snapshot", "read", { GET: getSnapshot, HEAD: getSnapshot, PUT: putSnapshot })],
   ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
 ]);
 

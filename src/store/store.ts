@@ -32,6 +32,8 @@ import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
 import { partitionPoint } from "./sorted.ts";
 import { formatCursor, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { recover } from "./restore.ts";
+import { Snapshots } from "./snapshot.ts";
 
 /** What the store knows of one key. Replaced, never changed, on every write. */
 export interface Entry {
@@ -163,9 +165,11 @@ const READ_ATTEMPTS = 3;
 export class Store {
   /** The data directory. */
   readonly dir: string;
-  /** Changes every time the store opens; part of every cursor and entity tag. */
-  readonly epoch: string;
+  /** Snapshots and restores of this store (`snapshot.ts`); it hooks into every change (see `#locked`). */
+  readonly snapshots: Snapshots = new Snapshots(this);
 
+  #epoch: string;
+  #options: StoreOptions;
   #index = new Map<string, Entry>();
   #sorted: string[] | null = null;
   #bytes = 0;
@@ -189,7 +193,8 @@ export class Store {
 
   private constructor(dir: string, dirHandle: FileHandle, options: StoreOptions) {
     this.dir = dir;
-    this.epoch = randomBytes(6).toString("hex");
+    this.#options = options;
+    this.#epoch = randomBytes(6).toString("hex");
     this.#dirFsync = new DirFsync(dirHandle);
     const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
@@ -202,21 +207,51 @@ export class Store {
    */
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
     await mkdir(dir, { recursive: true });
+    await recover(dir); // [snapshot hook] finishes a committed restore, removes an unfinished one and snapshot folders
     const store = new Store(dir, await open(dir, "r"), options);
     // The scan is synchronous: nothing else runs before the store is open, and
     // 100 000 stat calls take a tenth of the time they take through the thread pool.
     const names = readdirSync(dir);
     const leftovers = names.filter((name) => name.startsWith(TMP_PREFIX));
     await forEachLimited(leftovers, 32, (name) => unlink(join(dir, name)).catch(ignoreMissing));
+    store.#scan(names);
+    if (leftovers.length > 0) await store.#dirFsync.sync();
+    return store;
+  }
+
+  /** Indexes every file among `names` (of the data directory) whose name is a valid key. */
+  #scan(names: readonly string[]): void {
     for (const key of names) {
       if (!isValidKey(key)) continue;
       // lstat: a link is not a key, wherever it points.
-      const stats = lstatSync(join(dir, key), { throwIfNoEntry: false });
-      if (stats?.isFile()) store.#set(key, store.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
+      const stats = lstatSync(join(this.dir, key), { throwIfNoEntry: false });
+      if (stats?.isFile()) this.#set(key, this.#entry(stats.size, Math.round(stats.mtimeMs), stats.ino), false);
     }
-    store.#floor = store.#seq;
-    if (leftovers.length > 0) await store.#dirFsync.sync();
-    return store;
+    this.#floor = this.#seq;
+  }
+
+  /**
+   * [snapshot hook] After a restore replaced the files (no change in flight): forgets the index, the change log
+   * and the cache, and indexes the directory again under a new epoch, so followers reconcile in full.
+   */
+  async reindex(): Promise<void> {
+    this.#epoch = randomBytes(6).toString("hex");
+    this.#index = new Map();
+    this.#sorted = null;
+    this.#bytes = this.#seq = this.#floor = 0;
+    this.#logKeys = [];
+    this.#logSeq = [];
+    this.#recent.clear();
+    const cacheBytes = this.#options.cacheBytes ?? DEFAULTS.cacheBytes;
+    this.#cache = new ValueCache(cacheBytes, Math.min(this.#options.cacheValueBytes ?? 64 * 1024, cacheBytes));
+    this.#scan(readdirSync(this.dir));
+    this.#changed?.resolve(); // wakes held watches: everything changed
+    this.#changed = null;
+  }
+
+  /** Changes every time the store opens or is restored; part of every cursor and entity tag. */
+  get epoch(): string {
+    return this.#epoch;
   }
 
   /** Number of keys stored. */
@@ -664,7 +699,16 @@ export class Store {
   /** Runs `fn` after every earlier locked operation on `key` (renames land in the order the index records). */
   async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const before = this.#locks.get(key);
-    const run = before ? before.then(fn, fn) : fn();
+    // [snapshot hook] every change passes the snapshots' hook first, and tells it once the index has it.
+    const hooked = async () => {
+      const done = await this.snapshots.changing(key);
+      try {
+        return await fn();
+      } finally {
+        done();
+      }
+    };
+    const run = before ? before.then(hooked, hooked) : hooked();
     const settled = run.then(
       () => {},
       () => {},

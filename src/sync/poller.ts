@@ -201,6 +201,16 @@ export class Poller implements PollerState {
     return this.#syncWaits.next(maxStartMs);
   }
 
+  /** Resolves once no tick is running (at once when none is). */
+  async idle(): Promise<void> {
+    while (this.#running) await this.#running;
+  }
+
+  /** Between ticks, after one that completed: the leader's cursor the store holds exactly; else `null`. */
+  get heldCursor(): string | null {
+    return this.#running === null && this.#lastError === null && this.#synced ? this.#cursor : null;
+  }
+
   /** Starts ticking: one tick now, then one every `intervalMs`. */
   start(): void {
     this.#tick();
