@@ -95,7 +95,8 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
   for (;;) {
     const block = await input.exactly(BLOCK, "an entry's header");
     if (block.every((byte) => byte === 0)) return; // end of archive (what follows it is ignored)
-    const sum = octal(block, 148, 8);
+    const field = block.toString("latin1", 148, 156).replace(/[\0 ]+$/, "").trim();
+    const sum = /^[0-7]+$/.test(field) ? parseInt(field, 8) : NaN;
     if (sum !== checksum(block) && sum !== signedChecksum(block)) {
       throw new TarFormatError("not a tar archive, or damaged: a header's checksum does not match");
     }
