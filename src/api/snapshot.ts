@@ -35,6 +35,9 @@ export async function getSnapshot(x: Exchange): Promise<void> {
   const { ctx, req, res } = x;
   const { poller, store } = ctx;
   if (poller) await poller.idle(); // a follower's snapshot is taken between two ticks
+  if (poller?.unheld) {
+    return refuse(x, SERVICE_UNAVAILABLE, `no complete snapshot on this follower: ${poller.unheld}; ask the leader`);
+  }
   let view: SnapshotView | null;
   if (req.method === "HEAD") {
     const cursor = poller ? poller.heldCursor : store.cursor;
@@ -52,8 +55,9 @@ export async function getSnapshot(x: Exchange): Promise<void> {
   res.writeHead(OK, { "Content-Type": TAR_TYPE, [CURSOR_HEADER]: taken.cursor });
   ctx.metrics.count(x.route, OK);
   ctx.log("snapshot", { keys: taken.count, cursor: taken.cursor });
-  // pipeline ends the archive's generator (and so the snapshot) when the client goes away.
+  // A client that goes away ends the pipeline; the snapshot is closed even if its archive was never started.
   pipeline(Readable.from(taken.archive(), { objectMode: false }), res, (error) => {
+    void taken.close();
     if (error && errorCode(error) !== "ERR_STREAM_PREMATURE_CLOSE") {
       ctx.log("error", { op: "snapshot", cursor: taken.cursor, error: errorCode(error) });
     } else if (!error) {
