@@ -173,6 +173,29 @@ describe("GET /snapshot", () => {
     seqOf(header(head, "mehdb-cursor"), load.epoch());
   });
 
+  test("clients that go away mid-archive release their snapshot: no folder left, later snapshots served", async () => {
+    const leader = await startMehdb();
+    for (let i = 0; i < 40; i++) await put(leader.url, `k-${i}`, randomValue(100_000));
+    for (let i = 0; i < 6; i++) {
+      await new Promise<void>((resolve, reject) => {
+        const req = request(`${leader.url}/snapshot`, (res) => {
+          assert.equal(res.statusCode, 200);
+          res.once("data", () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on("error", (error) => (req.destroyed ? resolve() : reject(error)));
+        req.end();
+      });
+      await put(leader.url, `k-${i}`, "changed while a snapshot was open");
+    }
+    await waitFor(async () => (await readdir(leader.dataDir)).every((n) => !n.startsWith(".snap-")), "no snapshot folder left");
+    const file = join(await tempDir(), "snap.tar");
+    assert.equal((await download(`${leader.url}/snapshot`, file)).status, 200);
+    assert.equal((await extracted(file)).size, 40);
+  });
+
   test("GNU tar lists and extracts keys of 1 and 200 characters, a 0-byte and a 16 MiB value, mtimes kept", async () => {
     const leader = await startMehdb();
     const long = "L".repeat(199) + "z";
