@@ -29,28 +29,40 @@ import { RestorePreconditionError, SnapshotsBusyError, type SnapshotView } from 
 import { CHALLENGE } from "./tokens.ts";
 
 const TAR_TYPE = "application/x-tar";
+/** Ticks a follower waits for one that leaves it exactly at a cursor of its leader. */
+const FOLLOWER_ATTEMPTS = 20;
+/** How long a follower waits for its next tick to start. */
+const NEXT_SYNC_WAIT_MS = 2_000;
 
-/** `GET|HEAD /snapshot`: the archive (or, for `HEAD`, its headers), with the cursor it is consistent at. */
+/**
+ * `GET|HEAD /snapshot`: the archive (or, for `HEAD`, its headers), with the cursor it is consistent at. A follower
+ * takes it between two ticks, after one whose copies were exactly the versions listed (it waits a few ticks for one).
+ */
 export async function getSnapshot(x: Exchange): Promise<void> {
   const { ctx, req, res } = x;
   const { poller, store } = ctx;
-  if (poller) await poller.idle(); // a follower's snapshot is taken between two ticks
   if (poller?.unheld) {
     return refuse(x, SERVICE_UNAVAILABLE, `no complete snapshot on this follower: ${poller.unheld}; ask the leader`);
   }
-  let view: SnapshotView | null;
-  if (req.method === "HEAD") {
-    const cursor = poller ? poller.heldCursor : store.cursor;
-    if (cursor === null) return notInSync(x);
-    return send(x, OK, "", TAR_TYPE, { [CURSOR_HEADER]: cursor });
+  const cursor = () => (poller ? poller.heldCursor : store.cursor);
+  let view: SnapshotView | null = null;
+  for (let attempt = 1; view === null; attempt++) {
+    if (poller) await poller.idle();
+    if (req.method === "HEAD") {
+      const at = cursor(); // read synchronously after the tick ended, as a snapshot would be taken
+      if (at !== null) return send(x, OK, "", TAR_TYPE, { [CURSOR_HEADER]: at });
+    } else {
+      try {
+        view = await store.snapshots.begin(cursor);
+      } catch (error) {
+        if (!(error instanceof SnapshotsBusyError)) throw error;
+        return refuse(x, SERVICE_UNAVAILABLE, `${error.message}; try again shortly`, { "Retry-After": "1" });
+      }
+    }
+    if (view !== null) break;
+    if (!poller || attempt >= FOLLOWER_ATTEMPTS) return notInSync(x);
+    await poller.nextSync(NEXT_SYNC_WAIT_MS);
   }
-  try {
-    view = await store.snapshots.begin(() => (poller ? poller.heldCursor : store.cursor));
-  } catch (error) {
-    if (!(error instanceof SnapshotsBusyError)) throw error;
-    return refuse(x, SERVICE_UNAVAILABLE, `${error.message}; try again shortly`, { "Retry-After": "1" });
-  }
-  if (view === null) return notInSync(x);
   const taken = view;
   res.writeHead(OK, { "Content-Type": TAR_TYPE, [CURSOR_HEADER]: taken.cursor });
   ctx.metrics.count(x.route, OK);
@@ -68,7 +80,7 @@ export async function getSnapshot(x: Exchange): Promise<void> {
 
 /** A follower that is not at a cursor of its leader: no consistent snapshot to give. */
 function notInSync(x: Exchange): void {
-  const why = x.ctx.poller?.lastError ?? "it has not completed a sync with its leader";
+  const why = x.ctx.poller?.lastError ?? "its leader's data kept changing under every sync, or it has not synced yet";
   refuse(x, SERVICE_UNAVAILABLE, `no consistent snapshot on this follower now (${why}); retry, or ask the leader`, {
     "Retry-After": "1",
   });

@@ -58,6 +58,8 @@ export interface PollerOptions {
   authorization?: () => string | undefined;
 }
 
+/** Rounds of a tick at most: a round whose copies moved on meanwhile is followed by one for what changed since. */
+const EXACT_ROUNDS = 4;
 /** Keys per page of a full listing the follower asks for (`limit`). */
 const PAGE_KEYS = 10_000;
 /** Largest listing answer read from the leader (one page, or a whole unpaged listing), in bytes. */
@@ -138,6 +140,8 @@ export class Poller implements PollerState {
   /** True once the address has answered `GET /status` with `leader`; false again after a failed tick. */
   #trusted = false;
   #synced = false;
+  /** Whether the current (or last) round copied exactly the versions its listing named. */
+  #exact = false;
   #lastSuccess: number | null = null;
   #lastError: string | null = null;
   /** The current run of failed ticks: since when, and the kinds already logged. */
@@ -208,7 +212,7 @@ export class Poller implements PollerState {
 
   /** Between ticks, after one that completed: the leader's cursor the store holds exactly; else `null`. */
   get heldCursor(): string | null {
-    return this.#running === null && this.#lastError === null && this.#synced ? this.#cursor : null;
+    return this.#running === null && this.#lastError === null && this.#synced && this.#exact ? this.#cursor : null;
   }
 
   /** Starts ticking: one tick now, then one every `intervalMs`. */
@@ -282,17 +286,27 @@ export class Poller implements PollerState {
 
   async #syncOnce(): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
-    const first = await this.#listing(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}&limit=${PAGE_KEYS}`);
-    if (Array.isArray(first)) return this.#syncPlain(first);
-    const changes = checkChanges(first);
-    if (changes.full) {
-      await this.#reconcile(changes);
-    } else {
-      const deleted = changes.deleted.filter((key) => this.#acceptable(key));
-      await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
-      await this.#copy(changes.keys.filter(([key]) => this.#acceptable(key)));
+    // A round is exact when every value it copied is the version its listing named: the store then holds the
+    // leader's data at the round's cursor (what a snapshot needs). The keys that moved on are listed again next round.
+    for (let round = 0; round < EXACT_ROUNDS; round++) {
+      this.#exact = true;
+      const first = await this.#listing(`/keys?since=${encodeURIComponent(this.#cursor ?? "")}&limit=${PAGE_KEYS}`);
+      if (Array.isArray(first)) {
+        this.#exact = false;
+        return this.#syncPlain(first);
+      }
+      const changes = checkChanges(first);
+      if (changes.full) {
+        this.#exact = false; // its pages are read one after the other, not at one cursor
+        await this.#reconcile(changes);
+      } else {
+        const deleted = changes.deleted.filter((key) => this.#acceptable(key));
+        await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
+        await this.#copy(changes.keys.filter(([key]) => this.#acceptable(key)));
+      }
+      this.#cursor = changes.cursor; // the first page's: changes made while the pages were read come next round
+      if (this.#exact) return;
     }
-    this.#cursor = changes.cursor; // the first page's: changes made while the pages were read come next tick
   }
 
   /** Trusts the address only once `GET /status` answers `leader` (this mehdb and the original Go one both do). */
@@ -421,16 +435,19 @@ export class Poller implements PollerState {
     if (answer === undefined) return forEachLimited(group, this.#options.concurrency, (item) => this.#copyOne(item));
     const values = parseValues(answer);
     const items: PutItem[] = [];
-    for (const [key] of group) {
+    for (const [key, size, mtimeMs] of group) {
       const value = values.get(key);
+      if (value?.body.length !== size || value.mtimeMs !== Math.round(mtimeMs)) this.#exact = false; // moved on
       if (value) items.push({ key, body: [value.body], mtimeMs: value.mtimeMs });
     }
     await this.#write(items, GROUP_WRITE_CONCURRENCY);
   }
 
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
-  async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
+  async #copyOne([key, size, mtimeMs]: Listed): Promise<void> {
     await this.#fetch(`/get/${key}`, async (res) => {
+      // Moved on since it was listed (a same-size overwrite is not seen here: /get gives no mtime).
+      if (res.statusCode !== 200 || res.headers["content-length"] !== String(size)) this.#exact = false;
       if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeMs }], 1);
     });
   }
