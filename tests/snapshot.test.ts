@@ -85,7 +85,8 @@ async function writers(base: string, count: number, keysEach: number) {
   let stopped = false;
   let acked = 0;
   const write = async (key: string, value: Buffer | null) => {
-    const answer = value === null ? await del(base, key, { keepAlive: true }) : await put(base, key, value, { keepAlive: true });
+    const answer =
+      value === null ? await del(base, key, { keepAlive: true }) : await put(base, key, value, { keepAlive: true });
     if (value === null && answer.status === 404) return;
     assert.equal(answer.status, 200, `${value === null ? "DELETE" : "PUT"} ${key}: ${answer.text}`);
     const cursor = header(answer, "mehdb-cursor");
@@ -129,11 +130,18 @@ function checkAgainst(data: Data, history: Map<string, Acked[]>, seq: number): v
     const expected = last?.value ?? null;
     const maybeDeleted = next?.value === null && next.upperBound;
     if (got === undefined) {
-      assert.ok(expected === null || maybeDeleted, `${key}: absent from the snapshot at seq ${seq}, but its last write at or before it stored ${expected?.length} bytes`);
+      assert.ok(
+        expected === null || maybeDeleted,
+        `${key}: absent from the snapshot at seq ${seq}, but its last write at or before it stored a value`,
+      );
     } else {
-      assert.ok(expected !== null, `${key}: ${got.length} bytes in the snapshot at seq ${seq}, but its last write at or before it deleted it`);
+      assert.ok(
+        expected !== null,
+        `${key}: ${got.length} bytes in the snapshot at seq ${seq}, but its last write at or before it deleted it`,
+      );
       const later = writes.slice(before.length).findIndex((w) => w.value?.equals(got));
-      assert.ok(got.equals(expected), `${key}: the snapshot at seq ${seq} holds ${later >= 0 ? "a later write's value" : "a value never acknowledged"}, not the last write at or before it`);
+      const which = later >= 0 ? "a later write's value" : "a value never acknowledged";
+      assert.ok(got.equals(expected), `${key}: the snapshot at seq ${seq} holds ${which}, not the last one before`);
     }
   }
   for (const key of data.keys()) assert.ok(history.has(key), `the snapshot holds ${key}, which no one wrote`);
@@ -190,13 +198,14 @@ describe("GET /snapshot", () => {
       });
       await put(leader.url, `k-${i}`, "changed while a snapshot was open");
     }
-    await waitFor(async () => (await readdir(leader.dataDir)).every((n) => !n.startsWith(".snap-")), "no snapshot folder left");
+    const noFolder = async () => (await readdir(leader.dataDir)).every((n) => !n.startsWith(".snap-"));
+    await waitFor(noFolder, "no snapshot folder left");
     const file = join(await tempDir(), "snap.tar");
     assert.equal((await download(`${leader.url}/snapshot`, file)).status, 200);
     assert.equal((await extracted(file)).size, 40);
   });
 
-  test("GNU tar lists and extracts keys of 1 and 200 characters, a 0-byte and a 16 MiB value, mtimes kept", async () => {
+  test("GNU tar lists and extracts keys of 1 and 200 characters, a 0-byte and a 16 MiB value; mtimes", async () => {
     const leader = await startMehdb();
     const long = "L".repeat(199) + "z";
     const data: Data = new Map([
@@ -205,7 +214,9 @@ describe("GET /snapshot", () => {
       ["empty", Buffer.alloc(0)],
       ["big", randomValue(16 * 1024 * 1024)],
     ]);
-    for (const [key, value] of data) assert.equal((await put(leader.url, key, value, { timeoutMs: 60_000 })).status, 200);
+    for (const [key, value] of data) {
+      assert.equal((await put(leader.url, key, value, { timeoutMs: 60_000 })).status, 200);
+    }
     const file = join(await tempDir(), "snap.tar");
     assert.equal((await download(`${leader.url}/snapshot`, file)).status, 200);
     const listing = await must("tar", ["-tvf", file]);
@@ -213,7 +224,8 @@ describe("GET /snapshot", () => {
     assert.equal(lines.length, 4, listing.stdout);
     for (const line of lines) assert.match(line, /^-rw-r--r-- /, `a regular file: ${line}`);
     for (const [key, value] of data) {
-      assert.ok(lines.some((line) => line.endsWith(` ${key}`) && line.includes(` ${value.length} `)), `${key} listed with ${value.length} bytes:\n${listing.stdout}`);
+      const listed = lines.some((line) => line.endsWith(` ${key}`) && line.includes(` ${value.length} `));
+      assert.ok(listed, `${key} listed with ${value.length} bytes:\n${listing.stdout}`);
     }
     const dir = await tempDir("mehdb-extract-");
     await must("tar", ["-xf", file, "-C", dir]);
@@ -230,7 +242,11 @@ describe("GET /snapshot", () => {
 describe("PUT /snapshot", () => {
   test("round trip: into an empty leader and over a full one; followers converge, deletions included", async () => {
     const source = await startMehdb();
-    const data: Data = new Map([["a", Buffer.from("A")], ["z".repeat(200), randomValue(70_000)], ["empty", Buffer.alloc(0)]]);
+    const data: Data = new Map([
+      ["a", Buffer.from("A")],
+      ["z".repeat(200), randomValue(70_000)],
+      ["empty", Buffer.alloc(0)],
+    ]);
     for (let i = 0; i < 50; i++) data.set(`k-${i}`, randomValue(randomInt(0, 3000)));
     for (const [key, value] of data) assert.equal((await put(source.url, key, value)).status, 200);
     const file = join(await tempDir(), "snap.tar");
@@ -303,7 +319,11 @@ describe("PUT /snapshot", () => {
       ["a hard link", await tar("hard.tar", "good", "hard"), /"hard": is a link/],
       ["a FIFO", await tar("fifo.tar", "good", "fifo"), /"fifo": is not a regular file/],
       ["a name that is no key", await tar("name.tar", "good", "bad name"), /"bad name": is not a valid key/],
-      ["a value over MEHDB_MAX_VALUE_BYTES", await tar("large.tar", "good", "large"), /"large": is 1025 bytes, more than MEHDB_MAX_VALUE_BYTES \(1024\)/],
+      [
+        "a value over MEHDB_MAX_VALUE_BYTES",
+        await tar("large.tar", "good", "large"),
+        /"large": is 1025 bytes, more than MEHDB_MAX_VALUE_BYTES \(1024\)/,
+      ],
       ["a key twice", dup, /"good": appears twice/],
       ["an archive cut short", join(dir, "cut.tar"), /cut short/],
       ["not a tar archive", join(dir, "junk.tar"), /not a tar archive/],
@@ -315,12 +335,14 @@ describe("PUT /snapshot", () => {
       assert.match(answer.text, message, what);
       assert.match(answer.text, /nothing was changed/, what);
       assert.deepEqual(await readAll(leader.url), before, `${what}: the data`);
-      assert.equal(header(await http(`${leader.url}/snapshot`, { method: "HEAD" }), "mehdb-cursor"), cursor, `${what}: the cursor`);
-      assert.deepEqual((await readdir(leader.dataDir)).filter((n) => n.startsWith(".")), [], `${what}: nothing staged is left`);
+      const head = await http(`${leader.url}/snapshot`, { method: "HEAD" });
+      assert.equal(header(head, "mehdb-cursor"), cursor, `${what}: the cursor`);
+      const staged = (await readdir(leader.dataDir)).filter((n) => n.startsWith("."));
+      assert.deepEqual(staged, [], `${what}: nothing staged is left`);
     }
   });
 
-  test("kill -9 at random moments of restores: every restart holds the whole old set or the whole new one", async () => {
+  test("kill -9 at random moments of restores: each restart holds the whole old set or the whole new one", async () => {
     const sets: Data[] = [new Map(), new Map()];
     for (let i = 0; i < 300; i++) {
       if (i < 200) sets[0]?.set(`k-${String(i).padStart(3, "0")}`, Buffer.from(`old ${i} `.repeat(randomInt(1, 300))));
@@ -363,7 +385,8 @@ describe("PUT /snapshot", () => {
       }
       const onDisk = await dirData(dataDir);
       assert.deepEqual(await readAll(mehdb.url), onDisk, `round ${round}: what is served is what is on disk`);
-      const now = sameData(onDisk, sets[holds] as Data) ? holds : sameData(onDisk, sets[1 - holds] as Data) ? 1 - holds : -1;
+      const other = 1 - holds;
+      const now = sameData(onDisk, sets[holds] as Data) ? holds : sameData(onDisk, sets[other] as Data) ? other : -1;
       assert.notEqual(now, -1, `round ${round}: ${onDisk.size} keys, neither the old set nor the new one`);
       assert.deepEqual((await readdir(dataDir)).filter((n) => n.startsWith(".")), [], `round ${round}: leftovers`);
       outcomes.push(now === holds ? "old" : "new");
@@ -396,7 +419,8 @@ describe("PUT /snapshot", () => {
       [leader.url, "write-secret", 200],
     ] as const) {
       const answer = await restore(base, file, token ? as(token) : {});
-      assert.equal(answer.status, status, `PUT ${base === leader.url ? "leader" : "follower"} with ${token}: ${answer.text}`);
+      const who = base === leader.url ? "leader" : "follower";
+      assert.equal(answer.status, status, `PUT ${who} with ${token}: ${answer.text}`);
       assertOneLine(answer);
       if (status === 401) assert.equal(answer.headers["www-authenticate"], 'Bearer realm="mehdb"');
       if (status === 307) assert.equal(answer.headers.location, `${leader.url}/snapshot`);

@@ -167,8 +167,8 @@ async function* readEntries(source: AsyncIterable<Uint8Array>): AsyncGenerator<T
   try {
     yield* readTar(source);
   } catch (error) {
-    if (error instanceof TarFormatError) throw new BadArchiveError(`invalid archive: ${error.message}; nothing was changed`);
-    throw error;
+    if (!(error instanceof TarFormatError)) throw error;
+    throw new BadArchiveError(`invalid archive: ${error.message}; nothing was changed`);
   }
 }
 

@@ -11,6 +11,8 @@
 export const BLOCK = 512;
 /** The end of an archive: two zero blocks. */
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
+/** One block of zeros, which {@link padding} gives views of. */
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
 /** Largest size the ustar header's own field holds (11 octal digits). */
 const MAX_USTAR_SIZE = 0o77777777777;
 /** Largest extended header (pax `x`/`g`, GNU `L`/`K`) the parser reads. */
@@ -34,14 +36,14 @@ export function fileHeader(name: string, size: number, mtimeMs: number): Buffer 
   return Buffer.concat([ustarHeader(paxName, pax.length, mtime, "x"), pax, padding(pax.length), header]);
 }
 
-/** The zeros that complete the last block of a body of `size` bytes. */
+/** The zeros that complete the last block of a body of `size` bytes (a view of a shared block: not to be written). */
 export function padding(size: number): Buffer {
-  return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);
+  return ZERO_BLOCK.subarray(0, (BLOCK - (size % BLOCK)) % BLOCK);
 }
 
 /** One ustar header block; `name` is cut to the 100 bytes of its field (a pax `path` carries the whole). */
 function ustarHeader(name: string, size: number, mtime: number, type: string): Buffer {
-  const block = Buffer.alloc(BLOCK);
+  const block = Buffer.allocUnsafe(BLOCK).fill(0); // a slice of node's pool: one allocation per 16 headers
   block.write(name, 0, 100, "utf8");
   block.write("0000644\0", 100, "latin1");
   block.write("0000000\0", 108, "latin1");

@@ -50,7 +50,11 @@ function timedOutput(command: string, args: string[]): Promise<{ seconds: number
 }
 
 /** `GET /snapshot`, saved to `file` when given; seconds, bytes, and the highest RSS of `pid` meanwhile. */
-function getSnapshot(port: number, pid: number, file?: string): Promise<{ seconds: number; bytes: number; peakMb: number }> {
+function getSnapshot(
+  port: number,
+  pid: number,
+  file?: string,
+): Promise<{ seconds: number; bytes: number; peakMb: number }> {
   const started = performance.now();
   let peakMb = memoryMb(pid).rssMb ?? 0;
   const sampler = setInterval(() => (peakMb = Math.max(peakMb, memoryMb(pid).rssMb ?? 0)), 20);
@@ -141,18 +145,29 @@ async function main(): Promise<void> {
     const rate = await fsyncRate(join(root, "fsync"));
     const boundSeconds = KEYS / rate;
 
+    const ratio = (a: number, b: number) => (a / b).toFixed(2);
     const mbps = (bytes: number, seconds: number) => (bytes / 1e6 / seconds).toFixed(0);
     const ms = (values: number[], p: number) => (percentile(values, p) ?? NaN).toFixed(1);
+    const latency = (values: number[]) => `${ms(values, 100)} / ${ms(values, 99)} ms (${values.length} writes)`;
     const rows = [
       ["figure", "mehdb", "beside it"],
-      [`snapshot of ${KEYS} keys`, `${snap.seconds.toFixed(2)} s, ${mbps(snap.bytes, snap.seconds)} MB/s`, `tar -cf: ${tar.seconds.toFixed(2)} s, ${mbps(tar.bytes, tar.seconds)} MB/s`],
+      [
+        `snapshot of ${KEYS} keys`,
+        `${snap.seconds.toFixed(2)} s, ${mbps(snap.bytes, snap.seconds)} MB/s`,
+        `tar -cf: ${tar.seconds.toFixed(2)} s, ${mbps(tar.bytes, tar.seconds)} MB/s`,
+      ],
       ["leader RSS", `${snap.peakMb.toFixed(0)} MB while streaming`, `${rssBefore.toFixed(0)} MB before`],
-      [`snapshot under ${WRITERS} writers`, `${underLoad.seconds.toFixed(2)} s, peak RSS ${underLoad.peakMb.toFixed(0)} MB`, ""],
-      ["PUT latency max / p99", `${ms(busy, 100)} / ${ms(busy, 99)} ms during (${busy.length} writes)`, `${ms(quiet, 100)} / ${ms(quiet, 99)} ms without (${quiet.length} writes)`],
-      [`restore of ${KEYS} keys`, `${restoreSeconds.toFixed(2)} s`, `fsync bound ${boundSeconds.toFixed(2)} s (${Math.round(rate)}/s): ${(boundSeconds / restoreSeconds).toFixed(2)} ×`],
+      [`snapshot, ${WRITERS} writers on`, `${underLoad.seconds.toFixed(2)} s, RSS ${underLoad.peakMb.toFixed(0)} MB`, ""],
+      ["PUT latency max / p99", `${latency(busy)} during`, `${latency(quiet)} without`],
+      [
+        `restore of ${KEYS} keys`,
+        `${restoreSeconds.toFixed(2)} s`,
+        `fsync bound ${boundSeconds.toFixed(2)} s (${Math.round(rate)}/s): ${ratio(boundSeconds, restoreSeconds)} ×`,
+      ],
     ];
     for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(i === 0 ? 28 : 44)).join(" ").trimEnd());
-    console.log(JSON.stringify({ keys: KEYS, valueBytes: VALUE_BYTES, tar, snap, underLoad, rssBefore, restoreSeconds, fsyncRate: rate, boundSeconds }));
+    const figures = { keys: KEYS, valueBytes: VALUE_BYTES, tar, snap, underLoad, rssBefore, restoreSeconds };
+    console.log(JSON.stringify({ ...figures, fsyncRate: rate, boundSeconds }));
   } finally {
     await stopAll();
     rmSync(root, { recursive: true, force: true });
