@@ -288,6 +288,31 @@ describe("PUT /snapshot", () => {
     assert.equal((await put(full.url, "after", "x")).status, 200, "writes go on after a restore");
   });
 
+  test("a snapshot being read while a restore replaces the set holds the old set, whole", async () => {
+    const leader = await startMehdb();
+    const old: Data = new Map();
+    // 30 MB: more than the socket buffers hold, so the server is still reading files when the restore runs.
+    for (let i = 0; i < 60; i++) old.set(`k-${String(i).padStart(2, "0")}`, randomValue(randomInt(400_000, 600_000)));
+    for (const [key, value] of old) assert.equal((await put(leader.url, key, value)).status, 200);
+    const dir = await tempDir("mehdb-set-");
+    await mkdir(join(dir, "files"));
+    for (const key of ["k-00", "k-59", "new"]) await writeFile(join(dir, "files", key), `new ${key}`);
+    await must("tar", ["-cf", join(dir, "new.tar"), "-C", join(dir, "files"), "k-00", "k-59", "new"]);
+    let restored = false;
+    let chunks = 0;
+    const reading = download(`${leader.url}/snapshot`, join(dir, "old.tar"), {
+      pause: async () => {
+        if (++chunks === 2) assert.equal((await restore(leader.url, join(dir, "new.tar"))).status, 200);
+        restored ||= chunks >= 2;
+        await sleep(5);
+      },
+    });
+    assert.equal((await reading).status, 200);
+    assert.ok(restored, "the restore ran while the snapshot was read");
+    assert.deepEqual(await extracted(join(dir, "old.tar")), old);
+    assert.deepEqual(await readAll(leader.url), await extracted(join(dir, "new.tar")));
+  });
+
   test("each kind of bad entry is a 400 naming it, and nothing changes", async () => {
     const leader = await startMehdb({ env: { MEHDB_MAX_VALUE_BYTES: "1024" } });
     for (let i = 0; i < 5; i++) await put(leader.url, `keep-${i}`, `value ${i}`);
