@@ -78,6 +78,15 @@ function getSnapshot(
   });
 }
 
+/** The highest resident memory of `pid` while `during` runs (sampled every 20 ms), in MB. */
+async function peakRss(pid: number, during: Promise<unknown>): Promise<number> {
+  let peakMb = memoryMb(pid).rssMb ?? 0;
+  const sampler = setInterval(() => (peakMb = Math.max(peakMb, memoryMb(pid).rssMb ?? 0)), 20);
+  await during;
+  clearInterval(sampler);
+  return peakMb;
+}
+
 /** PUT latencies of {@link WRITERS} writers over random populated keys while `during` runs. */
 async function writeLatencies(port: number, during: Promise<unknown>): Promise<number[]> {
   const latencies: number[] = [];
@@ -128,7 +137,11 @@ async function main(): Promise<void> {
     const snap = await getSnapshot(leader.port, leader.child.pid, archive);
     log(`snapshot: ${snap.seconds.toFixed(2)} s`);
 
-    const quiet = await writeLatencies(leader.port, new Promise((r) => setTimeout(r, snap.seconds * 1000 + 500)));
+    const quietTime = new Promise((r) => setTimeout(r, snap.seconds * 1000 + 500));
+    const [quiet, quietPeakMb] = await Promise.all([
+      writeLatencies(leader.port, quietTime),
+      peakRss(leader.child.pid, quietTime),
+    ]);
     const busySnap = getSnapshot(leader.port, leader.child.pid);
     const busy = await writeLatencies(leader.port, busySnap);
     const underLoad = await busySnap;
@@ -157,7 +170,11 @@ async function main(): Promise<void> {
         `tar -cf: ${tar.seconds.toFixed(2)} s, ${mbps(tar.bytes, tar.seconds)} MB/s`,
       ],
       ["leader RSS", `${snap.peakMb.toFixed(0)} MB while streaming`, `${rssBefore.toFixed(0)} MB before`],
-      [`snapshot, ${WRITERS} writers on`, `${underLoad.seconds.toFixed(2)} s, RSS ${underLoad.peakMb.toFixed(0)} MB`, ""],
+      [
+        `snapshot, ${WRITERS} writers on`,
+        `${underLoad.seconds.toFixed(2)} s, RSS ${underLoad.peakMb.toFixed(0)} MB`,
+        `writers alone: RSS ${quietPeakMb.toFixed(0)} MB`,
+      ],
       ["PUT latency max / p99", `${latency(busy)} during`, `${latency(quiet)} without`],
       [
         `restore of ${KEYS} keys`,
@@ -166,8 +183,8 @@ async function main(): Promise<void> {
       ],
     ];
     for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(i === 0 ? 28 : 44)).join(" ").trimEnd());
-    const figures = { keys: KEYS, valueBytes: VALUE_BYTES, tar, snap, underLoad, rssBefore, restoreSeconds };
-    console.log(JSON.stringify({ ...figures, fsyncRate: rate, boundSeconds }));
+    const figures = { keys: KEYS, valueBytes: VALUE_BYTES, tar, snap, underLoad, rssBefore, quietPeakMb };
+    console.log(JSON.stringify({ ...figures, restoreSeconds, fsyncRate: rate, boundSeconds }));
   } finally {
     await stopAll();
     rmSync(root, { recursive: true, force: true });
