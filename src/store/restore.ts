@@ -2,7 +2,7 @@
  * Replacing the whole data set with an archive's, all or nothing, crash-safe.
  * Every step leaves the data directory either as it was or committed to the new set:
  *
- *     stage    each entry is checked and written to `.restore-ID/KEY`, fsynced (the data set is untouched)
+ *     stage    each entry is checked and written to `.restore-ID/KEY`; then all are fsynced (the data set is untouched)
  *     commit   the marker `.restore-ID.commit` is created and fsynced: from here on the new set wins
  *     remove   every key not in the new set is removed; the marker is renamed `.restore-ID.move`
  *     move     every staged file is renamed over its key's file; the folder, then the marker, are removed
@@ -25,7 +25,7 @@ const RESTORE_PREFIX = ".restore-";
 export const SNAPSHOT_PREFIX = ".snap-";
 /** Values up to this size are read whole and written by the pool; larger ones are streamed one at a time. */
 const POOLED_VALUE_BYTES = 64 * 1024;
-/** Staged files written (and fsynced) at once. */
+/** Staged files written, and then fsynced, at once. */
 const STAGE_CONCURRENCY = 8;
 /** Keys removed or moved in at once. */
 const APPLY_CONCURRENCY = 16;
@@ -72,6 +72,9 @@ export async function stage(dir: string, source: AsyncIterable<Uint8Array>, maxV
       }
     }
     await pool.drain();
+    // The body is read as fast as the files are written (a request must arrive within the server's request
+    // timeout); then each file is made durable, several at once, and the folder.
+    await forEachLimited(await readdir(folder), STAGE_CONCURRENCY, (key) => syncFile(join(folder, key)));
     await syncDir(folder);
     return { name, count };
   } catch (error) {
@@ -187,12 +190,21 @@ function badEntry(name: string, index: number, problem: string): string {
   return `invalid archive entry ${index} ${JSON.stringify(name.slice(0, 220))}: ${problem}; nothing was changed`;
 }
 
-/** Writes a new file of `chunks` with mtime `mtimeMs`, fsynced. */
+/** Writes a new file of `chunks` with mtime `mtimeMs` (not yet fsynced: see {@link syncFile}). */
 async function writeFile(path: string, chunks: AsyncIterable<Buffer> | Buffer[], mtimeMs: number): Promise<void> {
   const handle = await open(path, "wx", 0o644);
   try {
     for await (const chunk of chunks) await writeAll(handle, chunk);
     await handle.utimes(mtimeMs / 1000, mtimeMs / 1000);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Flushes a written file to the disk. */
+async function syncFile(path: string): Promise<void> {
+  const handle = await open(path, "r");
+  try {
     await handle.sync();
   } finally {
     await handle.close();
