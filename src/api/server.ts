@@ -9,6 +9,8 @@
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
+ *     GET|HEAD   /snapshot  a tar of every key, consistent at its `Mehdb-Cursor`
+ *     PUT        /snapshot  leader: replaces every key with a tar's;  follower: 307 to the leader
  *     GET|HEAD   /          the status page (HTML)
  *
  * Conditional writes (`If-Match`, `If-None-Match`) are judged in `key.ts`, `?after=CURSOR` in
@@ -48,6 +50,7 @@ import { listKeys, sendValues } from "./feed.ts";
 import { metrics, status } from "./health.ts";
 import { statusPage } from "./page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./key.ts";
+import { getSnapshot, putSnapshot } from "./snapshot.ts";
 import { CHALLENGE, type Access } from "./tokens.ts";
 
 /** Time allowed for a request's headers. */
@@ -88,6 +91,7 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/values", route("values", "read", { GET: sendValues, HEAD: sendValues })],
   ["/status", route("status", "open", { GET: status, HEAD: status })],
   ["/metrics", route("metrics", "open", { GET: metrics, HEAD: metrics })],
+  ["/snapshot", route("snapshot", "read", { GET: getSnapshot, HEAD: getSnapshot, PUT: putSnapshot })],
   ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
 ]);
 
@@ -96,6 +100,7 @@ const STORE_ROUTES: ReadonlySet<Route | undefined> = new Set([
   ...PREFIX_ROUTES.values(),
   EXACT_ROUTES.get("/keys"),
   EXACT_ROUTES.get("/values"),
+  EXACT_ROUTES.get("/snapshot"),
 ]);
 
 /** The answers of a path no route takes. */

@@ -54,6 +54,8 @@ export interface PollerOptions extends LeaderOptions {
   log: Logger;
 }
 
+/** Rounds of a tick at most: a round whose copies moved on meanwhile is followed by one for what changed since. */
+const EXACT_ROUNDS = 4;
 /** Keys per page of a full listing the follower asks for (`limit`). */
 const PAGE_KEYS = 10_000;
 /** Values fetched one by one at once. */
@@ -93,6 +95,8 @@ export class Poller implements PollerState {
   /** True once the address has answered `GET /status` with `leader`; false again after a failed tick. */
   #trusted = false;
   #synced = false;
+  /** Whether the current (or last) round copied exactly the versions its listing named. */
+  #exact = false;
   #lastSuccess: number | null = null;
   #lastError: string | null = null;
   /** The current run of failed ticks: since when, and the events already logged. */
@@ -110,6 +114,16 @@ export class Poller implements PollerState {
   constructor(options: PollerOptions) {
     this.#options = options;
     this.#leader = new LeaderClient(options, this.#abort.signal);
+  }
+
+  /** Resolves once no tick is running (at once when none is). */
+  async idle(): Promise<void> {
+    while (this.#running) await this.#running;
+  }
+
+  /** Between ticks, after one that completed: the leader's cursor the store holds exactly; else `null`. */
+  get heldCursor(): string | null {
+    return this.#running === null && this.#lastError === null && this.#synced && this.#exact ? this.#cursor : null;
   }
 
   /** Starts ticking: one tick now, then one every `intervalMs`. */
@@ -133,7 +147,7 @@ export class Poller implements PollerState {
     if (this.#abort.signal.aborted) return Promise.resolve();
     this.#counts.ticks++;
     const ended = this.#syncWaits.started();
-    this.#running = this.#syncOnce()
+    this.#running = this.#syncExactly()
       .then(
         () => this.#succeeded(),
         (error: unknown) => this.#failed(error),
@@ -145,6 +159,15 @@ export class Poller implements PollerState {
     return this.#running;
   }
 
+  /** Syncs in rounds until one copied exactly what it listed: the store then holds the leader's data at the cursor. */
+  async #syncExactly(): Promise<void> {
+    for (let round = 0; round < EXACT_ROUNDS; round++) {
+      this.#exact = true;
+      await this.#syncOnce();
+      if (this.#exact || this.#cursor === null) return; // an original Go leader gives no cursor
+    }
+  }
+
   /** One sync: the changes since the cursor, or a full reconcile when the leader lists everything. */
   async #syncOnce(): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
@@ -153,6 +176,7 @@ export class Poller implements PollerState {
     if (Array.isArray(first)) return this.#syncPlain(first);
     const changes = checkChanges(first);
     if (changes.full) {
+      this.#exact = false; // its pages are read one after the other, not at one cursor
       await this.#reconcile(changes);
       // A full reconcile retries every key: one left unnamed by an earlier tick is now named, held or gone.
       if (this.#unheldUnnamed < this.#counts.ticks) this.#unheldUnnamed = -1;
@@ -291,16 +315,19 @@ export class Poller implements PollerState {
     if (answer === undefined) return forEachLimited(group, CONCURRENCY, (item) => this.#copyOne(item));
     const values = parseValues(answer);
     const items: PutItem[] = [];
-    for (const [key] of group) {
+    for (const [key, size, mtimeMs] of group) {
       const value = values.get(key);
+      if (value?.body.length !== size || value.mtimeUs !== mtimeFromWire(mtimeMs)) this.#exact = false; // moved on
       if (value) items.push({ key, body: [value.body], mtimeUs: value.mtimeUs });
     }
     await this.#write(items, GROUP_WRITE_CONCURRENCY);
   }
 
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
-  async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
+  async #copyOne([key, size, mtimeMs]: Listed): Promise<void> {
     await this.#leader.fetch(`/get/${key}`, async (res) => {
+      const listed = this.#options.store.etag({ size, mtimeUs: mtimeFromWire(mtimeMs), seq: 0, ino: 0 });
+      if (res.headers.etag !== listed) this.#exact = false; // moved on since it was listed (or gone)
       if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs: mtimeFromWire(mtimeMs) }], 1);
     });
   }
