@@ -38,6 +38,7 @@ import {
   isFound,
   LeaderAnswerError,
   LeaderClient,
+  groups,
   readAll,
   type FailureEvent,
   type LeaderOptions,
@@ -62,10 +63,6 @@ const PAGE_KEYS = 10_000;
 const CONCURRENCY = 8;
 /** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
 const GROUP_VALUE_BYTES = 64 * 1024;
-/** Limits of one group: keys, listed bytes, characters of the key list. */
-const GROUP_KEYS = 256;
-const GROUP_BYTES = 2 * 1024 * 1024;
-const GROUP_KEY_CHARS = 8000;
 /** Groups fetched and written at once. */
 const GROUP_CONCURRENCY = 8;
 /** Values of one group written at once (each holds one temporary file open while it is written). */
@@ -163,13 +160,16 @@ export class Poller implements PollerState {
   async #syncExactly(): Promise<void> {
     for (let round = 0; round < EXACT_ROUNDS; round++) {
       this.#exact = true;
-      await this.#syncOnce();
+      await this.#syncOnce(round > 0);
       if (this.#exact || this.#cursor === null) return; // an original Go leader gives no cursor
     }
   }
 
-  /** One sync: the changes since the cursor, or a full reconcile when the leader lists everything. */
-  async #syncOnce(): Promise<void> {
+  /**
+   * One sync: the changes since the cursor, or a full reconcile when the leader lists everything. A `relist` (a later
+   * round of a tick) skips the changed keys held at the listed version already (copied after the last listing).
+   */
+  async #syncOnce(relist: boolean): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
     const since = encodeURIComponent(this.#cursor ?? "");
     const first = await this.#leader.listing(`/keys?since=${since}&limit=${PAGE_KEYS}`);
@@ -183,7 +183,7 @@ export class Poller implements PollerState {
     } else {
       const deleted = changes.deleted.filter((key) => this.#acceptable(key));
       await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
-      await this.#copy(changes.keys.filter(([key]) => this.#acceptable(key)));
+      await this.#copy(changes.keys.filter((item) => this.#acceptable(item[0]) && !(relist && this.#hasVersion(item))));
     }
     this.#cursor = changes.cursor; // the first page's: changes made while the pages were read come next tick
   }
@@ -227,13 +227,12 @@ export class Poller implements PollerState {
       const listed = new Set<string>();
       const fetch: Listed[] = [];
       for (const item of page.keys) {
-        const [key, size, mtimeMs] = item;
+        const [key] = item;
         if (!this.#acceptable(key)) continue;
         if (from !== null && key <= from)
           throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
         listed.add(key);
-        const held = store.stat(key);
-        if (!held || held.size !== size || held.mtimeUs !== mtimeFromWire(mtimeMs)) fetch.push(item);
+        if (!this.#hasVersion(item)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
       const gone: string[] = [];
@@ -249,6 +248,12 @@ export class Poller implements PollerState {
       if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
       from = next;
     }
+  }
+
+  /** True when the store holds `item`'s version: its size and µs mtime (a leader gives each version its own). */
+  #hasVersion([key, size, mtimeMs]: Listed): boolean {
+    const held = this.#options.store.stat(key);
+    return held?.size === size && held.mtimeUs === mtimeFromWire(mtimeMs);
   }
 
   /** The original Go leader: copy every listed key whose bytes differ, remove the rest. */
@@ -292,8 +297,10 @@ export class Poller implements PollerState {
         (size <= GROUP_VALUE_BYTES ? small : large).push(item);
       }
     }
-    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
-    await forEachLimited(large, CONCURRENCY, (item) => this.#copyOne(item));
+    await Promise.all([
+      forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group)),
+      forEachLimited(large, CONCURRENCY, (item) => this.#copyOne(item)),
+    ]);
   }
 
   /**
@@ -522,28 +529,3 @@ export class Poller implements PollerState {
 
 /** A key as the change feed lists it. */
 type Listed = [key: string, size: number, mtimeMs: number];
-
-/** Splits small listed keys into groups for `GET /values`, within the group limits. */
-function groups(listed: Listed[]): Listed[][] {
-  const out: Listed[][] = [];
-  let group: Listed[] = [];
-  let bytes = 0;
-  let chars = 0;
-  for (const item of listed) {
-    if (
-      group.length > 0 &&
-      (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)
-    ) {
-      out.push(group);
-      group = [];
-      bytes = 0;
-      chars = 0;
-    }
-    group.push(item);
-    bytes += item[1];
-    chars += item[0].length + 1;
-  }
-  if (group.length > 0) out.push(group);
-  return out;
-}
-
