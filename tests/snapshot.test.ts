@@ -448,6 +448,7 @@ describe("PUT /snapshot", () => {
       assert.equal(answer.status, status, `PUT ${who} with ${token}: ${answer.text}`);
       assertOneLine(answer);
       if (status === 401) assert.equal(answer.headers["www-authenticate"], 'Bearer realm="mehdb"');
+      if (status === 401) assert.match(answer.text, /^unauthorized: writes need /, `PUT ${who} with ${token}`);
       if (status === 307) assert.equal(answer.headers.location, `${leader.url}/snapshot`);
     }
     assert.equal((await download(`${follower.url}/snapshot`, file, { headers: as("read-secret") })).status, 200);

@@ -3,8 +3,8 @@
  * every key, consistent at the cursor of its `Mehdb-Cursor` header (on a
  * follower: the leader's cursor its last completed sync reached, taken between
  * two ticks); `PUT /snapshot` replaces the data set with an archive's, all or
- * nothing (leader only; a follower answers `307`). The route table asks for the
- * read token; `PUT` checks the write token here.
+ * nothing (leader only: the route table gives `GET` the read token, `PUT` the
+ * write token and, on a follower, its `307`).
  */
 import { Readable, pipeline } from "node:stream";
 import {
@@ -18,15 +18,12 @@ import {
   refuse,
   send,
   SERVICE_UNAVAILABLE,
-  TEMPORARY_REDIRECT,
-  UNAUTHORIZED,
   type Exchange,
 } from "./http.ts";
 import { parseTagList, type TagList } from "./preconditions.ts";
 import { CURSOR_HEADER } from "../protocol.ts";
 import { BadArchiveError } from "../store/restore.ts";
 import { RestorePreconditionError, SnapshotsBusyError, type SnapshotView } from "../store/snapshot.ts";
-import { CHALLENGE } from "./tokens.ts";
 
 const TAR_TYPE = "application/x-tar";
 /** Ticks a follower waits for one that leaves it exactly at a cursor of its leader. */
@@ -89,14 +86,6 @@ function notInSync(x: Exchange): void {
 /** `PUT /snapshot`: replaces every key with the archive's; `200 RESTORE completed: N keys` with the new cursor. */
 export async function putSnapshot(x: Exchange): Promise<void> {
   const { ctx, req, res } = x;
-  const denied = ctx.access?.refusal(req, "write");
-  if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
-  if (ctx.role === "follower") {
-    const location = `${ctx.leaderUrl}/snapshot`;
-    return refuse(x, TEMPORARY_REDIRECT, `this is a follower; restore on the leader at ${location}`, {
-      Location: location,
-    });
-  }
   const precondition = restorePrecondition(req.headers["if-match"], req.headers["if-none-match"]);
   if (typeof precondition === "string") return answer(x, { status: BAD_REQUEST, body: precondition });
   if (x.expectsContinue) res.writeContinue();
