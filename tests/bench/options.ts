@@ -42,6 +42,8 @@ export interface Options {
   pod: boolean;
   /** Also measure GET on a leader with a read token (the load sending `Authorization`), in the same repetitions. */
   readToken: boolean;
+  /** Measure snapshot and restore of `keys` keys instead (see snapshot.ts). */
+  snapshot: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
@@ -50,6 +52,8 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --pod               instead: build the image and run it in podman with the memory limit of
                       k8s/statefulset.yaml, a leader with --keys keys (default 100 000) under load and
                       a follower catching up, and check that neither is OOM-killed (see pod.ts)
+  --snapshot          instead: GET /snapshot of --keys keys beside tar -cf, with 4 writers on (RSS, write
+                      latency), and PUT /snapshot beside the fsync loop (see snapshot.ts)
   --duration SEC      seconds per load run (wrk: whole seconds)
   --warmup SEC        untimed warm-up run per workload and server (0: none)
   --keys N            keys stored for start-up, memory, lag and the large catch-up
@@ -85,7 +89,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
     if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||
-      name === "read-token") {
+      name === "read-token" || name === "snapshot") {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -112,7 +116,9 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
   const pin = canPin && !flags.has("no-pin");
   const pod = flags.has("pod");
   const readToken = flags.has("read-token");
+  const snapshot = flags.has("snapshot");
   flags.delete("read-token");
+  flags.delete("snapshot");
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -142,6 +148,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     mixSeconds: num("mix", quick ? 2 : 6, 0.5),
     pod,
     readToken,
+    snapshot,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);

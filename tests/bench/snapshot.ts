@@ -1,7 +1,6 @@
 /**
- * Snapshot and restore figures, beside the disk's bounds:
- *
- *     node --import tsx tests/bench/snapshot.ts [KEYS=100000] [VALUE_BYTES=50] [DIR=os temp dir]
+ * Snapshot and restore figures, beside the disk's bounds (`npm run bench -- --snapshot [--keys N] [--dir DIR]`,
+ * values of 50 bytes):
  *
  * - `GET /snapshot` of KEYS pre-populated keys: seconds, MB/s and the leader's
  *   resident memory (before, highest while it streams), beside `tar -cf - DIR`
@@ -16,7 +15,6 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { req, waitReady } from "./http.ts";
 import { startLeader } from "./mehdb.ts";
@@ -24,9 +22,7 @@ import { populate, populatedKey } from "./populate.ts";
 import { memoryMb, startTs, stopAll, tail } from "./procs.ts";
 import { percentile } from "./stats.ts";
 
-const [keysArg, bytesArg, dirArg] = process.argv.slice(2);
-const KEYS = Number(keysArg ?? 100_000);
-const VALUE_BYTES = Number(bytesArg ?? 50);
+const VALUE_BYTES = 50;
 const WRITERS = 4;
 const ENTRY = "src/main.ts";
 
@@ -88,14 +84,14 @@ async function peakRss(pid: number, during: Promise<unknown>): Promise<number> {
 }
 
 /** PUT latencies of {@link WRITERS} writers over random populated keys while `during` runs. */
-async function writeLatencies(port: number, during: Promise<unknown>): Promise<number[]> {
+async function writeLatencies(port: number, keys: number, during: Promise<unknown>): Promise<number[]> {
   const latencies: number[] = [];
   let done = false;
   void during.finally(() => (done = true));
   await Promise.all(
     Array.from({ length: WRITERS }, async () => {
       while (!done) {
-        const key = populatedKey(Math.floor(Math.random() * KEYS));
+        const key = populatedKey(Math.floor(Math.random() * keys));
         const started = performance.now();
         // A pooled connection the server closed as idle fails once with ECONNRESET: sent again.
         const send = () => req(port, "PUT", `/set/${key}`, "x".repeat(VALUE_BYTES));
@@ -120,8 +116,9 @@ async function fsyncRate(dir: string): Promise<number> {
   return (JSON.parse(line) as { opsPerSec: number }).opsPerSec;
 }
 
-async function main(): Promise<void> {
-  const root = mkdtempSync(join(dirArg ?? tmpdir(), "mehdb-bench-snapshot-"));
+/** `--snapshot`: the figures above for `KEYS` keys, with the data dirs under `dir`; prints them, exit code 0. */
+export async function snapshotBench(KEYS: number, dir: string): Promise<number> {
+  const root = mkdtempSync(join(dir, "mehdb-bench-snapshot-"));
   try {
     const data = join(root, "leader");
     log(`populating ${KEYS} keys of ${VALUE_BYTES} bytes`);
@@ -139,11 +136,11 @@ async function main(): Promise<void> {
 
     const quietTime = new Promise((r) => setTimeout(r, snap.seconds * 1000 + 500));
     const [quiet, quietPeakMb] = await Promise.all([
-      writeLatencies(leader.port, quietTime),
+      writeLatencies(leader.port, KEYS, quietTime),
       peakRss(leader.child.pid, quietTime),
     ]);
     const busySnap = getSnapshot(leader.port, leader.child.pid);
-    const busy = await writeLatencies(leader.port, busySnap);
+    const busy = await writeLatencies(leader.port, KEYS, busySnap);
     const underLoad = await busySnap;
     log(`snapshot under ${WRITERS} writers: ${underLoad.seconds.toFixed(2)} s`);
 
@@ -185,10 +182,9 @@ async function main(): Promise<void> {
     for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(i === 0 ? 28 : 44)).join(" ").trimEnd());
     const figures = { keys: KEYS, valueBytes: VALUE_BYTES, tar, snap, underLoad, rssBefore, quietPeakMb };
     console.log(JSON.stringify({ ...figures, restoreSeconds, fsyncRate: rate, boundSeconds }));
+    return 0;
   } finally {
     await stopAll();
     rmSync(root, { recursive: true, force: true });
   }
 }
-
-await main();
