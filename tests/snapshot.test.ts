@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { createWriteStream, watch } from "node:fs";
-import { link, lstat, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { link, lstat, mkdir, readdir, readFile, symlink, utimes, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, describe, test, type TestContext } from "node:test";
@@ -452,6 +452,28 @@ describe("PUT /snapshot", () => {
       if (status === 307) assert.equal(answer.headers.location, `${leader.url}/snapshot`);
     }
     assert.equal((await download(`${follower.url}/snapshot`, file, { headers: as("read-secret") })).status, 200);
+  });
+
+  test("a restore keeps the archive's mtime to the µs (pax); a later write gets a later one than any", async () => {
+    const dir = await tempDir();
+    const files = join(dir, "files");
+    await mkdir(files);
+    // One from long ago, one from a clock an hour ahead of this one.
+    const times = { past: 1_700_000_000.123456, ahead: Math.floor(Date.now() / 1000) + 3600.654321 };
+    const us = new Map<string, number>(); // what the files got (the float's rounding), cut to the µs
+    for (const [key, seconds] of Object.entries(times)) {
+      await writeFile(join(files, key), `value of ${key}`);
+      await utimes(join(files, key), seconds, seconds);
+      us.set(key, Number((await lstat(join(files, key), { bigint: true })).mtimeNs / 1000n));
+    }
+    await must("tar", ["--format=posix", "-cf", join(dir, "set.tar"), "-C", files, ...us.keys()]);
+    const leader = await startMehdb();
+    assert.equal((await restore(leader.url, join(dir, "set.tar"))).status, 200);
+    const mtimeUs = (answer: { headers: Record<string, unknown> }) =>
+      parseInt(/^"([0-9a-z]+)-/.exec(String(answer.headers.etag))?.[1] ?? "", 36);
+    for (const [key, want] of us) assert.equal(mtimeUs(await http(`${leader.url}/get/${key}`)), want, key);
+    const written = await put(leader.url, "new", "value of new");
+    assert.ok(mtimeUs(written) > (us.get("ahead") ?? 0), "a write after the restore is later than all restored");
   });
 
   test("a full disk is a 507 and nothing changes", async (t: TestContext) => {

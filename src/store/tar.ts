@@ -81,7 +81,7 @@ export interface TarEntry {
   name: string;
   kind: EntryKind;
   size: number;
-  /** In microseconds: a pax `mtime`'s (rounded to the microsecond), else the ustar field's whole seconds. */
+  /** In microseconds: a pax `mtime`'s (digits past the microsecond cut), else the ustar field's whole seconds. */
   mtimeUs: number;
   /** Its bytes; read them (or not) before asking for the next entry. */
   body: AsyncIterable<Buffer>;
@@ -115,15 +115,23 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
     }
     if (meta.size !== undefined) size = Number(meta.size);
     if (!Number.isSafeInteger(size) || size < 0) throw new TarFormatError("an entry has a malformed size");
-    const mtime = meta.mtime !== undefined ? Number(meta.mtime) : number(block, 136, 12);
+    const mtimeUs = meta.mtime !== undefined ? paxMicroseconds(meta.mtime) : number(block, 136, 12) * 1e6;
     const kind = kindOf(type);
     const name = meta.path ?? ustarName(block);
     meta = {};
     // Links and directories may carry a size in some tars, but their data is not a value: it is skipped.
     input.begin(size);
-    yield { name, kind, size, mtimeUs: Number.isFinite(mtime) ? Math.round(mtime * 1e6) : 0, body: input.body() };
+    yield { name, kind, size, mtimeUs: Number.isFinite(mtimeUs) ? mtimeUs : 0, body: input.body() };
     await input.skipBody();
   }
+}
+
+/** A pax time, `[-]SECONDS[.FRACTION]`, in whole microseconds (further digits cut, as the store cuts nanoseconds). */
+function paxMicroseconds(text: string): number {
+  const match = /^(-?)(\d+)(?:\.(\d*))?$/.exec(text);
+  if (!match) return NaN;
+  const us = Number(match[2]) * 1e6 + Number((match[3] ?? "").slice(0, 6).padEnd(6, "0"));
+  return match[1] ? -us : us;
 }
 
 /** What a typeflag makes an entry: `0`, NUL and `7` are regular files; `1` and `2` links; `5` a directory. */
