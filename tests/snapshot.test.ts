@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, describe, test, type TestContext } from "node:test";
 import { must, mountTmpfs, unmount } from "./helpers/commands.ts";
 import { converged, dirData, randomInt, randomValue, snapshot as readAll, type Data } from "./helpers/data.ts";
-import { assertOneLine, del, header, http, put } from "./helpers/http.ts";
+import { assertOneLine, del, header, http, put, readFeed } from "./helpers/http.ts";
 import { onStopAll, startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
 
@@ -474,6 +474,23 @@ describe("PUT /snapshot", () => {
     for (const [key, want] of us) assert.equal(mtimeUs(await http(`${leader.url}/get/${key}`)), want, key);
     const written = await put(leader.url, "new", "value of new");
     assert.ok(mtimeUs(written) > (us.get("ahead") ?? 0), "a write after the restore is later than all restored");
+  });
+
+  test("a watch held across a restore answers once every restored key is indexed, with all of them", async () => {
+    const dir = await tempDir();
+    const files = join(dir, "files");
+    await mkdir(files);
+    const names = Array.from({ length: 6000 }, (_, i) => `r-${String(i).padStart(5, "0")}`);
+    for (const name of names) await writeFile(join(files, name), name);
+    await must("tar", ["-cf", join(dir, "set.tar"), "-C", files, ...names]);
+    const leader = await startMehdb();
+    const cursor = header(await put(leader.url, "before", "v"), "mehdb-cursor");
+    const watch = readFeed(leader.url, `since=${cursor}&wait=30000`, 40_000);
+    await sleep(200); // the watch is held
+    assert.equal((await restore(leader.url, join(dir, "set.tar"))).status, 200);
+    const feed = await watch;
+    assert.equal(feed.full, true, "a cursor of the old epoch gets the full listing");
+    assert.deepEqual(feed.keys.map(([name]) => name).sort(), names);
   });
 
   test("a full disk is a 507 and nothing changes", async (t: TestContext) => {

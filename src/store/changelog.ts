@@ -28,7 +28,7 @@ export class ChangeLog {
     this.#wake();
   }
 
-  /** Resolves at the next change (or {@link ChangeLog.clear}). */
+  /** Resolves at the next change (or {@link ChangeLog.reset}). */
   next(): Promise<void> {
     if (!this.#next) {
       let resolve!: () => void;
@@ -38,11 +38,14 @@ export class ChangeLog {
     return this.#next.promise;
   }
 
-  /** Forgets every change (a restore replaced the data set: everything changed); the floor goes back to 0. */
-  clear(): void {
+  /**
+   * Forgets every change and sets the floor (the store's names were indexed: at open, or after a restore replaced
+   * the data set), and wakes those waiting: everything may have changed.
+   */
+  reset(floor: number): void {
     this.#keys = [];
     this.#seqs = [];
-    this.floor = 0;
+    this.floor = floor;
     this.#wake();
   }
 

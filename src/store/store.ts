@@ -126,7 +126,6 @@ export class Store {
     this.#index = new KeyIndex();
     this.#versions = new OpenedVersions();
     this.#seq = this.#bytes = 0;
-    this.#log.clear();
     this.#cache.clear();
     await this.#load("indexing the restored data set", false);
   }
@@ -145,7 +144,7 @@ export class Store {
       this.#opening = `${doing}: ${names} names read`;
     }
     this.#unknown = this.#index.size;
-    this.#log.floor = this.#seq;
+    this.#log.reset(this.#seq); // held watches wake once every name is indexed
     if (atOpen) {
       await forEachLimited(leftovers, 32, (name) => unlink(join(this.dir, name)).catch(ignoreMissing));
       if (leftovers.length > 0) await this.#dirFsync.sync();
