@@ -17,7 +17,8 @@
  * (`keyindex.ts`), a bounded cache of small values (`cache.ts`; the files stay
  * the truth), and the change log (`changelog.ts`) that followers read through
  * {@link Store.changes}: a cursor `EPOCH-SEQ`, the epoch new every time the
- * store opens. Leftover temporary files are removed when it opens.
+ * store opens or is restored. Leftover temporary files are removed when it opens.
+ * Snapshots and restores (`snapshot.ts`) hook in: in every key's lock, at open, and by {@link Store.reindex}.
  *
  * Only regular files are keys: links are never followed, at start (directory
  * entry types) or when read (`O_NOFOLLOW`). A read describes the file it
