@@ -56,6 +56,12 @@ export function parseCursor(text: string | null): Cursor | null {
   return Number.isSafeInteger(seq) ? { epoch: match[1], seq } : null;
 }
 
+/** The seq of `cursor` when it is of `epoch`; `null` when absent, malformed or of another epoch. */
+export function seqOf(cursor: string | null, epoch: string): number | null {
+  const parsed = parseCursor(cursor);
+  return parsed?.epoch === epoch ? parsed.seq : null;
+}
+
 /**
  * True when a follower whose last complete sync ended at `reached` has everything up to `wanted`: same epoch, seq not
  * beyond.
@@ -228,4 +234,11 @@ export interface PollerState {
   nextSync(maxStartMs: number): Promise<void>;
   /** The poller's own metrics, Prometheus text. */
   metrics(): string;
+  /** Resolves once no tick is running (at once when none is): a snapshot waits for a moment between ticks. */
+  idle(): Promise<void>;
+  /**
+   * Between ticks, after one that completed: the leader's cursor the store holds exactly. `null` during a tick,
+   * after a failed one (the store may hold part of a later state) and before the first.
+   */
+  readonly heldCursor: string | null;
 }

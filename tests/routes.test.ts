@@ -90,6 +90,8 @@ describe("route table, in-process", () => {
       holdsAll: () => true,
       intervalMs: 1000,
       nextSync: () => Promise.resolve(),
+      idle: () => Promise.resolve(),
+      heldCursor: null,
     };
     const { url, store } = await serve("follower", poller);
     const written = await put(url, "k1", "v1");

@@ -9,6 +9,8 @@
  *     GET        /values    `?keys=a,b,c`: several values at once (a follower's catch-up)
  *     GET        /status    liveness (`?level=full`: readiness, with the key count)
  *     GET        /metrics   Prometheus text
+ *     GET|HEAD   /snapshot  a tar of every key, consistent at its `Mehdb-Cursor`
+ *     PUT        /snapshot  leader: replaces every key with a tar's;  follower: 307 to the leader
  *     GET|HEAD   /          the status page (HTML)
  *
  * Conditional writes (`If-Match`, `If-None-Match`) are judged in `key.ts`, `?after=CURSOR` in
@@ -48,6 +50,7 @@ import { listKeys, sendValues } from "./feed.ts";
 import { metrics, status } from "./health.ts";
 import { statusPage } from "./page.ts";
 import { deleteValue, getValue, putValue, requestedKey } from "./key.ts";
+import { getSnapshot, putSnapshot } from "./snapshot.ts";
 import { CHALLENGE, type Access } from "./tokens.ts";
 
 /** Time allowed for a request's headers. */
@@ -64,16 +67,24 @@ type Handler = (x: Exchange) => void | Promise<void>;
 interface Route {
   /** The label of its answers in `mehdb_http_requests_total`. */
   label: string;
-  /** Which token it needs when tokens are set: `write` (a follower redirects these to its leader), `read`, `open`. */
-  access: Access;
+  /**
+   * Which token a method needs when tokens are set: `write` (a follower redirects these to its leader), `read`,
+   * `open`. One for every method, or one per method (methods not named need `read`).
+   */
+  access: Access | Readonly<Record<string, Access>>;
   /** Handlers by method; the keys make the `Allow` header of a `405`. */
   methods: Readonly<Record<string, Handler>>;
   /** The methods as an `Allow` header (derived from `methods`). */
   allow: string;
 }
 
-function route(label: string, access: Access, methods: Record<string, Handler>): Route {
+function route(label: string, access: Route["access"], methods: Record<string, Handler>): Route {
   return { label, access, methods, allow: Object.keys(methods).join(", ") };
+}
+
+/** What `method` needs on `route`. */
+function accessFor(route: Route, method: string): Access {
+  return typeof route.access === "string" ? route.access : (route.access[method] ?? "read");
 }
 
 /** Routes whose path starts with a prefix (the rest names a key). */
@@ -88,6 +99,7 @@ const EXACT_ROUTES: ReadonlyMap<string, Route> = new Map([
   ["/values", route("values", "read", { GET: sendValues, HEAD: sendValues })],
   ["/status", route("status", "open", { GET: status, HEAD: status })],
   ["/metrics", route("metrics", "open", { GET: metrics, HEAD: metrics })],
+  ["/snapshot", route("snapshot", { PUT: "write" }, { GET: getSnapshot, HEAD: getSnapshot, PUT: putSnapshot })],
   ["/", route("page", "open", { GET: statusPage, HEAD: statusPage })],
 ]);
 
@@ -96,6 +108,7 @@ const STORE_ROUTES: ReadonlySet<Route | undefined> = new Set([
   ...PREFIX_ROUTES.values(),
   EXACT_ROUTES.get("/keys"),
   EXACT_ROUTES.get("/values"),
+  EXACT_ROUTES.get("/snapshot"),
 ]);
 
 /** The answers of a path no route takes. */
@@ -108,9 +121,10 @@ function routeOf(path: string): { route: Route; prefix: string | null } | undefi
   return found && { route: found, prefix };
 }
 
-/** What a request path needs when tokens are set, from the route table: `write`, `read` or `open`. */
-export function accessOf(path: string): Access {
-  return routeOf(path)?.route.access ?? "open";
+/** What a request (path and method) needs when tokens are set, from the route table: `write`, `read` or `open`. */
+export function accessOf(path: string, method = "GET"): Access {
+  const routed = routeOf(path);
+  return routed ? accessFor(routed.route, method) : "open";
 }
 
 /** Every method some route takes (the `Allow` of a CONNECT). */
@@ -149,7 +163,8 @@ function dispatch(
     );
   }
   // Before the method and the redirect: a follower refuses a bad token itself, a good one gets the 307.
-  const denied = ctx.access?.refusal(req, found.access);
+  const access = accessFor(found, req.method ?? "GET");
+  const denied = ctx.access?.refusal(req, access);
   if (denied) return refuse({ ...x, route: "auth" }, UNAUTHORIZED, denied, { "WWW-Authenticate": CHALLENGE });
   const handler = found.methods[req.method ?? "GET"];
   if (handler === undefined) return refuseMethod(x, found.allow);
@@ -157,7 +172,7 @@ function dispatch(
   if (opening !== null && STORE_ROUTES.has(found)) {
     return refuse(x, SERVICE_UNAVAILABLE, `not ready yet, ${opening}; try again shortly`, { "Retry-After": "1" });
   }
-  if (found.access === "write" && ctx.role === "follower") return redirectToLeader(x);
+  if (access === "write" && ctx.role === "follower") return redirectToLeader(x, path);
   const follower = req.headers["mehdb-follower"]; // a follower names itself when it polls
   if (follower !== undefined && ctx.followers) recordWhenAnswered(ctx.followers, x, follower, path);
   return handler(x);
@@ -185,11 +200,11 @@ function failed(ctx: Context, req: IncomingMessage, res: ServerResponse, error: 
   send(exchange(ctx, req, res), INTERNAL_SERVER_ERROR, "internal error\n");
 }
 
-/** A follower's answer to a write: `307` to the same key on the leader, the body not read. */
-function redirectToLeader(x: Exchange): void {
-  const key = requestedKey(x);
+/** A follower's answer to a write: `307` to the same key (or path) on the leader, the body not read. */
+function redirectToLeader(x: Exchange, path: string): void {
+  const key = x.route === "set" ? requestedKey(x) : "";
   if (key === null) return;
-  const location = `${x.ctx.leaderUrl}/set/${key}`;
+  const location = `${x.ctx.leaderUrl}${key ? `/set/${key}` : path}`;
   refuse(x, TEMPORARY_REDIRECT, `this is a follower; write to the leader at ${location}`, { Location: location });
 }
 

@@ -82,6 +82,13 @@ export class ValueCache {
     this.#bytes -= node.body.length + CACHE_ENTRY_OVERHEAD;
   }
 
+  /** Forgets every value (a restore replaced the data set). */
+  clear(): void {
+    this.#nodes.clear();
+    this.#newest = this.#oldest = null;
+    this.#bytes = 0;
+  }
+
   #push(node: CacheNode): void {
     node.older = this.#newest;
     node.newer = null;

@@ -3,7 +3,7 @@
  * keys changed after the floor, oldest first, with their change numbers. It
  * keeps the newest change per key and at most `maxTombstones` deletions; when
  * it forgets older ones it raises the floor, and a cursor below the floor gets
- * the full listing.
+ * the full listing. It also wakes those waiting for the next change (held watches).
  */
 import { partitionPoint } from "./sorted.ts";
 
@@ -14,6 +14,7 @@ export class ChangeLog {
   #keys: string[] = [];
   #seqs: number[] = [];
   #maxTombstones: number;
+  #next: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(maxTombstones: number) {
     this.#maxTombstones = maxTombstones;
@@ -24,6 +25,33 @@ export class ChangeLog {
     this.#keys.push(key);
     this.#seqs.push(seq);
     if (this.#keys.length > 2 * live.size + this.#maxTombstones + 1024) this.#compact(live);
+    this.#wake();
+  }
+
+  /** Resolves at the next change (or {@link ChangeLog.reset}). */
+  next(): Promise<void> {
+    if (!this.#next) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      this.#next = { promise, resolve };
+    }
+    return this.#next.promise;
+  }
+
+  /**
+   * Forgets every change and sets the floor (the store's names were indexed: at open, or after a restore replaced
+   * the data set), and wakes those waiting: everything may have changed.
+   */
+  reset(floor: number): void {
+    this.#keys = [];
+    this.#seqs = [];
+    this.floor = floor;
+    this.#wake();
+  }
+
+  #wake(): void {
+    this.#next?.resolve();
+    this.#next = null;
   }
 
   /** The keys changed after `seq`, oldest first (a key may come more than once). */

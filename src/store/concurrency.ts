@@ -26,14 +26,25 @@ export async function forEachLimited<T>(
   if (firstError !== null) throw (firstError as { error: unknown }).error;
 }
 
+/** Called under a key's lock before each operation on it; what it resolves with is called once the operation ended. */
+export type LockHook = (key: string) => Promise<() => void>;
+
 /** Per-key locks: operations on one key run one after the other, in the order they came. */
 export class KeyLocks {
   #tails = new Map<string, Promise<unknown>>();
+  #hook: LockHook | undefined;
+
+  /** `hook`, when given, runs under the lock before each operation (the snapshots' hook, `snapshot.ts`). */
+  constructor(hook?: LockHook) {
+    this.#hook = hook;
+  }
 
   /** Runs `fn` after every earlier operation on `key` (so renames land in the order the index records them). */
   async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const before = this.#tails.get(key);
-    const run = before ? before.then(fn, fn) : fn();
+    const hook = this.#hook;
+    const op = hook ? () => hook(key).then((done) => fn().finally(done)) : fn;
+    const run = before ? before.then(op, op) : op();
     const settled = run.then(
       () => {},
       () => {},

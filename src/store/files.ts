@@ -5,8 +5,9 @@
  */
 import { constants, type BigIntStats } from "node:fs";
 import { open, opendir, unlink, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { ValueTooLargeError } from "./types.ts";
+import { ValueTooLargeError, type Staged } from "./types.ts";
 
 /** Prefix of temporary files; no key starts with `.`. */
 export const TMP_PREFIX = ".tmp-";
@@ -17,10 +18,14 @@ const WRITE_BATCH_BYTES = 256 * 1024;
 /** Directory entries read between two turns of the event loop (the server answers in between). */
 const SLICE_ENTRIES = 4096;
 
-/** One slice of a directory's names: its regular files, and the names of leftover temporary files. */
+/**
+ * One slice of a directory's names: its regular files, the names of leftover temporary files, and the other names
+ * that start with `.` (no key does: a restore's staging, a snapshot's folder).
+ */
 export interface NameSlice {
   files: string[];
   leftovers: string[];
+  aside: string[];
 }
 
 /**
@@ -32,7 +37,7 @@ export async function* readNames(dir: string): AsyncGenerator<NameSlice> {
   const handle = await opendir(dir, { bufferSize: SLICE_ENTRIES });
   try {
     for (let done = false; !done; ) {
-      const slice: NameSlice = { files: [], leftovers: [] };
+      const slice: NameSlice = { files: [], leftovers: [], aside: [] };
       for (let i = 0; i < SLICE_ENTRIES; i++) {
         const entry = handle.readSync();
         if (entry === null) {
@@ -40,6 +45,7 @@ export async function* readNames(dir: string): AsyncGenerator<NameSlice> {
           break;
         }
         if (entry.name.startsWith(TMP_PREFIX)) slice.leftovers.push(entry.name);
+        else if (entry.name.startsWith(".")) slice.aside.push(entry.name);
         else if (entry.isFile()) slice.files.push(entry.name);
       }
       yield slice;
@@ -146,6 +152,24 @@ export async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promis
     rest = rest.slice(whole);
     const [first] = rest;
     if (first && bytesWritten > 0) rest[0] = first.subarray(bytesWritten);
+  }
+}
+
+/** Removes the temporary files of values staged but not renamed. */
+export async function removeAll(staged: readonly (Staged | undefined)[]): Promise<void> {
+  for (const s of staged) if (s) await unlink(s.tmp).catch(() => {});
+}
+
+/** Checks that `dir` takes new files (creates and removes the file `name`): `null` when it does, else why. */
+export async function probeWritable(dir: string, name: string): Promise<string | null> {
+  const probe = join(dir, name);
+  try {
+    const handle = await open(probe, "w");
+    await handle.close();
+    await unlink(probe);
+    return null;
+  } catch (error) {
+    return `data directory ${dir} is not writable: ${(error as NodeJS.ErrnoException).code ?? String(error)}`;
   }
 }
 

@@ -17,7 +17,8 @@
  * (`keyindex.ts`), a bounded cache of small values (`cache.ts`; the files stay
  * the truth), and the change log (`changelog.ts`) that followers read through
  * {@link Store.changes}: a cursor `EPOCH-SEQ`, the epoch new every time the
- * store opens. Leftover temporary files are removed when it opens.
+ * store opens or is restored. Leftover temporary files are removed when it opens.
+ * Snapshots and restores (`snapshot.ts`) hook in: in every key's lock, at open, and by {@link Store.reindex}.
  *
  * Only regular files are keys: links are never followed, at start (directory
  * entry types) or when read (`O_NOFOLLOW`). A read describes the file it
@@ -33,13 +34,15 @@ import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
-import { formatCursor, mtimeToWire, parseCursor, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { formatCursor, mtimeToWire, seqOf, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
 import { ValueCache, type CachedValue } from "./cache.ts";
 import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";
-import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds } from "./files.ts";
-import { READ_FLAGS, readExactly, readNames, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
+import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds, probeWritable } from "./files.ts";
+import { READ_FLAGS, readExactly, readNames, removeAll, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
 import { KeyIndex, OpenedVersions, type Entry } from "./keyindex.ts";
+import { recover } from "./restore.ts";
+import { Snapshots } from "./snapshot.ts";
 import { partitionPoint } from "./sorted.ts";
 import { PreconditionFailedError, ValueTooLargeError, type Staged, type StoreOptions, type Value } from "./types.ts";
 import type { Precondition, PutItem, PutManyOptions, PutOptions, PutResult } from "./types.ts";
@@ -62,9 +65,10 @@ const FILL_SLICE = 2048;
 export class Store {
   /** The data directory. */
   readonly dir: string;
-  /** Changes every time the store opens; part of every cursor. */
-  readonly epoch: string;
+  /** Snapshots and restores of this store (`snapshot.ts`); its hook runs in the key's lock before every change. */
+  readonly snapshots: Snapshots = new Snapshots(this);
 
+  #epoch = randomBytes(6).toString("hex");
   #index = new KeyIndex();
   #log: ChangeLog;
   #seq = 0;
@@ -72,14 +76,13 @@ export class Store {
   #unknown = 0; // keys found at start whose file was not `stat`ed yet
   #cache: ValueCache;
   /** Writes and deletes of a key run one after the other: the snapshot of a key's file is taken under it too. */
-  #locks = new KeyLocks();
+  #locks = new KeyLocks((key) => this.snapshots.changing(key));
   #dirFsync = new DirFsync();
   #tmpCount = 0;
   /** Versions a read may open that the index does not name: being renamed in, or replaced lately. */
   #versions = new OpenedVersions();
   /** Files found at a key's path that the store did not write (see {@link Store.get}). */
   #strays = 0;
-  #changed: { promise: Promise<void>; resolve: () => void } | null = null;
   /** The last mtime given to a version, in µs: each new one is later (see {@link Store.etag}). */
   #clockUs = 0;
   #opening: string | null = "opening the data directory: 0 names read";
@@ -88,7 +91,6 @@ export class Store {
 
   constructor(dir: string, options: StoreOptions = {}) {
     this.dir = dir;
-    this.epoch = randomBytes(6).toString("hex");
     const cacheBytes = options.cacheBytes ?? DEFAULTS.cacheBytes;
     this.#cache = new ValueCache(cacheBytes, Math.min(options.cacheValueBytes ?? 64 * 1024, cacheBytes));
     this.#log = new ChangeLog(options.maxTombstones ?? 100_000);
@@ -112,21 +114,51 @@ export class Store {
   async open(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     this.#dirFsync.attach(await open(this.dir, "r"));
-    const leftovers: string[] = [];
+    await this.#load("opening the data directory", true);
+  }
+
+  /**
+   * [snapshot hook] After a restore replaced the files (every change held): a new epoch, the names indexed again as
+   * at open ({@link Store.opening} meanwhile), the clock past `clockUs` (the latest mtime restored) for later versions.
+   */
+  async reindex(clockUs: number): Promise<void> {
+    this.#epoch = randomBytes(6).toString("hex");
+    this.#clockUs = Math.max(this.#clockUs, clockUs);
+    this.#index = new KeyIndex();
+    this.#versions = new OpenedVersions();
+    this.#seq = this.#bytes = 0;
+    this.#cache.clear();
+    await this.#load("indexing the restored data set", false);
+  }
+
+  /** Indexes the names (see {@link Store.open}); `atOpen`, it also clears what a stop left. */
+  async #load(doing: string, atOpen: boolean): Promise<void> {
+    const [leftovers, aside]: [string[], string[]] = [[], []];
     let names = 0;
+    this.#opening = `${doing}: 0 names read`;
     for await (const slice of readNames(this.dir)) {
       if (this.#closed) return;
       for (const key of slice.files) if (isValidKey(key)) this.#index.addUnknown(key, ++this.#seq);
       leftovers.push(...slice.leftovers);
+      aside.push(...slice.aside);
       names += slice.files.length + slice.leftovers.length;
-      this.#opening = `opening the data directory: ${names} names read`;
+      this.#opening = `${doing}: ${names} names read`;
     }
     this.#unknown = this.#index.size;
-    this.#log.floor = this.#seq;
-    await forEachLimited(leftovers, 32, (name) => unlink(join(this.dir, name)).catch(ignoreMissing));
-    if (leftovers.length > 0) await this.#dirFsync.sync();
+    this.#log.reset(this.#seq); // held watches wake once every name is indexed
+    if (atOpen) {
+      await forEachLimited(leftovers, 32, (name) => unlink(join(this.dir, name)).catch(ignoreMissing));
+      if (leftovers.length > 0) await this.#dirFsync.sync();
+      // [snapshot hook] finishes a restore a stop interrupted (then reads the names again), removes snapshot folders
+      if (await recover(this.dir, aside)) return this.reindex(0);
+    }
     this.#opening = null;
     if (this.#statInBackground) void this.#fillInBackground();
+  }
+
+  /** Changes every time the store opens or is restored; part of every cursor. */
+  get epoch(): string {
+    return this.#epoch;
   }
 
   /** One line on how far opening got (`opening the data directory: 412000 names read`); `null` once open. */
@@ -378,12 +410,7 @@ export class Store {
 
   /** Resolves at the store's next change (a value written or a key removed), for held watches. */
   nextChange(): Promise<void> {
-    if (!this.#changed) {
-      let resolve!: () => void;
-      const promise = new Promise<void>((done) => (resolve = done));
-      this.#changed = { promise, resolve };
-    }
-    return this.#changed.promise;
+    return this.#log.next();
   }
 
   /** Every key, sorted (the same array until a key comes or goes). */
@@ -444,20 +471,9 @@ export class Store {
     return Math.max(0, this.#seq - (seqOf(cursor, this.epoch) ?? 0));
   }
 
-  /**
-   * Checks that the directory takes new files (creates and removes a probe file):
-   * `null` when it does, else the reason in one line.
-   */
-  async probeWritable(): Promise<string | null> {
-    const probe = join(this.dir, `${TMP_PREFIX}probe-${this.epoch}-${++this.#tmpCount}`);
-    try {
-      const handle = await open(probe, "w");
-      await handle.close();
-      await unlink(probe);
-      return null;
-    } catch (error) {
-      return `data directory ${this.dir} is not writable: ${(error as NodeJS.ErrnoException).code ?? String(error)}`;
-    }
+  /** Checks that the directory takes new files (creates and removes a probe file): `null` when it does, else why. */
+  probeWritable(): Promise<string | null> {
+    return probeWritable(this.dir, `${TMP_PREFIX}probe-${this.epoch}-${++this.#tmpCount}`);
   }
 
   /** Stops opening or the background pass, waits for writes in flight, then releases the directory handle. */
@@ -475,9 +491,10 @@ export class Store {
   /** `stat`s every key found at start that was not needed yet, a slice at a time: the totals become exact. */
   async #fillInBackground(): Promise<void> {
     let done = 0;
-    for (const [key, slot] of this.#index.entries()) {
+    const index = this.#index; // a restore makes a new one (and a new pass)
+    for (const [key, slot] of index.entries()) {
       if (done++ % FILL_SLICE === 0) await nextTurn();
-      if (this.#unknown === 0 || this.#closed) return;
+      if (this.#unknown === 0 || this.#closed || this.#index !== index) return;
       if (!this.#index.known(slot) && !this.#locks.has(key)) this.#statNow(key, slot);
     }
   }
@@ -515,7 +532,7 @@ export class Store {
     this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
-    this.#logChange(key, entry.seq);
+    this.#log.append(key, entry.seq, this.#index); // wakes held watches
   }
 
   #remove(key: string): void {
@@ -523,28 +540,11 @@ export class Store {
     this.#supersede(key);
     this.#index.remove(key);
     this.#cache.delete(key);
-    this.#logChange(key, ++this.#seq);
-  }
-
-  #logChange(key: string, seq: number): void {
-    this.#log.append(key, seq, this.#index);
-    this.#changed?.resolve(); // wakes held watches
-    this.#changed = null;
+    this.#log.append(key, ++this.#seq, this.#index);
   }
 }
 
 /** A key as listings give it: `[name, size, mtime]`. */
 function listed(key: string, entry: Entry): ListedKey {
   return [key, entry.size, mtimeToWire(entry.mtimeUs)];
-}
-
-/** The seq of `cursor` when it is of this `epoch`; `null` when absent, malformed or of another epoch. */
-function seqOf(cursor: string | null, epoch: string): number | null {
-  const parsed = parseCursor(cursor);
-  return parsed?.epoch === epoch ? parsed.seq : null;
-}
-
-/** Removes the temporary files of values staged but not renamed. */
-async function removeAll(staged: readonly (Staged | undefined)[]): Promise<void> {
-  for (const s of staged) if (s) await unlink(s.tmp).catch(() => {});
 }

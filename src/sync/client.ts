@@ -1,11 +1,12 @@
 /**
  * The follower's client of its leader: GET requests with a deadline from start
  * to end over one keep-alive agent, the headers a follower sends, answers read
- * up to a bound, and the three kinds of failure the poller's log tells apart
- * (`leader-unreachable`, `leader-error`, `local-error`).
+ * up to a bound, the three kinds of failure the poller's log tells apart
+ * (`leader-unreachable`, `leader-error`, `local-error`), and the groups of
+ * small values asked for at once (`GET /values`).
  */
 import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
-import { followerHeaders, ProtocolError } from "../protocol.ts";
+import { followerHeaders, ProtocolError, type ListedKey } from "../protocol.ts";
 
 /** Where and how a follower reaches its leader (the poller's options of the same names). */
 export interface LeaderOptions {
@@ -26,6 +27,10 @@ export interface LeaderOptions {
 const SOCKETS = 8;
 /** Largest listing answer read from the leader (one page, or a whole unpaged listing), in bytes. */
 const MAX_LISTING_BYTES = 8 * 1024 * 1024;
+/** Limits of one group: keys, listed bytes, characters of the key list. */
+const GROUP_KEYS = 256;
+const GROUP_BYTES = 2 * 1024 * 1024;
+const GROUP_KEY_CHARS = 8000;
 
 /** Error codes of a leader that cannot be reached (name resolution, connection, transport). */
 const NETWORK_CODES: ReadonlySet<string> = new Set([
@@ -209,3 +214,28 @@ export function describeError(error: unknown): string {
   const text = e?.code && !String(e.message).includes(e.code) ? `${e.code}: ${e.message}` : String(e?.message ?? error);
   return text.replace(/\s+/g, " ").slice(0, 200);
 }
+
+/** Splits small listed keys into groups for `GET /values`, within the group limits. */
+export function groups(listed: ListedKey[]): ListedKey[][] {
+  const out: ListedKey[][] = [];
+  let group: ListedKey[] = [];
+  let bytes = 0;
+  let chars = 0;
+  for (const item of listed) {
+    if (
+      group.length > 0 &&
+      (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)
+    ) {
+      out.push(group);
+      group = [];
+      bytes = 0;
+      chars = 0;
+    }
+    group.push(item);
+    bytes += item[1];
+    chars += item[0].length + 1;
+  }
+  if (group.length > 0) out.push(group);
+  return out;
+}
+

@@ -38,6 +38,7 @@ import {
   isFound,
   LeaderAnswerError,
   LeaderClient,
+  groups,
   readAll,
   type FailureEvent,
   type LeaderOptions,
@@ -54,16 +55,14 @@ export interface PollerOptions extends LeaderOptions {
   log: Logger;
 }
 
+/** Rounds of a tick at most: a round whose copies moved on meanwhile is followed by one for what changed since. */
+const EXACT_ROUNDS = 4;
 /** Keys per page of a full listing the follower asks for (`limit`). */
 const PAGE_KEYS = 10_000;
 /** Values fetched one by one at once. */
 const CONCURRENCY = 8;
 /** Values up to this size are fetched in groups with `GET /values`; larger ones one by one. */
 const GROUP_VALUE_BYTES = 64 * 1024;
-/** Limits of one group: keys, listed bytes, characters of the key list. */
-const GROUP_KEYS = 256;
-const GROUP_BYTES = 2 * 1024 * 1024;
-const GROUP_KEY_CHARS = 8000;
 /** Groups fetched and written at once. */
 const GROUP_CONCURRENCY = 8;
 /** Values of one group written at once (each holds one temporary file open while it is written). */
@@ -93,6 +92,8 @@ export class Poller implements PollerState {
   /** True once the address has answered `GET /status` with `leader`; false again after a failed tick. */
   #trusted = false;
   #synced = false;
+  /** Whether the current (or last) round copied exactly the versions its listing named. */
+  #exact = false;
   #lastSuccess: number | null = null;
   #lastError: string | null = null;
   /** The current run of failed ticks: since when, and the events already logged. */
@@ -110,6 +111,16 @@ export class Poller implements PollerState {
   constructor(options: PollerOptions) {
     this.#options = options;
     this.#leader = new LeaderClient(options, this.#abort.signal);
+  }
+
+  /** Resolves once no tick is running (at once when none is). */
+  async idle(): Promise<void> {
+    while (this.#running) await this.#running;
+  }
+
+  /** Between ticks, after one that completed: the leader's cursor the store holds exactly; else `null`. */
+  get heldCursor(): string | null {
+    return this.#running === null && this.#lastError === null && this.#synced && this.#exact ? this.#cursor : null;
   }
 
   /** Starts ticking: one tick now, then one every `intervalMs`. */
@@ -133,7 +144,7 @@ export class Poller implements PollerState {
     if (this.#abort.signal.aborted) return Promise.resolve();
     this.#counts.ticks++;
     const ended = this.#syncWaits.started();
-    this.#running = this.#syncOnce()
+    this.#running = this.#syncExactly()
       .then(
         () => this.#succeeded(),
         (error: unknown) => this.#failed(error),
@@ -145,21 +156,34 @@ export class Poller implements PollerState {
     return this.#running;
   }
 
-  /** One sync: the changes since the cursor, or a full reconcile when the leader lists everything. */
-  async #syncOnce(): Promise<void> {
+  /** Syncs in rounds until one copied exactly what it listed: the store then holds the leader's data at the cursor. */
+  async #syncExactly(): Promise<void> {
+    for (let round = 0; round < EXACT_ROUNDS; round++) {
+      this.#exact = true;
+      await this.#syncOnce(round > 0);
+      if (this.#exact || this.#cursor === null) return; // an original Go leader gives no cursor
+    }
+  }
+
+  /**
+   * One sync: the changes since the cursor, or a full reconcile when the leader lists everything. A `relist` (a later
+   * round of a tick) skips the changed keys held at the listed version already (copied after the last listing).
+   */
+  async #syncOnce(relist: boolean): Promise<void> {
     if (!this.#trusted) await this.#checkLeader();
     const since = encodeURIComponent(this.#cursor ?? "");
     const first = await this.#leader.listing(`/keys?since=${since}&limit=${PAGE_KEYS}`);
     if (Array.isArray(first)) return this.#syncPlain(first);
     const changes = checkChanges(first);
     if (changes.full) {
+      this.#exact = false; // its pages are read one after the other, not at one cursor
       await this.#reconcile(changes);
       // A full reconcile retries every key: one left unnamed by an earlier tick is now named, held or gone.
       if (this.#unheldUnnamed < this.#counts.ticks) this.#unheldUnnamed = -1;
     } else {
       const deleted = changes.deleted.filter((key) => this.#acceptable(key));
       await forEachLimited(deleted, DELETE_CONCURRENCY, (key) => this.#delete(key));
-      await this.#copy(changes.keys.filter(([key]) => this.#acceptable(key)));
+      await this.#copy(changes.keys.filter((item) => this.#acceptable(item[0]) && !(relist && this.#hasVersion(item))));
     }
     this.#cursor = changes.cursor; // the first page's: changes made while the pages were read come next tick
   }
@@ -203,13 +227,12 @@ export class Poller implements PollerState {
       const listed = new Set<string>();
       const fetch: Listed[] = [];
       for (const item of page.keys) {
-        const [key, size, mtimeMs] = item;
+        const [key] = item;
         if (!this.#acceptable(key)) continue;
         if (from !== null && key <= from)
           throw new LeaderAnswerError(`leader's listing page after ${from} lists ${key}`);
         listed.add(key);
-        const held = store.stat(key);
-        if (!held || held.size !== size || held.mtimeUs !== mtimeFromWire(mtimeMs)) fetch.push(item);
+        if (!this.#hasVersion(item)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
       const gone: string[] = [];
@@ -225,6 +248,12 @@ export class Poller implements PollerState {
       if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
       from = next;
     }
+  }
+
+  /** True when the store holds `item`'s version: its size and µs mtime (a leader gives each version its own). */
+  #hasVersion([key, size, mtimeMs]: Listed): boolean {
+    const held = this.#options.store.stat(key);
+    return held?.size === size && held.mtimeUs === mtimeFromWire(mtimeMs);
   }
 
   /** The original Go leader: copy every listed key whose bytes differ, remove the rest. */
@@ -268,8 +297,10 @@ export class Poller implements PollerState {
         (size <= GROUP_VALUE_BYTES ? small : large).push(item);
       }
     }
-    await forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group));
-    await forEachLimited(large, CONCURRENCY, (item) => this.#copyOne(item));
+    await Promise.all([
+      forEachLimited(groups(small), GROUP_CONCURRENCY, (group) => this.#copyGroup(group)),
+      forEachLimited(large, CONCURRENCY, (item) => this.#copyOne(item)),
+    ]);
   }
 
   /**
@@ -291,16 +322,19 @@ export class Poller implements PollerState {
     if (answer === undefined) return forEachLimited(group, CONCURRENCY, (item) => this.#copyOne(item));
     const values = parseValues(answer);
     const items: PutItem[] = [];
-    for (const [key] of group) {
+    for (const [key, size, mtimeMs] of group) {
       const value = values.get(key);
+      if (value?.body.length !== size || value.mtimeUs !== mtimeFromWire(mtimeMs)) this.#exact = false; // moved on
       if (value) items.push({ key, body: [value.body], mtimeUs: value.mtimeUs });
     }
     await this.#write(items, GROUP_WRITE_CONCURRENCY);
   }
 
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
-  async #copyOne([key, , mtimeMs]: Listed): Promise<void> {
+  async #copyOne([key, size, mtimeMs]: Listed): Promise<void> {
     await this.#leader.fetch(`/get/${key}`, async (res) => {
+      const listed = this.#options.store.etag({ size, mtimeUs: mtimeFromWire(mtimeMs), seq: 0, ino: 0 });
+      if (res.headers.etag !== listed) this.#exact = false; // moved on since it was listed (or gone)
       if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs: mtimeFromWire(mtimeMs) }], 1);
     });
   }
@@ -495,28 +529,3 @@ export class Poller implements PollerState {
 
 /** A key as the change feed lists it. */
 type Listed = [key: string, size: number, mtimeMs: number];
-
-/** Splits small listed keys into groups for `GET /values`, within the group limits. */
-function groups(listed: Listed[]): Listed[][] {
-  const out: Listed[][] = [];
-  let group: Listed[] = [];
-  let bytes = 0;
-  let chars = 0;
-  for (const item of listed) {
-    if (
-      group.length > 0 &&
-      (group.length >= GROUP_KEYS || bytes + item[1] > GROUP_BYTES || chars + item[0].length + 1 > GROUP_KEY_CHARS)
-    ) {
-      out.push(group);
-      group = [];
-      bytes = 0;
-      chars = 0;
-    }
-    group.push(item);
-    bytes += item[1];
-    chars += item[0].length + 1;
-  }
-  if (group.length > 0) out.push(group);
-  return out;
-}
-

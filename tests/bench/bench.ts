@@ -3,7 +3,8 @@
  * flags users get, a bare node:http ceiling and the fsync-loop baseline, drives load from
  * a separate process, prints a table and writes the same figures as JSON. Nothing is pinned
  * but the rows marked so; GET is measured before any write and right after PUT bursts;
- * memory after a mixed load. `--pod` runs the image in podman instead (pod.ts).
+ * memory after a mixed load. `--pod` runs the image in podman instead (pod.ts), `--snapshot`
+ * measures snapshot and restore (snapshot.ts).
  * Options: see options.ts (`npm run bench -- --help`).
  */
 
@@ -28,6 +29,7 @@ import { measureIdle, measureLag } from "./replication.ts";
 import { formatTop, mainProfile } from "./cpuprofile-top.ts";
 import { emptyPodResults, formatPod, runPod } from "./pod.ts";
 import { scaleMain } from "./scale.ts";
+import { snapshotBench } from "./snapshot.ts";
 import { checkTargets, formatTable, missingFigures, type Results, type Throughput, type Workload } from "./report.ts";
 import { median, ratio } from "./stats.ts";
 
@@ -387,6 +389,7 @@ async function main(): Promise<number> {
   }
   if (o.pod) return podMain(o);
   if (o.scale) return scaleMain(o, log);
+  if (o.snapshot) return snapshotBench(o.keys, o.dir);
   const root = mkdtempSync(join(o.dir, "mehdb-bench-"));
   let cleaned = false;
   const cleanup = (): void => {

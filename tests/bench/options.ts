@@ -48,6 +48,8 @@ export interface Options {
   scalePod: boolean;
   /** The mehdb checkout whose servers (and image) `--scale` measures; default this one. */
   root: string | null;
+  /** Measure snapshot and restore of `keys` keys instead (see snapshot.ts). */
+  snapshot: boolean;
 }
 
 /** The key counts of `--scale` without a list. */
@@ -65,6 +67,8 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --no-pod            with --scale: no podman column
   --root DIR          with --scale: measure the mehdb checkout in DIR (its src/, npm start's flags,
                       Containerfile and k8s/) with this bench
+  --snapshot          instead: GET /snapshot of --keys keys beside tar -cf, with 4 writers on (RSS, write
+                      latency), and PUT /snapshot beside the fsync loop (see snapshot.ts)
   --duration SEC      seconds per load run (wrk: whole seconds)
   --warmup SEC        untimed warm-up run per workload and server (0: none)
   --keys N            keys stored for start-up, memory, lag and the large catch-up
@@ -100,7 +104,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
     if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||
-      name === "read-token" || name === "no-pod" || (name === "scale" && inline === undefined)) {
+      name === "read-token" || name === "no-pod" || name === "snapshot" || (name === "scale" && inline === undefined)) {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -131,7 +135,8 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
   const scale = scaleFlag === undefined ? null : scaleFlag === true ? SCALE_KEYS : scaleFlag.split(",").map(Number);
   if (scale?.some((n) => !Number.isInteger(n) || n < 1)) throw new Error("--scale takes key counts: --scale=10000,100000");
   const scalePod = !flags.has("no-pod");
-  for (const name of ["read-token", "scale", "no-pod"]) flags.delete(name);
+  const snapshot = flags.has("snapshot");
+  for (const name of ["read-token", "scale", "no-pod", "snapshot"]) flags.delete(name);
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -164,6 +169,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     scale,
     scalePod,
     root: flags.has("root") ? resolve(str("root", "")) : null,
+    snapshot,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);
