@@ -88,7 +88,9 @@ export async function writeTemp(
   body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   options: { maxBytes: number; mtimeUs: number; keepBytes: number },
 ): Promise<Written> {
-  const handle = await open(path, "wx", 0o644);
+  // The file is opened once the first chunk is in hand: a stream left unread while it opens joins the chunks
+  // that arrive meanwhile into one new buffer (Node 24), and that garbage, 64 KiB a write, set off full GCs.
+  let handle: FileHandle | null = null;
   let closed = false;
   try {
     let size = 0;
@@ -96,6 +98,7 @@ export async function writeTemp(
     let pending: Uint8Array[] = [];
     let pendingBytes = 0;
     for await (const chunk of body) {
+      handle ??= await open(path, "wx", 0o644);
       size += chunk.length;
       if (size > options.maxBytes) throw new ValueTooLargeError(`value is larger than ${options.maxBytes} bytes`);
       if (kept && size <= options.keepBytes) kept.push(chunk);
@@ -108,6 +111,7 @@ export async function writeTemp(
         pendingBytes = 0;
       }
     }
+    handle ??= await open(path, "wx", 0o644);
     if (pendingBytes > 0) await writeAll(handle, pending);
     // The version's mtime (the leader's for a copy) is set before the fsync: it makes the entity tag.
     const seconds = secondsOf(options.mtimeUs);
@@ -119,6 +123,7 @@ export async function writeTemp(
     const cached = kept && Buffer.concat(kept, size);
     return { size, mtimeUs: microseconds(stats), ino: Number(stats.ino), cached };
   } catch (error) {
+    if (!handle) throw error;
     if (!closed) await handle.close().catch(() => {});
     await unlink(path).catch(() => {});
     throw error;
