@@ -84,6 +84,23 @@ export function mtimeToWire(mtimeUs: number): number {
   return mtimeUs / 1000;
 }
 
+/**
+ * The entity tag of a version, the same on every pod: `"MTIME-SIZE"`, its mtime in microseconds and its size, in
+ * base 36.
+ */
+export function versionTag(mtimeUs: number, size: number): string {
+  return `"${mtimeUs.toString(36)}-${size.toString(36)}"`;
+}
+
+/** The mtime (µs) and size a {@link versionTag} names; `null` for any other tag (the original Go mehdb sends none). */
+export function parseVersionTag(tag: string | undefined): { mtimeUs: number; size: number } | null {
+  const match = tag === undefined ? null : /^"([0-9a-z]{1,11})-([0-9a-z]{1,11})"$/.exec(tag);
+  if (!match?.[1] || !match[2]) return null;
+  const mtimeUs = parseInt(match[1], 36);
+  const size = parseInt(match[2], 36);
+  return Number.isSafeInteger(mtimeUs) && Number.isSafeInteger(size) ? { mtimeUs, size } : null;
+}
+
 /** An mtime of a listing or a `/values` line, back in whole microseconds (exact for what {@link mtimeToWire} made). */
 export function mtimeFromWire(mtimeMs: number): number {
   return Math.round(mtimeMs * 1000);

@@ -5,11 +5,13 @@
  * Service) succeeds.
  */
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import { after, test } from "node:test";
+import { versionTag } from "../src/protocol.ts";
 import { converged, randomValue, type Data } from "./helpers/data.ts";
 import { assertStatus, header, http, put } from "./helpers/http.ts";
-import { freePort, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
-import { sleep } from "./helpers/wait.ts";
+import { freePort, listen, startFollower, startMehdb, stopAll, tempDir, type Mehdb } from "./helpers/mehdb.ts";
+import { sleep, waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
 
@@ -106,4 +108,31 @@ test("a version has the leader's tag on a follower after catch-up, after the fol
   // A tag read from the follower is good for If-Match on the leader.
   const answer = await put(leader.url, "large", "new", { headers: { "If-Match": before.get("large")! } });
   assertStatus(answer, 200, "If-Match with the follower's tag");
+});
+
+test("a large value copied with GET /get/KEY is stamped with the version the answer's ETag names, " +
+  "not the older one its listing named (overwritten, same size, between listing and fetch)", async () => {
+  const size = 100_000; // over the 64 KiB of a grouped /values copy: fetched alone
+  const listedUs = 1_700_000_000_000_000; // the version the listing names
+  const sentUs = listedUs + 1_234; // the version the leader holds by the time the follower fetches it
+  const body = randomValue(size);
+  const server = createServer((req, res) => {
+    const path = (req.url ?? "").split("?")[0];
+    if (path === "/status") return res.end("leader\n");
+    if (path === "/keys") {
+      res.setHeader("Content-Type", "application/json");
+      return res.end(JSON.stringify({ cursor: "fake-1", full: true, keys: [["big", size, listedUs / 1000]],
+        deleted: [], next: null }));
+    }
+    if (path === "/get/big") {
+      res.writeHead(200, { "Content-Length": size, ETag: versionTag(sentUs, size) });
+      return res.end(body);
+    }
+    res.writeHead(404).end();
+  });
+  const follower = await startFollower(await listen(server));
+  await waitFor(async () => (await http(`${follower.url}/get/big`)).status === 200, "the follower holds big");
+  const answer = await http(`${follower.url}/get/big`);
+  assert.ok(answer.body.equals(body), "the bytes the leader sent");
+  assert.equal(header(answer, "etag"), versionTag(sentUs, size), "the tag of the version sent, as on the leader");
 });

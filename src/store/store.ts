@@ -34,7 +34,7 @@ import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
-import { formatCursor, mtimeToWire, seqOf, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import { formatCursor, mtimeToWire, seqOf, versionTag, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
 import { ValueCache, type CachedValue } from "./cache.ts";
 import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";
@@ -182,7 +182,7 @@ export class Store {
    * each write a later mtime than any it gave before.
    */
   etag(entry: Entry): string {
-    return `"${entry.mtimeUs.toString(36)}-${entry.size.toString(36)}"`;
+    return versionTag(entry.mtimeUs, entry.size);
   }
 
   /** The entry of `key` (its file `stat`ed now if it never was), or `undefined` when absent. */

@@ -28,7 +28,16 @@ import { forEachLimited } from "../store/concurrency.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { metric } from "../metrics.ts";
-import { checkChanges, cursorReached, mtimeFromWire, parseValues, type Changes, type PollerState } from "../protocol.ts";
+import {
+  checkChanges,
+  cursorReached,
+  mtimeFromWire,
+  parseValues,
+  parseVersionTag,
+  versionTag,
+  type Changes,
+  type PollerState,
+} from "../protocol.ts";
 import { ValueTooLargeError, type PutItem, type Store } from "../store/store.ts";
 import {
   AnswerTooLargeError,
@@ -333,9 +342,12 @@ export class Poller implements PollerState {
   /** Copies one key with `GET /get/KEY`, streamed to disk. A key gone meanwhile is left for the next listing. */
   async #copyOne([key, size, mtimeMs]: Listed): Promise<void> {
     await this.#leader.fetch(`/get/${key}`, async (res) => {
-      const listed = this.#options.store.etag({ size, mtimeUs: mtimeFromWire(mtimeMs), seq: 0, ino: 0 });
-      if (res.headers.etag !== listed) this.#exact = false; // moved on since it was listed (or gone)
-      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs: mtimeFromWire(mtimeMs) }], 1);
+      const listedUs = mtimeFromWire(mtimeMs);
+      if (res.headers.etag !== versionTag(listedUs, size)) this.#exact = false; // moved on since it was listed (or gone)
+      // The answer's tag names the version actually sent (it may be newer than the listing's); a leader without
+      // such tags (the original Go mehdb) gets the listed mtime.
+      const mtimeUs = parseVersionTag(res.headers.etag)?.mtimeUs ?? listedUs;
+      if (isFound(res, key)) await this.#write([{ key, body: exactly(res), mtimeUs }], 1);
     });
   }
 
