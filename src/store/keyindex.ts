@@ -155,7 +155,9 @@ export class KeyIndex {
    */
   sorted(): readonly string[] {
     if (this.#sorted === null) {
-      this.#sorted = [...this.entries()].map(([name]) => name).sort();
+      const names: string[] = [];
+      for (const name of this.#names) if (name !== undefined) names.push(name);
+      this.#sorted = names.sort();
     } else if (this.#added.length > 0 || this.#removed) {
       this.#sorted = merge(this.#sorted, this.#added.sort(), this);
     }
@@ -200,7 +202,9 @@ export class KeyIndex {
   /** Doubles the hash table. */
   #grow(): void {
     this.#cells = new Uint32Array(this.#cells.length * 2);
-    for (const [name, slot] of this.entries()) this.#cells[this.#find(name)] = slot + 1;
+    this.#names.forEach((name, slot) => {
+      if (name !== undefined) this.#cells[this.#find(name)] = slot + 1;
+    });
   }
 }
 
