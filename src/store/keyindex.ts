@@ -1,16 +1,21 @@
 /**
- * The store's index of keys, compact: no object per key. A Map gives each key
- * a slot; one Float64Array holds, per slot, the value's size, its mtime (µs),
- * the change number that wrote it and its file's inode. A key found at start
- * has its slot with a size of -1 (not `stat`ed yet) until first needed. Freed
- * slots are reused. The sorted list of names is kept for listings and merged
- * with the names added since, not sorted again from scratch.
+ * The store's index of keys, compact: no object and no Map entry per key.
  *
- * About 70 B a key beyond its name: 32 B of numbers, the Map's entry, and a
- * reference in the sorted list. Beside it, {@link OpenedVersions}: the few
- * versions a read may have opened that the index no longer (or not yet) names.
+ * Layout, per slot (a key's number, reused once freed): its name (the key's
+ * own string, kept in `#names`), and four numbers in one Float64Array: the
+ * value's size, its mtime (µs), the change number that wrote it and its file's
+ * inode. A key found at start has a size of -1 (not `stat`ed yet) until first
+ * needed. Names find their slot through an open-addressing hash table of
+ * integers (a Uint32Array of slot + 1, 0 for empty; linear probing, at most
+ * 3/4 full; a removal shifts the entries after it back, no tombstones). The
+ * sorted list of names is made when first asked for, then merged with the
+ * names added since, not sorted again from scratch.
+ *
+ * What a key costs beyond its name's string (≈ 32-40 B for 10-20 characters):
+ * 32 B of numbers, 8 B for the name's reference, 5-11 B of hash table and 8 B
+ * in the sorted list once listed: about 55-60 B. Beside it, {@link OpenedVersions}:
+ * the few versions a read may have opened that the index no longer (or not yet) names.
  */
-
 /** What the store knows of one key's current version; made when asked for, never stored per key. */
 export interface Entry {
   /** Size of the value in bytes. */
@@ -35,16 +40,20 @@ const SIZE = 0;
 const MTIME = 1;
 const SEQ = 2;
 const INO = 3;
+/** Cells of the hash table at first (a power of two). */
+const FIRST_CELLS = 1024;
 
 /** Keys → slots of numbers; see the file's header. */
 export class KeyIndex {
-  #slots = new Map<string, number>();
-  #data = new Float64Array(FIELDS * 1024);
-  /** Slots handed out so far (free ones among them are in `#free`). */
-  #used = 0;
+  /** The name of each slot; `undefined` for a free one. */
+  #names: (string | undefined)[] = [];
+  #data = new Float64Array(FIELDS * FIRST_CELLS);
+  /** Open addressing: slot + 1 per cell, 0 when empty; its length is a power of two. */
+  #cells = new Uint32Array(FIRST_CELLS);
+  #size = 0;
   #free: number[] = [];
   /** Names sorted, as of the last {@link KeyIndex.sorted}; `null` when it must be made from scratch. */
-  #sorted: string[] | null = [];
+  #sorted: string[] | null = null;
   /** Names added since `#sorted` was made (some may be gone again). */
   #added: string[] = [];
   /** True when some name of `#sorted` may be gone. */
@@ -52,16 +61,17 @@ export class KeyIndex {
 
   /** Number of keys. */
   get size(): number {
-    return this.#slots.size;
+    return this.#size;
   }
 
   /** The slot of `key`, or `undefined`. */
   slot(key: string): number | undefined {
-    return this.#slots.get(key);
+    const slot = (this.#cells[this.#find(key)] ?? 0) - 1;
+    return slot < 0 ? undefined : slot;
   }
 
   has(key: string): boolean {
-    return this.#slots.has(key);
+    return this.slot(key) !== undefined;
   }
 
   /** True when the slot's size, mtime and inode are known (the file was `stat`ed or written). */
@@ -98,7 +108,7 @@ export class KeyIndex {
 
   /** Makes `entry` the version of `key` (added when absent). */
   set(key: string, entry: Entry): void {
-    const at = (this.#slots.get(key) ?? this.#take(key)) * FIELDS;
+    const at = (this.slot(key) ?? this.#take(key)) * FIELDS;
     this.#data[at + SIZE] = entry.size;
     this.#data[at + MTIME] = entry.mtimeUs;
     this.#data[at + SEQ] = entry.seq;
@@ -107,16 +117,35 @@ export class KeyIndex {
 
   /** Removes `key`; its slot is reused. */
   remove(key: string): void {
-    const slot = this.#slots.get(key);
-    if (slot === undefined) return;
-    this.#slots.delete(key);
+    let cell = this.#find(key);
+    const slot = (this.#cells[cell] ?? 0) - 1;
+    if (slot < 0) return;
+    this.#names[slot] = undefined;
     this.#free.push(slot);
+    this.#size--;
     this.#removed = true;
+    // Backward shift: move back each following entry whose home cell is not between the hole and it.
+    const mask = this.#cells.length - 1;
+    let next = cell;
+    for (;;) {
+      next = (next + 1) & mask;
+      const moved = this.#cells[next] ?? 0;
+      if (moved === 0) break;
+      const home = hash(this.#names[moved - 1] as string) & mask;
+      if (((next - home) & mask) >= ((next - cell) & mask)) {
+        this.#cells[cell] = moved;
+        cell = next;
+      }
+    }
+    this.#cells[cell] = 0;
   }
 
-  /** Every key with its slot, in the Map's order (keys added while iterating come too). */
-  entries(): IterableIterator<[string, number]> {
-    return this.#slots.entries();
+  /** Every key with its slot, in slot order (a key added meanwhile comes when its slot is not behind). */
+  *entries(): IterableIterator<[string, number]> {
+    for (let slot = 0; slot < this.#names.length; slot++) {
+      const name = this.#names[slot];
+      if (name !== undefined) yield [name, slot];
+    }
   }
 
   /**
@@ -126,26 +155,39 @@ export class KeyIndex {
    */
   sorted(): readonly string[] {
     if (this.#sorted === null) {
-      this.#sorted = [...this.#slots.keys()].sort();
+      const names: string[] = [];
+      for (const name of this.#names) if (name !== undefined) names.push(name);
+      this.#sorted = names.sort();
     } else if (this.#added.length > 0 || this.#removed) {
-      this.#sorted = merge(this.#sorted, this.#added.sort(), this.#slots);
+      this.#sorted = merge(this.#sorted, this.#added.sort(), this);
     }
     this.#added = [];
     this.#removed = false;
     return this.#sorted;
   }
 
-  #take(key: string): number {
-    let slot = this.#free.pop();
-    if (slot === undefined) {
-      slot = this.#used++;
-      if (slot * FIELDS >= this.#data.length) {
-        const grown = new Float64Array(this.#data.length * 2);
-        grown.set(this.#data);
-        this.#data = grown;
-      }
+  /** The cell holding `key`, or the empty cell where it would go. */
+  #find(key: string): number {
+    const cells = this.#cells;
+    const mask = cells.length - 1;
+    for (let cell = hash(key) & mask; ; cell = (cell + 1) & mask) {
+      const slot = cells[cell] ?? 0;
+      if (slot === 0 || this.#names[slot - 1] === key) return cell;
     }
-    this.#slots.set(key, slot);
+  }
+
+  #take(key: string): number {
+    if ((this.#size + 1) * 4 > this.#cells.length * 3) this.#grow();
+    const slot = this.#free.pop() ?? this.#names.length;
+    if (slot === this.#names.length) this.#names.push(key);
+    else this.#names[slot] = key;
+    if (slot * FIELDS >= this.#data.length) {
+      const grown = new Float64Array(this.#data.length * 2);
+      grown.set(this.#data);
+      this.#data = grown;
+    }
+    this.#cells[this.#find(key)] = slot + 1;
+    this.#size++;
     if (this.#sorted !== null) {
       this.#added.push(key);
       // More names added than sorted: cheaper to sort them all when next asked.
@@ -156,6 +198,21 @@ export class KeyIndex {
     }
     return slot;
   }
+
+  /** Doubles the hash table. */
+  #grow(): void {
+    this.#cells = new Uint32Array(this.#cells.length * 2);
+    this.#names.forEach((name, slot) => {
+      if (name !== undefined) this.#cells[this.#find(name)] = slot + 1;
+    });
+  }
+}
+
+/** FNV-1a of a name's UTF-16 code units. */
+function hash(key: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return h >>> 0;
 }
 
 /** Replaced or deleted versions remembered by inode, for reads that opened them just before. */
@@ -208,7 +265,7 @@ export class OpenedVersions {
 }
 
 /** Merges two sorted lists of names into a new one, keeping only names `live` has, each once. */
-function merge(old: readonly string[], added: readonly string[], live: ReadonlyMap<string, number>): string[] {
+function merge(old: readonly string[], added: readonly string[], live: { has(key: string): boolean }): string[] {
   const out: string[] = [];
   let i = 0;
   let j = 0;

@@ -1,0 +1,45 @@
+/**
+ * The store's compact key index against a plain Map: keys added, replaced and
+ * removed at random (removals shift the hash table's entries back), with the
+ * table growing, give the same slots' entries, count and sorted names.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { KeyIndex } from "../src/store/keyindex.ts";
+
+test("the key index agrees with a Map through random sets and removals", () => {
+  const index = new KeyIndex();
+  const model = new Map<string, number>();
+  let seed = 1;
+  const random = (n: number): number => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
+  for (let i = 1; i <= 200_000; i++) {
+    const key = `k${random(5000)}`;
+    const op = random(10);
+    if (op < 5) {
+      index.set(key, { size: i, mtimeUs: i, seq: i, ino: i });
+      model.set(key, i);
+    } else if (op < 9) {
+      index.remove(key);
+      model.delete(key);
+    } else {
+      const slot = index.slot(key);
+      assert.equal(slot === undefined ? undefined : index.entryAt(slot).seq, model.get(key), key);
+    }
+    if (i % 20_000 === 0) assert.deepEqual(index.sorted(), [...model.keys()].sort());
+  }
+  assert.equal(index.size, model.size);
+  for (const [key, seq] of model) assert.equal(index.entryAt(index.slot(key) as number).seq, seq, key);
+  assert.deepEqual(new Set([...index.entries()].map(([key]) => key)), new Set(model.keys()));
+});
+
+test("keys found at start are unknown until filled, and keep their change number", () => {
+  const index = new KeyIndex();
+  for (let i = 0; i < 3000; i++) index.addUnknown(`n${i}`, i + 1);
+  const slot = index.slot("n1234") as number;
+  assert.equal(index.known(slot), false);
+  assert.equal(index.seqAt(slot), 1235);
+  index.fill(slot, 7, 42, 99);
+  assert.deepEqual(index.entryAt(slot), { size: 7, mtimeUs: 42, seq: 1235, ino: 99 });
+  assert.equal(index.has("n2999"), true);
+  assert.equal(index.has("n3000"), false);
+});
