@@ -86,7 +86,7 @@ export interface Written {
 export async function writeTemp(
   path: string,
   body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  options: { maxBytes: number; mtimeUs: number; keepBytes: number },
+  options: { maxBytes: number; mtimeUs: number | ((fileUs: number) => number); keepBytes: number },
 ): Promise<Written> {
   // The file is opened once the first chunk is in hand: a stream left unread while it opens joins the chunks
   // that arrive meanwhile into one new buffer (Node 24), and that garbage, 64 KiB a write, set off full GCs.
@@ -113,11 +113,19 @@ export async function writeTemp(
     }
     handle ??= await open(path, "wx", 0o644);
     if (pendingBytes > 0) await writeAll(handle, pending);
-    // The version's mtime (the leader's for a copy) is set before the fsync: it makes the entity tag.
-    const seconds = secondsOf(options.mtimeUs);
-    await handle.utimes(seconds, seconds);
+    // The version's mtime makes its entity tag, set before the fsync: a copy's is given (the leader's); a new
+    // version's is what the file system gave it unless the store's clock says otherwise (no utimes then).
+    const { mtimeUs } = options;
+    let stats: BigIntStats | null = null;
+    let wanted = 0;
+    if (typeof mtimeUs === "number") wanted = mtimeUs;
+    else wanted = mtimeUs(microseconds((stats = await handle.stat({ bigint: true }))));
+    if (stats === null || wanted !== microseconds(stats)) {
+      await handle.utimes(secondsOf(wanted), secondsOf(wanted));
+      stats = null;
+    }
     await handle.sync();
-    const stats = await handle.stat({ bigint: true }); // what the file system kept is the truth
+    stats ??= await handle.stat({ bigint: true }); // what the file system kept is the truth
     closed = true;
     await handle.close();
     const cached = kept && Buffer.concat(kept, size);

@@ -370,7 +370,7 @@ export class Store {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const written = await writeTemp(tmp, item.body, {
       maxBytes: options.maxBytes,
-      mtimeUs: item.mtimeUs ?? this.#clock(0),
+      mtimeUs: item.mtimeUs ?? ((fileUs) => (fileUs > this.#clockUs ? (this.#clockUs = fileUs) : this.#clock(0))),
       keepBytes: options.cache === false ? 0 : CACHE_ON_WRITE_BYTES,
     });
     return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, precondition: item.precondition };
