@@ -40,7 +40,7 @@ test("a link in the data directory at start is not a key: " +
     assert.ok(!res.text.includes("secret"), key);
   }
   const values = await http(`${leader.url}/values?keys=pw,alias,real`);
-  const mtime = /^real \d+ (\d+)$/m.exec(values.text)?.[1];
+  const mtime = /^real \d+ (\d+(?:\.\d{1,3})?)$/m.exec(values.text)?.[1];
   assert.equal(values.text, `pw -\nalias -\nreal ${VALUE.length} ${mtime}\n${VALUE}`);
   assert.equal((await http(`${leader.url}/get/real`)).text, VALUE);
 
