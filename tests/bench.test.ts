@@ -30,13 +30,7 @@ test("npm run bench --quick --read-token on tiny settings produces every figure,
       "--sync-interval", "100", "--lag-samples", "4", "--idle-ticks", "3", "--connections", "8",
       "--out", out, "--dir", dir, "--read-token",
     ];
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (c: Buffer) => (output += c.toString()));
-    child.stderr.on("data", (c: Buffer) => (output += c.toString()));
-    const killer = setTimeout(() => child.kill("SIGTERM"), 170_000);
-    const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
-    clearTimeout(killer);
+    const { code, output } = await runBench(args);
     assert.equal(code, 0, `bench exited ${code}:\n${output}`);
     const results = JSON.parse(readFileSync(out, "utf8")) as Results;
     assert.deepEqual(missingFigures(results), [], `figures missing or not positive:\n${output}`);
@@ -69,13 +63,7 @@ test("npm run bench --scale on tiny sizes prints a row per size with every figur
       "--import", "tsx", "tests/bench/bench.ts", "--scale=200,500", "--no-pod", "--reps", "2", "--mix", "1",
       "--connections", "4", "--out", out, "--dir", dir,
     ];
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (c: Buffer) => (output += c.toString()));
-    child.stderr.on("data", (c: Buffer) => (output += c.toString()));
-    const killer = setTimeout(() => child.kill("SIGTERM"), 170_000);
-    const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
-    clearTimeout(killer);
+    const { code, output } = await runBench(args);
     assert.equal(code, 0, `bench --scale exited ${code}:\n${output}`);
     const results = JSON.parse(readFileSync(out, "utf8")) as ScaleResults;
     assert.ok((results.emptyLeaderRssMb ?? 0) > 0, "no empty leader RSS");
@@ -204,3 +192,18 @@ test("--pod reads the container's memory limit from the StatefulSet, in k8s/ or 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/**
+ * Runs the bench with `args` (node's own, then the bench's) from the repository: its exit code and all it printed.
+ * SIGTERM (so it removes what it started) when it runs past 170 s.
+ */
+async function runBench(args: string[]): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  child.stdout.on("data", (c: Buffer) => (output += c.toString()));
+  child.stderr.on("data", (c: Buffer) => (output += c.toString()));
+  const killer = setTimeout(() => child.kill("SIGTERM"), 170_000);
+  const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+  clearTimeout(killer);
+  return { code, output };
+}

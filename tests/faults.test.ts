@@ -5,35 +5,19 @@
  * turns read-only.
  */
 import assert from "node:assert/strict";
-import { mkdir, readdir } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { after, describe, test, type TestContext } from "node:test";
+import { after, describe, test } from "node:test";
 import { ConfigError, DEFAULTS, loadConfig } from "../src/config.ts";
-import { must, mountTmpfs, unmount } from "./helpers/commands.ts";
+import { must } from "./helpers/commands.ts";
 import { checkedValue, converged, difference, randomInt, snapshot, verifyValue } from "./helpers/data.ts";
 import { assertOneLine, del, http, listKeys, metric, put } from "./helpers/http.ts";
-import { freePort, onStopAll, startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { freePort, startFollower, startMehdb, stopAll, tempDir, tmpfsDir } from "./helpers/mehdb.ts";
 import { rawExchange } from "./helpers/raw.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
 
 // stopAll stops the processes before its clean-ups unmount the tmpfs they use, and removes its parent last.
 after(stopAll);
-
-/**
- * A new directory with a tmpfs of `size` mounted on it until stopAll; `null` once `t` is skipped, saying why,
- * where none can be mounted.
- */
-async function tmpfsDir(t: TestContext, size: string): Promise<string | null> {
-  const disk = join(await tempDir(), "disk");
-  await mkdir(disk);
-  const failed = await mountTmpfs(disk, size);
-  if (failed !== null) {
-    t.skip(`cannot mount a tmpfs here (${failed})`);
-    return null;
-  }
-  onStopAll(() => unmount(disk));
-  return disk;
-}
 
 describe("MEHDB_SYNC_TIMEOUT_MS", () => {
   test("defaults to 10 s, takes whole milliseconds from 100, refuses anything else", () => {

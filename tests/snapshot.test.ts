@@ -11,10 +11,10 @@ import { link, lstat, mkdir, readdir, readFile, symlink, utimes, writeFile } fro
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, describe, test, type TestContext } from "node:test";
-import { must, mountTmpfs, unmount } from "./helpers/commands.ts";
+import { must } from "./helpers/commands.ts";
 import { converged, dirData, randomInt, randomValue, snapshot as readAll, type Data } from "./helpers/data.ts";
 import { assertOneLine, del, header, http, put, readFeed } from "./helpers/http.ts";
-import { onStopAll, startFollower, startMehdb, stopAll, tempDir } from "./helpers/mehdb.ts";
+import { startFollower, startMehdb, stopAll, tempDir, tmpfsDir } from "./helpers/mehdb.ts";
 import { sleep, waitFor } from "./helpers/wait.ts";
 
 after(stopAll);
@@ -512,19 +512,6 @@ describe("PUT /snapshot", () => {
     assert.equal((await put(leader.url, "after", "x")).status, 200);
   });
 });
-
-/** A new directory with a tmpfs of `size` on it until stopAll; `null` once `t` is skipped, saying why. */
-async function tmpfsDir(t: TestContext, size: string): Promise<string | null> {
-  const disk = join(await tempDir(), "disk");
-  await mkdir(disk);
-  const failed = await mountTmpfs(disk, size);
-  if (failed !== null) {
-    t.skip(`cannot mount a tmpfs here (${failed})`);
-    return null;
-  }
-  onStopAll(() => unmount(disk));
-  return disk;
-}
 
 function sameData(a: Data, b: Data): boolean {
   return a.size === b.size && [...a].every(([key, value]) => b.get(key)?.equals(value));

@@ -80,8 +80,8 @@ export async function stage(dir: string, source: AsyncIterable<Uint8Array>, maxV
     await pool.drain();
     // The body is read as fast as the files are written (a request must arrive within the server's request
     // timeout); then each file is made durable, several at once, and the folder.
-    await forEachLimited(await readdir(folder), STAGE_CONCURRENCY, (key) => syncFile(join(folder, key)));
-    await syncDir(folder);
+    await forEachLimited(await readdir(folder), STAGE_CONCURRENCY, (key) => fsyncPath(join(folder, key)));
+    await fsyncPath(folder);
     return { name, count, latestUs };
   } catch (error) {
     await pool.drain().catch(() => {});
@@ -108,7 +108,7 @@ export async function commit(dir: string, staged: Staged): Promise<void> {
     } finally {
       await handle.close();
     }
-    await syncDir(dir); // the commit point
+    await fsyncPath(dir); // the commit point
   } catch (error) {
     await unlink(marker).catch(() => {});
     await discard(dir, staged);
@@ -141,7 +141,7 @@ export async function recover(dir: string, aside: readonly string[]): Promise<bo
   }
   const leftovers = aside.filter((n) => n.startsWith(RESTORE_PREFIX) || n.startsWith(SNAPSHOT_PREFIX));
   for (const name of leftovers) await rm(join(dir, name), { recursive: true, force: true });
-  if (leftovers.length > 0) await syncDir(dir);
+  if (leftovers.length > 0) await fsyncPath(dir);
   return applied;
 }
 
@@ -161,19 +161,19 @@ async function apply(dir: string, name: string, phase: "commit" | "move", protec
       await protect(key);
       await unlink(join(dir, key)).catch(ignoreCodes(["ENOENT", "EISDIR", "EPERM"])); // a folder is no key
     });
-    await syncDir(dir);
+    await fsyncPath(dir);
     await rename(join(dir, `${name}.commit`), join(dir, `${name}.move`));
-    await syncDir(dir);
+    await fsyncPath(dir);
   }
   await forEachLimited(staged, APPLY_CONCURRENCY, async (key) => {
     await protect(key);
     // Something other than a file in the key's place (a folder) keeps it: that name is no key.
     await rename(join(folder, key), join(dir, key)).catch(ignoreCodes(["ENOENT", "EISDIR", "ENOTEMPTY", "ENOTDIR"]));
   });
-  await syncDir(dir);
+  await fsyncPath(dir);
   await rm(folder, { recursive: true, force: true });
   await unlink(join(dir, `${name}.move`));
-  await syncDir(dir);
+  await fsyncPath(dir);
 }
 
 /** The entries of an archive; a format error becomes a {@link BadArchiveError}. */
@@ -201,7 +201,7 @@ function badEntry(name: string, index: number, problem: string): string {
   return `invalid archive entry ${index} ${JSON.stringify(name.slice(0, 220))}: ${problem}; nothing was changed`;
 }
 
-/** Writes a new file of `chunks` with mtime `mtimeUs` (not yet fsynced: see {@link syncFile}). */
+/** Writes a new file of `chunks` with mtime `mtimeUs` (not yet fsynced: see {@link fsyncPath}). */
 async function writeFile(path: string, chunks: AsyncIterable<Buffer> | Buffer[], mtimeUs: number): Promise<void> {
   const handle = await open(path, "wx", 0o644);
   try {
@@ -212,8 +212,8 @@ async function writeFile(path: string, chunks: AsyncIterable<Buffer> | Buffer[],
   }
 }
 
-/** Flushes a written file to the disk. */
-async function syncFile(path: string): Promise<void> {
+/** Flushes a written file, or a directory's entries, to the disk. */
+async function fsyncPath(path: string): Promise<void> {
   const handle = await open(path, "r");
   try {
     await handle.sync();
@@ -267,15 +267,6 @@ class WritePool {
 function duplicate(error: unknown, name: string, index: number): unknown {
   if ((error as NodeJS.ErrnoException)?.code !== "EEXIST") return error;
   return new BadArchiveError(badEntry(name, index, "appears twice in the archive"));
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 function ignoreMissing<T>(fallback: T): (error: unknown) => T {

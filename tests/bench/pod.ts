@@ -239,38 +239,37 @@ function kernelLog(): string[] {
 }
 
 /** Polls `GET /status` on 127.0.0.1:port until it answers 200; seconds since `from` (default now). */
-async function waitLive(port: number, timeoutMs: number, name: string, from = performance.now()): Promise<number> {
-  let last = "no answer";
-  while (performance.now() - from < timeoutMs) {
-    try {
-      const r = await req(port, "GET", "/status", undefined, 2000);
-      if (r.status === 200) return (performance.now() - from) / 1000;
-      last = `${r.status} ${r.body.toString().trim().slice(0, 120)}`;
-    } catch (e) {
-      last = (e as Error).message;
-    }
-    const state = await podman(["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name]);
-    if (!state.stdout.startsWith("true")) {
-      throw new Error(`${name} stopped (running, exit code: ${state.stdout.trim()}); last answer: ${last}`);
-    }
-    await sleep(20);
-  }
-  throw new Error(`${name}: no GET /status 200 after ${timeoutMs} ms (last: ${last})`);
+function waitLive(port: number, timeoutMs: number, name: string, from = performance.now()): Promise<number> {
+  return pollStatus(port, "/status", (status) => status === 200, timeoutMs, name, from, () => 20);
 }
 
 /**
  * Polls `GET /status?level=full` on 127.0.0.1:port until it answers 200 with at least `keys` keys; seconds since
  * `from` (default now).
  */
-async function waitKeys(
-  port: number, keys: number, timeoutMs: number, name: string, started = performance.now(),
+function waitKeys(
+  port: number, keys: number, timeoutMs: number, name: string, from = performance.now(),
+): Promise<number> {
+  const ready = (status: number, body: string) =>
+    status === 200 && Number(/(\d+) keys/.exec(body)?.[1] ?? -1) >= keys;
+  return pollStatus(port, "/status?level=full", ready, timeoutMs, name, from, (elapsed) =>
+    Math.min(1000, 50 + elapsed / 50),
+  );
+}
+
+/**
+ * Asks `path` of container `name` (published on 127.0.0.1:port) until `done(status, body)`; seconds since `from`.
+ * Throws when the container stops or `timeoutMs` pass, with the last answer.
+ */
+async function pollStatus(
+  port: number, path: string, done: (status: number, body: string) => boolean, timeoutMs: number, name: string,
+  from: number, pause: (elapsedMs: number) => number,
 ): Promise<number> {
   let last = "no answer";
-  while (performance.now() - started < timeoutMs) {
+  while (performance.now() - from < timeoutMs) {
     try {
-      const r = await req(port, "GET", "/status?level=full", undefined, 2000);
-      const count = Number(/(\d+) keys/.exec(r.body.toString())?.[1] ?? -1);
-      if (r.status === 200 && count >= keys) return (performance.now() - started) / 1000;
+      const r = await req(port, "GET", path, undefined, 2000);
+      if (done(r.status, r.body.toString())) return (performance.now() - from) / 1000;
       last = `${r.status} ${r.body.toString().trim().slice(0, 120)}`;
     } catch (e) {
       last = (e as Error).message;
@@ -279,9 +278,9 @@ async function waitKeys(
     if (!state.stdout.startsWith("true")) {
       throw new Error(`${name} stopped (running, exit code: ${state.stdout.trim()}); last answer: ${last}`);
     }
-    await sleep(Math.min(1000, 50 + (performance.now() - started) / 50));
+    await sleep(pause(performance.now() - from));
   }
-  throw new Error(`${name}: not ready with ${keys} keys after ${timeoutMs} ms (last: ${last})`);
+  throw new Error(`${name}: no GET ${path} as wanted after ${timeoutMs} ms (last: ${last})`);
 }
 
 /** The leader's part of a pod run, into `r`: live, ready with every key, then the mixed load. */

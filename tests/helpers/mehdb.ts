@@ -7,13 +7,14 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import type { Server } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { TestContext } from "node:test";
 import { fileURLToPath } from "node:url";
-import { run, type RunResult } from "./commands.ts";
+import { mountTmpfs, run, unmount, type RunResult } from "./commands.ts";
 import { closeKeepAlive, http } from "./http.ts";
 import { waitFor } from "./wait.ts";
 
@@ -220,4 +221,17 @@ export async function memoryKiB(pid: number, field: "VmRSS" | "VmHWM" = "VmRSS")
 /** How many files (descriptors) a process holds open now; `self` is this process. */
 export async function openFiles(pid: number | "self"): Promise<number> {
   return (await readdir(`/proc/${pid}/fd`)).length;
+}
+
+/** A new directory with a tmpfs of `size` mounted on it until stopAll; `null` once `t` is skipped, saying why. */
+export async function tmpfsDir(t: TestContext, size: string): Promise<string | null> {
+  const disk = join(await tempDir(), "disk");
+  await mkdir(disk);
+  const failed = await mountTmpfs(disk, size);
+  if (failed !== null) {
+    t.skip(`cannot mount a tmpfs here (${failed})`);
+    return null;
+  }
+  onStopAll(() => unmount(disk));
+  return disk;
 }
