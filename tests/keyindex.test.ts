@@ -1,7 +1,8 @@
 /**
  * The store's compact key index against a plain Map: keys added, replaced and
  * removed at random (removals shift the hash table's entries back), with the
- * table growing, give the same slots' entries, count and sorted names.
+ * table growing and the names' bytes compacted, give the same slots' entries,
+ * count, sorted names and ranks.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -25,7 +26,16 @@ test("the key index agrees with a Map through random sets and removals", () => {
       const slot = index.slot(key);
       assert.equal(slot === undefined ? undefined : index.entryAt(slot).seq, model.get(key), key);
     }
-    if (i % 20_000 === 0) assert.deepEqual(index.sorted(), [...model.keys()].sort());
+    if (i % 20_000 === 0) {
+      const sorted = [...model.keys()].sort();
+      assert.deepEqual(index.sorted(), sorted);
+      assert.deepEqual(index.sorted(10, 20), sorted.slice(10, 20));
+      for (const name of ["k", "k1", "k2500", "k4999", "k5", "l", "a"]) {
+        const below = sorted.filter((n) => n < name).length;
+        assert.equal(index.rank(name), below, name);
+        assert.equal(index.rank(name, true), below + (model.has(name) ? 1 : 0), name);
+      }
+    }
   }
   assert.equal(index.size, model.size);
   for (const [key, seq] of model) assert.equal(index.entryAt(index.slot(key) as number).seq, seq, key);

@@ -135,6 +135,26 @@ test("list is sorted and never shows temporary files, even while a write is in f
   await store.close();
 });
 
+test("list gives a prefix, a range after one name through another, and a page", async () => {
+  const dir = await tempDir();
+  const names = ["a", "ab", "abc", "abd", "ab_", "b", "b-1", "c", "z", "zz"];
+  for (const name of names) await writeFile(join(dir, name), name);
+  const store = await Store.open(dir);
+  await store.delete("z");
+  await store.put("b0", chunks("b0"), { maxBytes: 10 });
+  assert.deepEqual(store.list(), ["a", "ab", "ab_", "abc", "abd", "b", "b-1", "b0", "c", "zz"]);
+  assert.deepEqual(store.list({ prefix: "ab" }), ["ab", "ab_", "abc", "abd"]);
+  assert.deepEqual(store.list({ prefix: "b" }), ["b", "b-1", "b0"]);
+  assert.deepEqual(store.list({ prefix: "abz" }), []);
+  assert.deepEqual(store.list({ prefix: "z" }), ["zz"]);
+  assert.deepEqual(store.list({ prefix: "ab", after: "ab_" }), ["abc", "abd"]);
+  assert.deepEqual(store.list({ after: "abd", through: "b0" }), ["b", "b-1", "b0"]);
+  assert.deepEqual(store.list({ after: "abcc", through: "b" }), ["abd", "b"]);
+  assert.deepEqual(store.list({ after: "b", limit: 2 }), ["b-1", "b0"]);
+  assert.deepEqual(store.list({ after: "zz" }), []);
+  await store.close();
+});
+
 test("concurrent writes to one key: the index, the cache and the file agree", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);

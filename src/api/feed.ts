@@ -27,7 +27,7 @@ import {
   type ListingPage,
 } from "../protocol.ts";
 import type { Store } from "../store/store.ts";
-import { changesWithPrefix, isValidPrefix, MAX_WAIT_MS, nothingChanged, parseWait, withPrefix } from "./watch.ts";
+import { changesWithPrefix, isValidPrefix, MAX_WAIT_MS, nothingChanged, parseWait } from "./watch.ts";
 
 /** What a change-feed request asks for beyond its cursor: names starting with `prefix`, and a page. */
 interface Listing {
@@ -63,7 +63,7 @@ function keys(x: Exchange): void | Promise<void> {
       const why = "the cursor of the last answer, to wait for what comes after it";
       return refuse(x, BAD_REQUEST, `wait needs since=CURSOR: ${why}`);
     }
-    return sendJson(x, withPrefix(x.ctx.store.list(), prefix));
+    return sendNames(x, prefix);
   }
   if (since !== "" && parseCursor(since) === null) {
     return refuse(x, BAD_REQUEST, `malformed since=${quote(since)}: ${CURSOR_RULE}, or empty for every key`);
@@ -113,6 +113,25 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
 
 function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
   return changesWithPrefix(store.changes(since, page), prefix);
+}
+
+/** Names made into strings at a time, for `/keys`. */
+const NAMES_PAGE = 10_000;
+
+/**
+ * The sorted JSON array of the names starting with `prefix`, put together a page at a time: a million names never
+ * live as strings at once (a name needs no escaping: `keys.ts`).
+ */
+function sendNames(x: Exchange, prefix: string): void {
+  const parts: Buffer[] = [];
+  for (let after: string | null = null; ; ) {
+    const page = x.ctx.store.list({ prefix, after, limit: NAMES_PAGE });
+    if (page.length === 0) break;
+    parts.push(Buffer.from(`${parts.length === 0 ? "[" : ","}${JSON.stringify(page).slice(1, -1)}`, "latin1"));
+    after = page.at(-1) ?? null;
+  }
+  parts.push(Buffer.from(parts.length === 0 ? "[]" : "]"));
+  send(x, OK, Buffer.concat(parts), "application/json");
 }
 
 function sendJson(x: Exchange, value: unknown, headers?: Record<string, string>): void {

@@ -92,7 +92,7 @@ const LINGER_MS = 2_000;
 export function send(
   x: Exchange,
   status: number,
-  body: string,
+  body: string | Buffer,
   type = "text/plain; charset=utf-8",
   headers: Record<string, string> = {},
 ): void {

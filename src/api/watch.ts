@@ -5,7 +5,6 @@
  */
 import { isValidKey } from "../keys.ts";
 import { metric } from "../metrics.ts";
-import { partitionPoint } from "../store/sorted.ts";
 import type { Changes } from "../protocol.ts";
 
 /** Longest `wait` of `GET /keys?since=…&wait=MS`, in milliseconds. */
@@ -24,15 +23,6 @@ export function parseWait(text: string): number | null {
 /** True when `prefix` may be asked for: empty, or made and started like a key (anything else matches no key). */
 export function isValidPrefix(prefix: string): boolean {
   return prefix === "" || isValidKey(prefix);
-}
-
-/** The names of sorted `names` that start with `prefix` (a binary search, then a scan of the matches). */
-export function withPrefix(names: readonly string[], prefix: string): readonly string[] {
-  if (prefix === "") return names;
-  const low = partitionPoint(names, (name) => name < prefix);
-  let end = low;
-  while (names[end]?.startsWith(prefix)) end++;
-  return names.slice(low, end);
 }
 
 /** `changes` with only the names that start with `prefix`; the cursor stays. */

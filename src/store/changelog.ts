@@ -1,17 +1,32 @@
 /**
  * The store's change log, what followers read through the change feed: the
- * keys changed after the floor, oldest first, with their change numbers. It
- * keeps the newest change per key and at most `maxTombstones` deletions; when
- * it forgets older ones it raises the floor, and a cursor below the floor gets
- * the full listing. It also wakes those waiting for the next change (held watches).
+ * changes after the floor, oldest first, with their change numbers. A write is
+ * logged as its key's slot in the index (a number, no string: a follower
+ * catching up a million keys logs a million of them), a deletion as the name.
+ * A slot freed since says nothing (its deletion is logged after it); a slot that
+ * holds another key since names that key, which its own write logged later
+ * anyway. It keeps the newest change per slot and per name, and at most
+ * `maxTombstones` deletions; when it forgets older ones it raises the floor, and
+ * a cursor below the floor gets the full listing. It also wakes those waiting
+ * for the next change (held watches).
  */
 import { partitionPoint } from "./sorted.ts";
 
-/** Changed keys with their change numbers; see the file's header. */
+/** What the log asks of the index. */
+export interface Names {
+  /** Number of keys. */
+  readonly size: number;
+  has(name: string): boolean;
+  /** The name of a slot in use, `undefined` for a free one. */
+  nameOf(slot: number): string | undefined;
+}
+
+/** Changes with their change numbers; see the file's header. */
 export class ChangeLog {
   /** Cursors at or above this change number can be answered from the log. */
   floor = 0;
-  #keys: string[] = [];
+  /** A slot written, or a name deleted. */
+  #changes: (number | string)[] = [];
   #seqs: number[] = [];
   #maxTombstones: number;
   #next: { promise: Promise<void>; resolve: () => void } | null = null;
@@ -20,11 +35,11 @@ export class ChangeLog {
     this.#maxTombstones = maxTombstones;
   }
 
-  /** Records that `key` changed at `seq`; `live` tells which keys exist now, `count` how many (to bound the log). */
-  append(key: string, seq: number, live: { has(key: string): boolean; readonly size: number }): void {
-    this.#keys.push(key);
+  /** Records the write of a key at `slot`, or the deletion of the key `name`, at `seq`. */
+  append(change: number | string, seq: number, names: Names): void {
+    this.#changes.push(change);
     this.#seqs.push(seq);
-    if (this.#keys.length > 2 * live.size + this.#maxTombstones + 1024) this.#compact(live);
+    if (this.#changes.length > 2 * names.size + this.#maxTombstones + 1024) this.#compact(names);
     this.#wake();
   }
 
@@ -43,7 +58,7 @@ export class ChangeLog {
    * the data set), and wakes those waiting: everything may have changed.
    */
   reset(floor: number): void {
-    this.#keys = [];
+    this.#changes = [];
     this.#seqs = [];
     this.floor = floor;
     this.#wake();
@@ -54,31 +69,41 @@ export class ChangeLog {
     this.#next = null;
   }
 
-  /** The keys changed after `seq`, oldest first (a key may come more than once). */
-  since(seq: number): string[] {
-    return this.#keys.slice(partitionPoint(this.#seqs, (s) => s <= seq));
+  /** The names changed after `seq`, oldest first (a name may come more than once). */
+  since(seq: number, names: Names): string[] {
+    const changed: string[] = [];
+    for (let i = partitionPoint(this.#seqs, (s) => s <= seq); i < this.#changes.length; i++) {
+      const change = this.#changes[i] as number | string;
+      const name = typeof change === "string" ? change : names.nameOf(change);
+      if (name !== undefined) changed.push(name);
+    }
+    return changed;
   }
 
-  /** Keeps the newest change per key, and at most `maxTombstones` deletions (raising the floor). */
-  #compact(live: { has(key: string): boolean }): void {
-    const newest = new Map<string, number>();
-    this.#keys.forEach((key, i) => newest.set(key, this.#seqs[i] ?? 0));
+  /** Keeps the newest change per slot and per name, and at most `maxTombstones` deletions (raising the floor). */
+  #compact(names: Names): void {
+    const newest = new Map<number | string, number>();
+    this.#changes.forEach((change, i) => newest.set(change, this.#seqs[i] ?? 0));
     let tombstones = 0;
-    for (const key of newest.keys()) if (!live.has(key)) tombstones++;
-    const keys: string[] = [];
+    for (const change of newest.keys()) if (typeof change === "string" && !names.has(change)) tombstones++;
+    const changes: (number | string)[] = [];
     const seqs: number[] = [];
-    this.#keys.forEach((key, i) => {
+    this.#changes.forEach((change, i) => {
       const seq = this.#seqs[i] ?? 0;
-      if (newest.get(key) !== seq) return;
-      if (!live.has(key) && tombstones > this.#maxTombstones) {
+      if (newest.get(change) !== seq) return;
+      if (typeof change === "number") {
+        if (names.nameOf(change) === undefined) return; // freed: its deletion is logged after
+      } else if (names.has(change)) {
+        return; // written again since: that write is logged after
+      } else if (tombstones > this.#maxTombstones) {
         tombstones--;
         this.floor = seq;
         return;
       }
-      keys.push(key);
+      changes.push(change);
       seqs.push(seq);
     });
-    this.#keys = keys;
+    this.#changes = changes;
     this.#seqs = seqs;
   }
 }

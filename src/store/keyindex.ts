@@ -1,20 +1,23 @@
 /**
- * The store's index of keys, compact: no object and no Map entry per key.
+ * The store's index of keys, compact: no object, no string and no Map entry
+ * per key, so that a million keys hardly touch V8's heap.
  *
- * Layout, per slot (a key's number, reused once freed): its name (the key's
- * own string, kept in `#names`), and four numbers in one Float64Array: the
- * value's size, its mtime (µs), the change number that wrote it and its file's
- * inode. A key found at start has a size of -1 (not `stat`ed yet) until first
- * needed. Names find their slot through an open-addressing hash table of
- * integers (a Uint32Array of slot + 1, 0 for empty; linear probing, at most
- * 3/4 full; a removal shifts the entries after it back, no tombstones). The
- * sorted list of names is made when first asked for, then merged with the
- * names added since, not sorted again from scratch.
+ * Layout, per slot (a key's number, reused once freed): its name's bytes in one
+ * shared buffer (keys are ASCII, one byte a character: `keys.ts`), found by
+ * an offset and a length (0 for a free slot); and four numbers in one
+ * Float64Array: the value's size, its mtime (µs), the change number that wrote
+ * it and its file's inode. A key found at start has a size of -1 (not
+ * `stat`ed yet) until first needed. Names find their slot through an
+ * open-addressing hash table of integers (a Uint32Array of slot + 1, 0 for
+ * empty; linear probing, at most 3/4 full; a removal shifts the entries after
+ * it back, no tombstones). The slots in name order are sorted when first asked
+ * for, then merged with the names added since, not sorted again from scratch.
+ * A name becomes a string only when asked for.
  *
- * What a key costs beyond its name's string (≈ 32-40 B for 10-20 characters):
- * 32 B of numbers, 8 B for the name's reference, 5-11 B of hash table and 8 B
- * in the sorted list once listed: about 55-60 B. Beside it, {@link OpenedVersions}:
- * the few versions a read may have opened that the index no longer (or not yet) names.
+ * What a key costs: its name's bytes, 5 B to find them, 32 B of numbers, 5-11 B
+ * of hash table and 4 B in the sorted order: about 60 B for 10-20 characters,
+ * outside the V8 heap. Beside it, {@link OpenedVersions}: the few versions a
+ * read may have opened that the index no longer (or not yet) names.
  */
 /** What the store knows of one key's current version; made when asked for, never stored per key. */
 export interface Entry {
@@ -34,30 +37,51 @@ export interface Entry {
   readonly ino: number;
 }
 
+/** Which keys {@link KeyIndex.list} (and the store's `list`) gives. */
+export interface ListOptions {
+  /** Only names starting with it. Default `""`: every name. */
+  prefix?: string;
+  /** Only names after it. Default `null`: from the first. */
+  after?: string | null;
+  /** Only names up to and including it. Default `null`: to the last. */
+  through?: string | null;
+  /** At most this many (the first ones). Default: all. */
+  limit?: number;
+}
+
 /** Numbers per slot: size, mtime (µs), seq, inode. */
 const FIELDS = 4;
 const SIZE = 0;
 const MTIME = 1;
 const SEQ = 2;
 const INO = 3;
-/** Cells of the hash table at first (a power of two). */
+/** Slots and cells of the hash table at first (a power of two). */
 const FIRST_CELLS = 1024;
 
 /** Keys → slots of numbers; see the file's header. */
 export class KeyIndex {
-  /** The name of each slot; `undefined` for a free one. */
-  #names: (string | undefined)[] = [];
+  /** Every slot's name, back to back (with the bytes of removed names until {@link KeyIndex.#compact}). */
+  #bytes = Buffer.alloc(16 * FIRST_CELLS);
+  /** Bytes of `#bytes` in use, removed names' included. */
+  #used = 0;
+  /** Bytes of removed names in `#bytes`. */
+  #garbage = 0;
+  #offsets = new Uint32Array(FIRST_CELLS);
+  /** Each slot's name length; 0 for a free slot. */
+  #lengths = new Uint8Array(FIRST_CELLS);
+  /** Slots ever used: the free ones below are in `#free`. */
+  #slots = 0;
   #data = new Float64Array(FIELDS * FIRST_CELLS);
   /** Open addressing: slot + 1 per cell, 0 when empty; its length is a power of two. */
   #cells = new Uint32Array(FIRST_CELLS);
   #size = 0;
   #free: number[] = [];
-  /** Names sorted, as of the last {@link KeyIndex.sorted}; `null` when it must be made from scratch. */
-  #sorted: string[] | null = null;
-  /** Names added since `#sorted` was made (some may be gone again). */
-  #added: string[] = [];
-  /** True when some name of `#sorted` may be gone. */
-  #removed = false;
+  /** The slots in name order, as of the last {@link KeyIndex.sort}; `null` when it must be made from scratch. */
+  #sorted: Uint32Array | null = null;
+  /** Slots given a name since `#sorted` was made. */
+  #added: number[] = [];
+  /** Slots freed since `#sorted` was made (some may hold another name again). */
+  #removed = new Set<number>();
 
   /** Number of keys. */
   get size(): number {
@@ -91,6 +115,17 @@ export class KeyIndex {
     return { size: d[at + SIZE] ?? 0, mtimeUs: d[at + MTIME] ?? 0, seq: d[at + SEQ] ?? 0, ino: d[at + INO] ?? 0 };
   }
 
+  /** The name of a slot in use. */
+  nameAt(slot: number): string {
+    const start = this.#offsets[slot] ?? 0;
+    return this.#bytes.toString("latin1", start, start + (this.#lengths[slot] ?? 0));
+  }
+
+  /** The name of a slot in use, `undefined` for a free one. */
+  nameOf(slot: number): string | undefined {
+    return slot < this.#slots && this.#lengths[slot] !== 0 ? this.nameAt(slot) : undefined;
+  }
+
   /** Adds `key` (not yet present) with only its change number known: a name found at start. */
   addUnknown(key: string, seq: number): void {
     const at = this.#take(key) * FIELDS;
@@ -106,13 +141,15 @@ export class KeyIndex {
     this.#data[at + INO] = ino;
   }
 
-  /** Makes `entry` the version of `key` (added when absent). */
-  set(key: string, entry: Entry): void {
-    const at = (this.slot(key) ?? this.#take(key)) * FIELDS;
+  /** Makes `entry` the version of `key` (added when absent); returns its slot. */
+  set(key: string, entry: Entry): number {
+    const slot = this.slot(key) ?? this.#take(key);
+    const at = slot * FIELDS;
     this.#data[at + SIZE] = entry.size;
     this.#data[at + MTIME] = entry.mtimeUs;
     this.#data[at + SEQ] = entry.seq;
     this.#data[at + INO] = entry.ino;
+    return slot;
   }
 
   /** Removes `key`; its slot is reused. */
@@ -120,10 +157,11 @@ export class KeyIndex {
     let cell = this.#find(key);
     const slot = (this.#cells[cell] ?? 0) - 1;
     if (slot < 0) return;
-    this.#names[slot] = undefined;
+    this.#garbage += this.#lengths[slot] ?? 0;
+    this.#lengths[slot] = 0;
     this.#free.push(slot);
     this.#size--;
-    this.#removed = true;
+    if (this.#sorted !== null) this.#removed.add(slot);
     // Backward shift: move back each following entry whose home cell is not between the hole and it.
     const mask = this.#cells.length - 1;
     let next = cell;
@@ -131,7 +169,7 @@ export class KeyIndex {
       next = (next + 1) & mask;
       const moved = this.#cells[next] ?? 0;
       if (moved === 0) break;
-      const home = hash(this.#names[moved - 1] as string) & mask;
+      const home = this.#hashAt(moved - 1) & mask;
       if (((next - home) & mask) >= ((next - cell) & mask)) {
         this.#cells[cell] = moved;
         cell = next;
@@ -142,28 +180,101 @@ export class KeyIndex {
 
   /** Every key with its slot, in slot order (a key added meanwhile comes when its slot is not behind). */
   *entries(): IterableIterator<[string, number]> {
-    for (let slot = 0; slot < this.#names.length; slot++) {
-      const name = this.#names[slot];
-      if (name !== undefined) yield [name, slot];
+    for (let slot = 0; slot < this.#slots; slot++) {
+      if (this.#lengths[slot] !== 0) yield [this.nameAt(slot), slot];
     }
   }
 
   /**
-   * Every name, sorted: the same array until a key comes or goes, then a new one
-   * (so a caller may keep walking the array it has). Names added since the last
-   * call are sorted and merged in; only a first call sorts every name.
+   * How many names sort before `name` (or before or equal to it, with `orEqual`): where `name` is or would
+   * be in name order. Positions hold until a key comes or goes.
    */
-  sorted(): readonly string[] {
+  rank(name: string, orEqual = false): number {
+    const sorted = this.#sort();
+    const key = Buffer.from(name, "latin1");
+    let low = 0;
+    let high = this.#size;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      const order = this.#compareTo(sorted[mid] ?? 0, key);
+      if (order < 0 || (orEqual && order === 0)) low = mid + 1;
+      else high = mid;
+    }
+    return low;
+  }
+
+  /** Names in name order, as new strings; see {@link ListOptions}. */
+  list({ prefix = "", after = null, through = null, limit = Infinity }: ListOptions = {}): string[] {
+    let start = prefix === "" ? 0 : this.rank(prefix);
+    if (after !== null) start = Math.max(start, this.rank(after, true));
+    // "\x7f" sorts after every key character: the names starting with the prefix sort before prefix + "\x7f".
+    let end = prefix === "" ? this.#size : this.rank(`${prefix}\x7f`);
+    if (through !== null) end = Math.min(end, this.rank(through, true));
+    return this.sorted(start, Math.min(end, start + limit));
+  }
+
+  /** The names at positions `start` to `end` (excluded) in name order. */
+  sorted(start = 0, end = this.#size): string[] {
+    const sorted = this.#sort();
+    const names: string[] = [];
+    for (let at = Math.max(0, start); at < Math.min(end, this.#size); at++) names.push(this.nameAt(sorted[at] ?? 0));
+    return names;
+  }
+
+  /** The slots in name order: made from scratch once, then merged with the names added since. */
+  #sort(): Uint32Array {
     if (this.#sorted === null) {
-      const names: string[] = [];
-      for (const name of this.#names) if (name !== undefined) names.push(name);
-      this.#sorted = names.sort();
-    } else if (this.#added.length > 0 || this.#removed) {
-      this.#sorted = merge(this.#sorted, this.#added.sort(), this);
+      const slots = new Uint32Array(this.#size);
+      let n = 0;
+      for (let slot = 0; slot < this.#slots; slot++) if (this.#lengths[slot] !== 0) slots[n++] = slot;
+      this.#sorted = slots.sort((a, b) => this.#compare(a, b));
+    } else if (this.#added.length > 0 || this.#removed.size > 0) {
+      const added = [...new Set(this.#added)].filter((slot) => this.#lengths[slot] !== 0);
+      this.#sorted = this.#merge(this.#sorted, added.sort((a, b) => this.#compare(a, b)));
     }
     this.#added = [];
-    this.#removed = false;
+    this.#removed.clear();
     return this.#sorted;
+  }
+
+  /** `old` without the slots removed since, merged with `added` (sorted, all live). */
+  #merge(old: Uint32Array, added: readonly number[]): Uint32Array {
+    const out = new Uint32Array(this.#size);
+    let n = 0;
+    let j = 0;
+    for (const slot of old) {
+      if (this.#removed.has(slot)) continue;
+      while (j < added.length && this.#compare(added[j] ?? 0, slot) < 0) out[n++] = added[j++] ?? 0;
+      out[n++] = slot;
+    }
+    while (j < added.length) out[n++] = added[j++] ?? 0;
+    return out;
+  }
+
+  /** Byte order of two slots' names (the order of their strings: keys are ASCII). */
+  #compare(a: number, b: number): number {
+    const bytes = this.#bytes;
+    const at = this.#offsets[a] ?? 0;
+    const bt = this.#offsets[b] ?? 0;
+    const al = this.#lengths[a] ?? 0;
+    const bl = this.#lengths[b] ?? 0;
+    for (let i = 0, n = Math.min(al, bl); i < n; i++) {
+      const d = (bytes[at + i] ?? 0) - (bytes[bt + i] ?? 0);
+      if (d !== 0) return d;
+    }
+    return al - bl;
+  }
+
+  /** Byte order of a slot's name and `key`. */
+  #compareTo(slot: number, key: Uint8Array): number {
+    const bytes = this.#bytes;
+    const at = this.#offsets[slot] ?? 0;
+    const length = this.#lengths[slot] ?? 0;
+    for (let i = 0, n = Math.min(length, key.length); i < n; i++) {
+      const d = (bytes[at + i] ?? 0) - (key[i] ?? 0);
+      if (d !== 0) return d;
+    }
+    return length - key.length;
   }
 
   /** The cell holding `key`, or the empty cell where it would go. */
@@ -172,43 +283,96 @@ export class KeyIndex {
     const mask = cells.length - 1;
     for (let cell = hash(key) & mask; ; cell = (cell + 1) & mask) {
       const slot = cells[cell] ?? 0;
-      if (slot === 0 || this.#names[slot - 1] === key) return cell;
+      if (slot === 0 || this.#is(slot - 1, key)) return cell;
     }
+  }
+
+  /** True when `slot` holds the name `key`. */
+  #is(slot: number, key: string): boolean {
+    if (this.#lengths[slot] !== key.length) return false;
+    const bytes = this.#bytes;
+    const at = this.#offsets[slot] ?? 0;
+    for (let i = 0; i < key.length; i++) if (bytes[at + i] !== key.charCodeAt(i)) return false;
+    return true;
+  }
+
+  /** {@link hash} of a slot's name, from its bytes. */
+  #hashAt(slot: number): number {
+    const bytes = this.#bytes;
+    const at = this.#offsets[slot] ?? 0;
+    let h = 0x811c9dc5;
+    for (let i = at, end = at + (this.#lengths[slot] ?? 0); i < end; i++) h = Math.imul(h ^ (bytes[i] ?? 0), 0x01000193);
+    return h >>> 0;
   }
 
   #take(key: string): number {
     if ((this.#size + 1) * 4 > this.#cells.length * 3) this.#grow();
-    const slot = this.#free.pop() ?? this.#names.length;
-    if (slot === this.#names.length) this.#names.push(key);
-    else this.#names[slot] = key;
-    if (slot * FIELDS >= this.#data.length) {
-      const grown = new Float64Array(this.#data.length * 2);
-      grown.set(this.#data);
-      this.#data = grown;
+    const slot = this.#free.pop() ?? this.#slots++;
+    if (slot >= this.#lengths.length) {
+      this.#offsets = grown(this.#offsets, this.#offsets.length * 2);
+      this.#lengths = grown(this.#lengths, this.#lengths.length * 2);
+      this.#data = grown(this.#data, this.#data.length * 2);
     }
+    if (this.#used + key.length > this.#bytes.length) this.#makeRoom(key.length);
+    this.#bytes.write(key, this.#used, "latin1");
+    this.#offsets[slot] = this.#used;
+    this.#lengths[slot] = key.length;
+    this.#used += key.length;
     this.#cells[this.#find(key)] = slot + 1;
     this.#size++;
     if (this.#sorted !== null) {
-      this.#added.push(key);
+      this.#added.push(slot);
       // More names added than sorted: cheaper to sort them all when next asked.
       if (this.#added.length > this.#sorted.length + 1024) {
         this.#sorted = null;
         this.#added = [];
+        this.#removed.clear();
       }
     }
     return slot;
   }
 
+  /** Room for `length` more bytes of names: removed names' bytes dropped when they are half, else a buffer twice as big. */
+  #makeRoom(length: number): void {
+    const live = this.#used - this.#garbage;
+    const size = live + length > this.#bytes.length / 2 ? this.#bytes.length * 2 : this.#bytes.length;
+    const bytes = Buffer.alloc(size);
+    let used = 0;
+    for (let slot = 0; slot < this.#slots; slot++) {
+      const length = this.#lengths[slot] ?? 0;
+      if (length === 0) continue;
+      const at = this.#offsets[slot] ?? 0;
+      this.#bytes.copy(bytes, used, at, at + length);
+      this.#offsets[slot] = used;
+      used += length;
+    }
+    this.#bytes = bytes;
+    this.#used = used;
+    this.#garbage = 0;
+  }
+
   /** Doubles the hash table. */
   #grow(): void {
-    this.#cells = new Uint32Array(this.#cells.length * 2);
-    this.#names.forEach((name, slot) => {
-      if (name !== undefined) this.#cells[this.#find(name)] = slot + 1;
-    });
+    const cells = new Uint32Array(this.#cells.length * 2);
+    const mask = cells.length - 1;
+    for (let slot = 0; slot < this.#slots; slot++) {
+      if (this.#lengths[slot] === 0) continue;
+      let cell = this.#hashAt(slot) & mask;
+      while (cells[cell] !== 0) cell = (cell + 1) & mask;
+      cells[cell] = slot + 1;
+    }
+    this.#cells = cells;
   }
 }
 
-/** FNV-1a of a name's UTF-16 code units. */
+/** A typed array of `length` holding `array`'s values first. */
+function grown<T extends Uint8Array | Uint32Array | Float64Array>(array: T, length: number): T {
+  const bigger = new (array.constructor as new (length: number) => T)(length);
+  bigger.set(array);
+  return bigger;
+}
+
+/** FNV-1a of a name's characters (its bytes: keys are ASCII). */
 function hash(key: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
@@ -262,27 +426,4 @@ export class OpenedVersions {
     const recent = this.#recent.get(ino);
     return recent?.key === key ? recent.entry : undefined;
   }
-}
-
-/** Merges two sorted lists of names into a new one, keeping only names `live` has, each once. */
-function merge(old: readonly string[], added: readonly string[], live: { has(key: string): boolean }): string[] {
-  const out: string[] = [];
-  let i = 0;
-  let j = 0;
-  let last: string | undefined;
-  while (i < old.length || j < added.length) {
-    const a = old[i];
-    const b = added[j];
-    let name: string;
-    if (b === undefined || (a !== undefined && a <= b)) {
-      name = a as string;
-      i++;
-    } else {
-      name = b;
-      j++;
-    }
-    if (name !== last && live.has(name)) out.push(name);
-    last = name;
-  }
-  return out;
 }

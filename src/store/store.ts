@@ -40,15 +40,14 @@ import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";
 import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds, probeWritable } from "./files.ts";
 import { READ_FLAGS, readExactly, readNames, removeAll, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
-import { KeyIndex, OpenedVersions, type Entry } from "./keyindex.ts";
+import { KeyIndex, OpenedVersions, type Entry, type ListOptions } from "./keyindex.ts";
 import { recover } from "./restore.ts";
 import { Snapshots } from "./snapshot.ts";
-import { partitionPoint } from "./sorted.ts";
 import { PreconditionFailedError, ValueTooLargeError, type Staged, type StoreOptions, type Value } from "./types.ts";
 import type { Precondition, PutItem, PutManyOptions, PutOptions, PutResult } from "./types.ts";
 
 export type { CachedValue } from "./cache.ts";
-export type { Entry } from "./keyindex.ts";
+export type { Entry, ListOptions } from "./keyindex.ts";
 export { PreconditionFailedError, ValueTooLargeError } from "./types.ts";
 export type { Precondition, PutItem, PutManyOptions, PutOptions, PutResult, StoreOptions, Value } from "./types.ts";
 
@@ -413,9 +412,9 @@ export class Store {
     return this.#log.next();
   }
 
-  /** Every key, sorted (the same array until a key comes or goes). */
-  list(): readonly string[] {
-    return this.#index.sorted();
+  /** Keys in name order, as new strings (at a million keys, ask a page at a time); see {@link ListOptions}. */
+  list(options: ListOptions = {}): string[] {
+    return this.#index.list(options);
   }
 
   /**
@@ -433,7 +432,7 @@ export class Store {
     const deleted: string[] = [];
     if (since === this.#seq) return { cursor: next, full: false, keys, deleted };
     const seen = new Set<string>();
-    for (const key of this.#log.since(since)) {
+    for (const key of this.#log.since(since, this.#index)) {
       if (seen.has(key)) continue;
       seen.add(key);
       if (page && seen.size > page.limit) return this.#fullListing(next, page);
@@ -451,16 +450,14 @@ export class Store {
       for (const [key] of this.#index.entries()) keys.push(listed(key, this.stat(key) as Entry));
       return { cursor, full: true, keys, deleted: [] };
     }
-    const names = this.list();
-    const { from } = page;
-    const start = from === undefined ? 0 : partitionPoint(names, (name) => name <= from);
-    const end = Math.min(names.length, start + page.limit);
-    for (let i = start; i < end; i++) {
-      const name = names[i] as string;
+    const names = this.list({ after: page.from ?? null, limit: page.limit + 1 }); // one more: is there a next page?
+    const more = names.length > page.limit;
+    if (more) names.pop();
+    for (const name of names) {
       const entry = this.stat(name);
       if (entry) keys.push(listed(name, entry));
     }
-    return { cursor, full: true, keys, deleted: [], next: end < names.length ? (names[end - 1] ?? null) : null };
+    return { cursor, full: true, keys, deleted: [], next: more ? (names.at(-1) ?? null) : null };
   }
 
   /**
@@ -529,10 +526,10 @@ export class Store {
 
   #set(key: string, entry: Entry): void {
     this.#supersede(key);
-    this.#index.set(key, entry);
+    const slot = this.#index.set(key, entry);
     this.#bytes += entry.size;
     this.#cache.delete(key);
-    this.#log.append(key, entry.seq, this.#index); // wakes held watches
+    this.#log.append(slot, entry.seq, this.#index); // wakes held watches
   }
 
   #remove(key: string): void {
