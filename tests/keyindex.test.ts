@@ -53,3 +53,10 @@ test("keys found at start are unknown until filled, and keep their change number
   assert.equal(index.has("n2999"), true);
   assert.equal(index.has("n3000"), false);
 });
+
+test("the index takes keys only (one byte a character)", () => {
+  const index = new KeyIndex();
+  assert.throws(() => index.set("é", { size: 1, mtimeUs: 1, seq: 1, ino: 1 }), /not a key/);
+  assert.throws(() => index.addUnknown(".tmp", 1), /not a key/);
+  assert.equal(index.size, 0);
+});

@@ -19,6 +19,8 @@
  * outside the V8 heap. Beside it, {@link OpenedVersions}: the few versions a
  * read may have opened that the index no longer (or not yet) names.
  */
+import { isValidKey, KEY_RULE } from "../keys.ts";
+
 /** What the store knows of one key's current version; made when asked for, never stored per key. */
 export interface Entry {
   /** Size of the value in bytes. */
@@ -306,6 +308,7 @@ export class KeyIndex {
   }
 
   #take(key: string): number {
+    if (!isValidKey(key)) throw new Error(`not a key: ${JSON.stringify(key)}: ${KEY_RULE}`); // one byte a character
     if ((this.#size + 1) * 4 > this.#cells.length * 3) this.#grow();
     const slot = this.#free.pop() ?? this.#slots++;
     if (slot >= this.#lengths.length) {
