@@ -229,7 +229,10 @@ export class KeyIndex {
       const slots = new Uint32Array(this.#size);
       let n = 0;
       for (let slot = 0; slot < this.#slots; slot++) if (this.#lengths[slot] !== 0) slots[n++] = slot;
-      this.#sorted = slots.sort((a, b) => this.#compare(a, b));
+      // Most names differ in their first 6 bytes: compare those as one number, the rest only when they are equal.
+      const heads = new Float64Array(this.#slots);
+      for (const slot of slots) heads[slot] = this.#head(slot);
+      this.#sorted = slots.sort((a, b) => (heads[a] ?? 0) - (heads[b] ?? 0) || this.#compare(a, b));
     } else if (this.#added.length > 0 || this.#removed.size > 0) {
       const added = [...new Set(this.#added)].filter((slot) => this.#lengths[slot] !== 0);
       this.#sorted = this.#merge(this.#sorted, added.sort((a, b) => this.#compare(a, b)));
@@ -251,6 +254,15 @@ export class KeyIndex {
     }
     while (j < added.length) out[n++] = added[j++] ?? 0;
     return out;
+  }
+
+  /** The first 6 bytes of a slot's name as a number (zeros past its end: no key has a zero byte). */
+  #head(slot: number): number {
+    const at = this.#offsets[slot] ?? 0;
+    const length = this.#lengths[slot] ?? 0;
+    let head = 0;
+    for (let i = 0; i < 6; i++) head = head * 256 + (i < length ? (this.#bytes[at + i] ?? 0) : 0);
+    return head;
   }
 
   /** Byte order of two slots' names (the order of their strings: keys are ASCII). */
