@@ -117,6 +117,28 @@ describe("leader", () => {
     }
   });
 
+  test("/keys and /keys?since= without limit answer whole past the pages they are put together in", async () => {
+    const dir = await tempDir();
+    const names = Array.from({ length: 20_001 }, (_, i) => `w${String(i).padStart(5, "0")}`);
+    for (let i = 0; i < names.length; i += 500) {
+      await Promise.all(names.slice(i, i + 500).map((name) => writeFile(join(dir, name), "v")));
+    }
+    const big = await startMehdb({ dataDir: dir, waitReady: true });
+    assert.deepEqual(await listKeys(big.url), names);
+    assert.deepEqual(JSON.parse((await http(`${big.url}/keys?prefix=w1`)).text), names.slice(10_000, 20_000));
+    const whole = await readFeed(big.url, "since=");
+    assert.equal(whole.full, true);
+    assert.deepEqual(whole.keys.map(([key, size]) => [key, size]), names.map((name) => [name, 1]));
+    assert.deepEqual(whole.deleted, []);
+    assert.equal("next" in whole, false, "an answer without limit has no next");
+    const under = await readFeed(big.url, "since=&prefix=w2");
+    assert.deepEqual(under.keys.map(([key]) => key), ["w20000"]);
+    await put(big.url, "w00005", "changed");
+    const changed = await readFeed(big.url, `since=${whole.cursor}`);
+    assert.deepEqual(changed, { cursor: changed.cursor, full: false, keys: [["w00005", 7, changed.keys[0]?.[2]]], deleted: [] });
+    await big.stop();
+  });
+
   test("/values?keys=a,b,c: several values in one answer, absent keys marked; bad lists 400", async () => {
     const value = Buffer.from([0, 10, 13, 32, 255]);
     await put(leader.url, "v1", value);

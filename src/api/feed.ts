@@ -72,7 +72,7 @@ function keys(x: Exchange): void | Promise<void> {
   if (typeof page === "string") return refuse(x, BAD_REQUEST, page);
   const listing = { since, prefix, page };
   const changes = changesOf(x.ctx.store, listing);
-  if (wait === null || !nothingChanged(changes)) return sendJson(x, changes);
+  if (wait === null || !nothingChanged(changes)) return sendChanges(x, listing, changes);
   return hold(x, listing, performance.now() + wait);
 }
 
@@ -92,7 +92,7 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
   try {
     for (;;) {
       const left = Math.ceil(deadline - performance.now());
-      if (left <= 0) return sendJson(x, changesOf(store, listing));
+      if (left <= 0) return sendChanges(x, listing, changesOf(store, listing));
       const wake = watches.hold(left, gone.signal);
       if (wake === null) {
         const text = `watch limit reached: ${watches.max} watches are held already; retry after 1 s`;
@@ -102,17 +102,42 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
       if (why === "gone") return void socket.destroy();
       const changes = changesOf(store, listing);
       // At shutdown the answer closes its connection, so that the server's close is not held by it.
-      if (why === "closed") return sendJson(x, changes, { Connection: "close" });
+      if (why === "closed") return sendChanges(x, listing, changes, { Connection: "close" });
       // A change outside the prefix lets the answer go with nothing in it: hold it again.
-      if (why !== "change" || !nothingChanged(changes)) return sendJson(x, changes);
+      if (why !== "change" || !nothingChanged(changes)) return sendChanges(x, listing, changes);
     }
   } finally {
     socket.off("end", onGone).off("close", onGone);
   }
 }
 
+/** Keys of an answer without `limit` put together at a time. */
+const WHOLE_PAGE = 10_000;
+
+/** What changed for `listing`: without `limit`, the first page of an answer {@link sendChanges} completes. */
 function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
-  return changesWithPrefix(store.changes(since, page), prefix);
+  return changesWithPrefix(store.changes(since, page ?? { limit: WHOLE_PAGE }), prefix);
+}
+
+/**
+ * Answers with `first` ({@link changesOf}). Without `limit`, a full listing is still one answer, but put together
+ * a page at a time within this one turn of the event loop (nothing changes meanwhile), so that a million keys never
+ * live as objects at once; an incremental answer longer than a page comes as the full listing, as with `limit`.
+ */
+function sendChanges(x: Exchange, listing: Listing, first: Changes, headers?: Record<string, string>): void {
+  if (listing.page || !first.full) return sendJson(x, first, headers);
+  const parts = [Buffer.from(`{"cursor":${JSON.stringify(first.cursor)},"full":true,"keys":[`)];
+  let listed = false;
+  for (let changes = first; ; ) {
+    if (changes.keys.length > 0) {
+      parts.push(Buffer.from(`${listed ? "," : ""}${JSON.stringify(changes.keys).slice(1, -1)}`));
+      listed = true;
+    }
+    if (!changes.next) break;
+    changes = changesOf(x.ctx.store, { ...listing, page: { limit: WHOLE_PAGE, from: changes.next } });
+  }
+  parts.push(Buffer.from('],"deleted":[]}'));
+  send(x, OK, Buffer.concat(parts), "application/json", headers);
 }
 
 /** Names made into strings at a time, for `/keys`. */

@@ -420,11 +420,11 @@ export class Store {
   /**
    * What changed since `cursor` (from an earlier answer): the keys written and
    * deleted since. A missing, foreign (other epoch) or too old cursor gets the
-   * full listing instead, with `full: true`. With `page`, a full listing is one
-   * page of keys sorted by name with `next` set, and an incremental answer
-   * longer than `page.limit` becomes the first such page.
+   * full listing instead, with `full: true`: one page of keys sorted by name
+   * with `next` set. An incremental answer longer than `page.limit` becomes the
+   * first such page. Default page: no limit.
    */
-  changes(cursor: string | null, page?: ListingPage): Changes {
+  changes(cursor: string | null, page: ListingPage = { limit: Infinity }): Changes {
     const next = this.cursor;
     const since = page?.from !== undefined ? null : seqOf(cursor, this.epoch);
     if (since === null || since < this.#log.floor || since > this.#seq) return this.#fullListing(next, page);
@@ -435,7 +435,7 @@ export class Store {
     for (const key of this.#log.since(since, this.#index)) {
       if (seen.has(key)) continue;
       seen.add(key);
-      if (page && seen.size > page.limit) return this.#fullListing(next, page);
+      if (seen.size > page.limit) return this.#fullListing(next, page);
       const entry = this.stat(key);
       if (entry) keys.push(listed(key, entry));
       else deleted.push(key);
@@ -443,13 +443,9 @@ export class Store {
     return { cursor: next, full: false, keys, deleted };
   }
 
-  /** Every key (unpaged, in index order), or one page of them sorted by name. */
-  #fullListing(cursor: string, page: ListingPage | undefined): Changes {
+  /** One page of every key, sorted by name. */
+  #fullListing(cursor: string, page: ListingPage): Changes {
     const keys: ListedKey[] = [];
-    if (!page) {
-      for (const [key] of this.#index.entries()) keys.push(listed(key, this.stat(key) as Entry));
-      return { cursor, full: true, keys, deleted: [] };
-    }
     const names = this.list({ after: page.from ?? null, limit: page.limit + 1 }); // one more: is there a next page?
     const more = names.length > page.limit;
     if (more) names.pop();
