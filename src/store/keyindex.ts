@@ -62,7 +62,7 @@ const FIRST_CELLS = 1024;
 
 /** Keys → slots of numbers; see the file's header. */
 export class KeyIndex {
-  /** Every slot's name, back to back (with the bytes of removed names until {@link KeyIndex.#compact}). */
+  /** Every slot's name, back to back (with the bytes of removed names until `#makeRoom` drops them). */
   #bytes = Buffer.alloc(16 * FIRST_CELLS);
   /** Bytes of `#bytes` in use, removed names' included. */
   #used = 0;
@@ -78,7 +78,7 @@ export class KeyIndex {
   #cells = new Uint32Array(FIRST_CELLS);
   #size = 0;
   #free: number[] = [];
-  /** The slots in name order, as of the last {@link KeyIndex.sort}; `null` when it must be made from scratch. */
+  /** The slots in name order, as of the last `#sort`; `null` when it must be made from scratch. */
   #sorted: Uint32Array | null = null;
   /** Slots given a name since `#sorted` was made. */
   #added: number[] = [];
