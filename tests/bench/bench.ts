@@ -179,7 +179,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
       { w: r.getAfterPut, load: get, pinned: false, afterBurst: true },
       ...(r.getAfterPutPinned ? [{ w: r.getAfterPutPinned, load: get, pinned: true, afterBurst: true }] : []),
     ];
-    for (const { w, load, pinned, afterBurst } of cases) {
+    for (const { w, load, pinned, afterBurst } of cases.filter((c) => !o.putOnly || c.load.method === "PUT")) {
       pinServers(pinned);
       const base = pinned ? pinnedBase : unpinned;
       // "After writes" needs no warm-up: the leader is warm, and a GET warm-up would come between the
@@ -281,6 +281,7 @@ async function run(o: Options, root: string, r: Omit<Results, "targets">): Promi
     pinServers(false);
   });
 
+  if (o.putOnly) return;
   // 2. Pre-populated data dirs for start-up, memory and catch-up.
   const bigDir = join(root, "big");
   const smallDir = join(root, "small");

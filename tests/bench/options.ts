@@ -50,6 +50,8 @@ export interface Options {
   root: string | null;
   /** Measure snapshot and restore of `keys` keys instead (see snapshot.ts). */
   snapshot: boolean;
+  /** Only the durable PUT rows (50 B and 64 KB beside the fsync loop): no GET, memory or replication figures. */
+  putOnly: boolean;
 }
 
 /** The key counts of `--scale` without a list. */
@@ -91,6 +93,7 @@ export const USAGE = `usage: npm run bench -- [--quick | --full] [options]
   --read-token        also run the unpinned GET-before-writes measurement on a second leader with a read
                       token (the load sending "Authorization: Bearer ..."), in the same repetitions, and
                       print its row and the ratio with / without (target ≥ 0.97)
+  --put-only          only the PUT rows (50 B, 64 KB) beside the fsync loop; nothing else is measured
   --cpu-prof DIR      profile the throughput leader (node --cpu-prof) into DIR, and print its hot spots
 environment: MEHDB_BENCH_NODE=/path/to/node runs every process with that Node (>= 22.18, no tsx),
   e.g. the Node 24 of the image`;
@@ -104,7 +107,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
     const [name, inline] = a.slice(2).split("=", 2) as [string, string | undefined];
     if (name === "quick" || name === "full" || name === "help" || name === "no-pin" || name === "pod" ||
-      name === "read-token" || name === "no-pod" || name === "snapshot" || (name === "scale" && inline === undefined)) {
+      name === "read-token" || name === "no-pod" || name === "snapshot" || name === "put-only" || (name === "scale" && inline === undefined)) {
       flags.set(name, true);
     } else {
       const v = inline ?? argv[++i];
@@ -136,7 +139,8 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
   if (scale?.some((n) => !Number.isInteger(n) || n < 1)) throw new Error("--scale takes key counts: --scale=10000,100000");
   const scalePod = !flags.has("no-pod");
   const snapshot = flags.has("snapshot");
-  for (const name of ["read-token", "scale", "no-pod", "snapshot"]) flags.delete(name);
+  const putOnly = flags.has("put-only");
+  for (const name of ["read-token", "scale", "no-pod", "snapshot", "put-only"]) flags.delete(name);
   flags.delete("quick");
   flags.delete("full");
   flags.delete("no-pin");
@@ -170,6 +174,7 @@ export function parseOptions(argv: string[], haveWrk: boolean, canPin = false): 
     scalePod,
     root: flags.has("root") ? resolve(str("root", "")) : null,
     snapshot,
+    putOnly,
   };
   const unknown = [...flags.keys()];
   if (unknown.length) throw new Error(`unknown option --${unknown[0]}\n${USAGE}`);
