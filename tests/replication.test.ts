@@ -319,6 +319,38 @@ test("a hostile leader's bad names are skipped and logged, never written, never 
   await checkHostile(follower, parent, values, paths);
 });
 
+test("a full reconcile pages: local keys before, between, inside and after the leader's pages are removed, " +
+  "listed ones copied", async () => {
+  const leaderData: Data = new Map(["b", "c", "e", "f", "h"].map((key) => [key, Buffer.from(`leader ${key}`)]));
+  const pages = [["b", "c"], ["e", "f"], ["h"]];
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://x");
+    if (url.pathname === "/status") return res.end("leader\n");
+    if (url.pathname === "/keys") {
+      const from = url.searchParams.get("from");
+      const at = from === null ? 0 : pages.findIndex((page) => (page[0] ?? "") > from);
+      const page = pages[at] ?? [];
+      const keys = page.map((key) => [key, leaderData.get(key)?.length, 1_700_000_000_000]);
+      const next = at < pages.length - 1 ? page.at(-1) : null;
+      res.writeHead(200, { "Content-Type": "application/json" });
+      return res.end(JSON.stringify({ cursor: "e-1", full: true, keys, deleted: [], next }));
+    }
+    const value = url.pathname.startsWith("/get/") ? leaderData.get(url.pathname.slice(5)) : undefined;
+    if (value === undefined) {
+      res.writeHead(404);
+      return res.end("not found\n");
+    }
+    res.writeHead(200, { "Content-Length": value.length });
+    res.end(value);
+  });
+  // Local only: before the first page (a), between pages (d, g), inside a page (ca) and after the last (i, j).
+  const local = ["a", "c", "ca", "d", "g", "i", "j"].map((key): [string, Buffer] => [key, Buffer.from(`old ${key}`)]);
+  const dataDir = await dataDirWith(new Map(local));
+  const follower = await startFollower(await listen(server), { dataDir });
+  await waitFor(async () => (await http(`${follower.url}/status?level=full`)).status === 200, "follower synced");
+  assert.deepEqual(await dirData(dataDir), leaderData);
+});
+
 test("a hostile leader's bad names are skipped and logged, never written (plain array, Go fallback)", async () => {
   const values: Data = new Map([["ok", Buffer.from("fine")], ["alsook", Buffer.from("fine too")]]);
   const go = await goLeader(values, () => [...HOSTILE, "ok", "alsook"]);

@@ -13,8 +13,9 @@
  * name, and the follower reconciles page by page: it copies every key whose size
  * or mtime differs from its own copy (it keeps the leader's mtime on its copies)
  * and removes every local key the leader's pages skip over (a merge-join with its
- * own sorted keys). Small values are fetched in groups (`GET /values?keys=a,b,c`)
- * and each group is written as one batch; larger ones one by one (`GET /get/KEY`).
+ * own sorted keys, read one page's range at a time). Small values are fetched in
+ * groups (`GET /values?keys=a,b,c`) and each group is written as one batch;
+ * larger ones one by one (`GET /get/KEY`).
  * A leader that answers `/keys` with a plain array (the original Go mehdb) is
  * listed and copied in full every tick.
  *
@@ -25,6 +26,7 @@
  * answered wrongly, or this follower failed locally.
  */
 import { forEachLimited } from "../store/concurrency.ts";
+import { partitionPoint } from "../store/sorted.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { metric } from "../metrics.ts";
@@ -224,9 +226,6 @@ export class Poller implements PollerState {
    * key whose size or mtime differs is copied.
    */
   async #reconcile(first: Changes): Promise<void> {
-    const { store } = this.#options;
-    const local = store.list(); // sorted; a new array when keys are added, so this one stays as it is
-    let at = 0;
     let page = first;
     let from: string | null = null;
     for (;;) {
@@ -244,10 +243,7 @@ export class Poller implements PollerState {
         if (!this.#hasVersion(item)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
-      const gone: string[] = [];
-      for (let name = local[at]; name !== undefined && (next === null || name <= next); name = local[++at]) {
-        if (!listed.has(name)) gone.push(name);
-      }
+      const gone = this.#localBetween(from, next).filter((name) => !listed.has(name));
       for (const key of this.#unheld.keys()) if (inPage(key) && !listed.has(key)) this.#unheld.delete(key);
       await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
       await this.#copy(fetch);
@@ -257,6 +253,17 @@ export class Poller implements PollerState {
       if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
       from = next;
     }
+  }
+
+  /**
+   * The local keys after `from` up to `next` (`null`: no bound), sorted. The store's list is looked at only here, one
+   * page at a time, so a reconcile never holds every local name while it waits on the leader.
+   */
+  #localBetween(from: string | null, next: string | null): string[] {
+    const names = this.#options.store.list();
+    const start = from === null ? 0 : partitionPoint(names, (name) => name <= from);
+    const end = next === null ? names.length : partitionPoint(names, (name) => name <= next);
+    return names.slice(start, end);
   }
 
   /** True when the store holds `item`'s version: its size and µs mtime (a leader gives each version its own). */
