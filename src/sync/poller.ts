@@ -26,7 +26,6 @@
  * answered wrongly, or this follower failed locally.
  */
 import { forEachLimited } from "../store/concurrency.ts";
-import { partitionPoint } from "../store/sorted.ts";
 import { isValidKey } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { metric } from "../metrics.ts";
@@ -243,7 +242,8 @@ export class Poller implements PollerState {
         if (!this.#hasVersion(item)) fetch.push(item);
       }
       const inPage = (key: string) => (from === null || key > from) && (next === null || key <= next);
-      const gone = this.#localBetween(from, next).filter((name) => !listed.has(name));
+      // The local names of this page's range only: a reconcile never holds every name while it waits on the leader.
+      const gone = this.#options.store.list({ after: from, through: next }).filter((name) => !listed.has(name));
       for (const key of this.#unheld.keys()) if (inPage(key) && !listed.has(key)) this.#unheld.delete(key);
       await forEachLimited(gone, DELETE_CONCURRENCY, (key) => this.#delete(key));
       await this.#copy(fetch);
@@ -253,17 +253,6 @@ export class Poller implements PollerState {
       if (!page.full) throw new LeaderAnswerError("leader's answer to a listing page is not a full listing");
       from = next;
     }
-  }
-
-  /**
-   * The local keys after `from` up to `next` (`null`: no bound), sorted. The store's list is looked at only here, one
-   * page at a time, so a reconcile never holds every local name while it waits on the leader.
-   */
-  #localBetween(from: string | null, next: string | null): string[] {
-    const names = this.#options.store.list();
-    const start = from === null ? 0 : partitionPoint(names, (name) => name <= from);
-    const end = next === null ? names.length : partitionPoint(names, (name) => name <= next);
-    return names.slice(start, end);
   }
 
   /** True when the store holds `item`'s version: its size and µs mtime (a leader gives each version its own). */
