@@ -380,8 +380,8 @@ export class KeyIndex {
   }
 }
 
-/** A typed array of `length` holding `array`'s values first. */
-function grown<T extends Uint8Array | Uint32Array | Float64Array>(array: T, length: number): T {
+/** A typed array of `length` holding `array`'s values first (for arrays that grow by doubling). */
+export function grown<T extends Uint8Array | Int32Array | Uint32Array | Float64Array>(array: T, length: number): T {
   const bigger = new (array.constructor as new (length: number) => T)(length);
   bigger.set(array);
   return bigger;
