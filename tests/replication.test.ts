@@ -207,6 +207,18 @@ test("idle cost: with 10 000 keys synced, " +
     `${up.toFixed(0)} bytes up + ${down.toFixed(0)} bytes down per tick, ${proxy.connections()} connection(s) in all`);
 });
 
+/** A stand-in leader's `GET /get/KEY`: the value from `data`, or `404`. */
+function answerGet(res: ServerResponse, path: string, data: Data): void {
+  const value = path.startsWith("/get/") ? data.get(path.slice(5)) : undefined;
+  if (value === undefined) {
+    res.writeHead(404);
+    res.end("not found\n");
+  } else {
+    res.writeHead(200, { "Content-Length": value.length });
+    res.end(value);
+  }
+}
+
 /**
  * A stand-in for the original Go mehdb: `GET /status` (`leader`), `GET /keys` (any query) as a plain array,
  * `GET /get/KEY`; nothing else.
@@ -306,13 +318,7 @@ test("a hostile leader's bad names are skipped and logged, never written, never 
       res.writeHead(200, { "Content-Type": "application/json" });
       return res.end(JSON.stringify(body));
     }
-    const value = url.pathname.startsWith("/get/") ? values.get(url.pathname.slice(5)) : undefined;
-    if (value === undefined) {
-      res.writeHead(404);
-      return res.end("not found\n");
-    }
-    res.writeHead(200, { "Content-Length": value.length });
-    res.end(value);
+    answerGet(res, url.pathname, values);
   });
   const { follower, parent } = await hostileFollower(await listen(server));
   await waitFor(() => answers > 1, "the incremental answer with bad names");
@@ -335,13 +341,7 @@ test("a full reconcile pages: local keys before, between, inside and after the l
       res.writeHead(200, { "Content-Type": "application/json" });
       return res.end(JSON.stringify({ cursor: "e-1", full: true, keys, deleted: [], next }));
     }
-    const value = url.pathname.startsWith("/get/") ? leaderData.get(url.pathname.slice(5)) : undefined;
-    if (value === undefined) {
-      res.writeHead(404);
-      return res.end("not found\n");
-    }
-    res.writeHead(200, { "Content-Length": value.length });
-    res.end(value);
+    answerGet(res, url.pathname, leaderData);
   });
   // Local only: before the first page (a), between pages (d, g), inside a page (ca) and after the last (i, j).
   const local = ["a", "c", "ca", "d", "g", "i", "j"].map((key): [string, Buffer] => [key, Buffer.from(`old ${key}`)]);

@@ -111,12 +111,12 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
   }
 }
 
-/** Keys of an answer without `limit` put together at a time. */
-const WHOLE_PAGE = 10_000;
+/** Keys or names put together at a time in a `/keys` answer of every key. */
+const PAGE = 10_000;
 
 /** What changed for `listing`: without `limit`, the first page of an answer {@link sendChanges} completes. */
 function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
-  return changesWithPrefix(store.changes(since, page ?? { limit: WHOLE_PAGE }), prefix);
+  return changesWithPrefix(store.changes(since, page ?? { limit: PAGE }), prefix);
 }
 
 /**
@@ -126,37 +126,37 @@ function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
  */
 function sendChanges(x: Exchange, listing: Listing, first: Changes, headers?: Record<string, string>): void {
   if (listing.page || !first.full) return sendJson(x, first, headers);
-  const parts = [Buffer.from(`{"cursor":${JSON.stringify(first.cursor)},"full":true,"keys":[`)];
-  let listed = false;
-  for (let changes = first; ; ) {
-    if (changes.keys.length > 0) {
-      parts.push(Buffer.from(`${listed ? "," : ""}${JSON.stringify(changes.keys).slice(1, -1)}`));
-      listed = true;
+  function* pages(): Generator<unknown[]> {
+    let changes = first;
+    yield changes.keys;
+    while (changes.next) {
+      changes = changesOf(x.ctx.store, { ...listing, page: { limit: PAGE, from: changes.next } });
+      yield changes.keys;
     }
-    if (!changes.next) break;
-    changes = changesOf(x.ctx.store, { ...listing, page: { limit: WHOLE_PAGE, from: changes.next } });
   }
-  parts.push(Buffer.from('],"deleted":[]}'));
-  send(x, OK, Buffer.concat(parts), "application/json", headers);
+  const head = `{"cursor":${JSON.stringify(first.cursor)},"full":true,"keys":[`;
+  send(x, OK, joinPages(head, pages(), '],"deleted":[]}'), "application/json", headers);
 }
 
-/** Names made into strings at a time, for `/keys`. */
-const NAMES_PAGE = 10_000;
-
-/**
- * The sorted JSON array of the names starting with `prefix`, put together a page at a time: a million names never
- * live as strings at once (a name needs no escaping: `keys.ts`).
- */
+/** The sorted JSON array of the names starting with `prefix`, put together a page at a time (see {@link PAGE}). */
 function sendNames(x: Exchange, prefix: string): void {
-  const parts: Buffer[] = [];
-  for (let after: string | null = null; ; ) {
-    const page = x.ctx.store.list({ prefix, after, limit: NAMES_PAGE });
-    if (page.length === 0) break;
-    parts.push(Buffer.from(`${parts.length === 0 ? "[" : ","}${JSON.stringify(page).slice(1, -1)}`, "latin1"));
-    after = page.at(-1) ?? null;
+  function* pages(): Generator<string[]> {
+    for (let page = x.ctx.store.list({ prefix, limit: PAGE }); page.length > 0; ) {
+      yield page;
+      page = x.ctx.store.list({ prefix, after: page.at(-1) ?? null, limit: PAGE });
+    }
   }
-  parts.push(Buffer.from(parts.length === 0 ? "[]" : "]"));
-  send(x, OK, Buffer.concat(parts), "application/json");
+  send(x, OK, joinPages("[", pages(), "]"), "application/json");
+}
+
+/** `head`, the items of every page as one JSON list, `tail`: one buffer, no page kept as objects once written. */
+function joinPages(head: string, pages: Iterable<unknown[]>, tail: string): Buffer {
+  const parts = [Buffer.from(head)];
+  for (const page of pages) {
+    if (page.length > 0) parts.push(Buffer.from(`${parts.length > 1 ? "," : ""}${JSON.stringify(page).slice(1, -1)}`));
+  }
+  parts.push(Buffer.from(tail));
+  return Buffer.concat(parts);
 }
 
 function sendJson(x: Exchange, value: unknown, headers?: Record<string, string>): void {
