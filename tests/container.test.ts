@@ -242,12 +242,14 @@ describe("Containerfile", () => {
     for (const flag of cmd.slice(1, -1)) assert.match(flag, /^--[a-z-]+=\S+$/);
   });
 
-  test("gives Node the young-generation size that `npm start` gives it", () => {
+  test("gives Node the flags `npm start` gives it (young generation and old space)", () => {
     const cmd = JSON.parse((lines.at(-1) ?? "").slice(4)) as string[];
-    const semi = cmd.find((f) => f.startsWith("--max-semi-space-size="));
-    assert.ok(semi, "the image caps the young generation");
+    const flags = cmd.filter((f) => f.startsWith("--"));
+    assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "the image caps the young generation");
+    assert.ok(flags.some((f) => f.startsWith("--max-old-space-size=")), "the image caps the old space");
     const pkg = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
-    assert.ok(pkg.scripts.start.split(/\s+/).includes(semi), `npm start (${pkg.scripts.start}) passes ${semi} too`);
+    const start = pkg.scripts.start.split(/\s+/).filter((f) => f.startsWith("--") && f !== "--import");
+    assert.deepEqual(start, flags, `npm start (${pkg.scripts.start}) and the image pass the same flags`);
   });
 });
 

@@ -56,6 +56,8 @@ export interface LoadResult {
   errors: number;
   /** Responses outside 2xx (wrk: status ≥ 400). */
   badStatus: number;
+  /** What the errors and bad statuses were, e.g. "timeout 32" ("" when none). */
+  failureKinds: string;
 }
 
 /** Is wrk on the PATH? */
@@ -142,6 +144,8 @@ async function runWrk(w: Workload, o: LoadOptions): Promise<LoadResult> {
     p99Ms: field("p99Us") / 1000,
     errors: field("connect") + field("read") + field("write") + field("timeout"),
     badStatus: field("status"),
+    failureKinds: ["connect", "read", "write", "timeout", "status"]
+      .filter((k) => field(k) > 0).map((k) => `${k} ${field(k)}`).join(", "),
   };
 }
 
@@ -174,7 +178,10 @@ async function runNode(w: Workload, o: LoadOptions): Promise<LoadResult> {
     p50Ms: number | null;
     p99Ms: number | null;
   };
-  return { tool: "node", ...j, rps: j.requests / j.seconds };
+  const failureKinds = [
+    j.errors ? `closed mid-request ${j.errors}` : "", j.badStatus ? `status ${j.badStatus}` : "",
+  ].filter(Boolean).join(", ");
+  return { tool: "node", ...j, rps: j.requests / j.seconds, failureKinds };
 }
 
 /** Runs one workload for `o.seconds` against 127.0.0.1:`o.port` with the chosen tool. */

@@ -300,7 +300,7 @@ async function leaderUnderLoad(
     const run = await runLoad(w, mixBase);
     mixRuns.push(run);
     watch.sample();
-    log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s; ` +
+    log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s${run.failureKinds ? ` (failed: ${run.failureKinds})` : ""}; ` +
       `cgroup peak ${(watch.cgroupPeak / MiB).toFixed(0)} MB, anonymous ${(watch.anonPeak / MiB).toFixed(0)} MB`);
   }
   const [getRun, putRun, getAgainRun] = mixRuns;

@@ -147,8 +147,9 @@ async function measureLocal(o: Options, root: string, dir: string, row: ScaleRow
     };
     const runs: LoadResult[] = [];
     for (const w of mixedLoadWorkloads(row.keys, PUT_VALUE_BYTES, `scale-${row.keys}-`)) {
-      runs.push(await runLoad(w, mixBase));
-      log(`  mixed load, ${w.name}: ${Math.round(runs.at(-1)?.rps ?? 0)}/s; ` +
+      const run = await runLoad(w, mixBase);
+      runs.push(run);
+      log(`  mixed load, ${w.name}: ${Math.round(run.rps)}/s${run.failureKinds ? ` (failed: ${run.failureKinds})` : ""}; ` +
         `RSS ${memoryMb(l.child.pid).rssMb?.toFixed(1)} MB`);
     }
     await sleep(500);
