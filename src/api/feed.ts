@@ -113,6 +113,8 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
 
 /** Keys or names put together at a time in a `/keys` answer of every key. */
 const PAGE = 10_000;
+/** Bytes of a `/values` answer gathered before they are written to the socket. */
+const VALUES_WRITE_BYTES = 64 * 1024;
 
 /** What changed for `listing`: without `limit`, the first page of an answer {@link sendChanges} completes. */
 function changesOf(store: Store, { since, prefix, page }: Listing): Changes {
@@ -173,19 +175,29 @@ export async function sendValues(x: Exchange): Promise<void> {
   res.writeHead(OK, { "Content-Type": VALUES_TYPE });
   ctx.metrics.count(x.route, OK);
   if (req.method === "HEAD") return void res.end();
-  const write = async (bytes: string | Buffer) => {
-    if (!res.write(bytes)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
+  // Small values are gathered and sent VALUES_WRITE_BYTES at a time: one socket write per value cost the leader
+  // two system calls per key and the follower as many reads.
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  const write = async (bytes: Buffer, flush = false) => {
+    pending.push(bytes);
+    pendingBytes += bytes.length;
+    if (!flush && pendingBytes < VALUES_WRITE_BYTES) return;
+    const chunk = Buffer.concat(pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    if (!res.write(chunk)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
   };
   try {
     for (const key of keys) {
       if (res.destroyed) return;
       const value = await ctx.store.get(key);
-      await write(valueLine(key, value?.entry ?? null));
+      await write(Buffer.from(valueLine(key, value?.entry ?? null), "latin1"));
       if (value === null) continue;
       if (value.body) await write(value.body);
-      else for await (const chunk of value.stream) await write(chunk as Buffer);
+      else for await (const chunk of value.stream) await write(chunk as Buffer, true);
     }
-    res.end();
+    res.end(Buffer.concat(pending, pendingBytes));
   } catch (error) {
     ctx.log("error", { op: "values", error: errorCode(error) });
     res.destroy();
