@@ -446,6 +446,30 @@ test("putMany: a key the store cannot hold (a directory in the way, a value over
   await store.close();
 });
 
+test("putMany of copies in memory with their mtimes (a follower's, written with direct calls): each keeps its mtime; " +
+  "a key in the way or a value over the limit gets its error, the rest is written, no temporary file is left", async () => {
+  const dir = await tempDir();
+  const store = await Store.open(dir);
+  await mkdir(join(dir, "blocked"));
+  await writeFile(join(dir, "blocked", "inside"), "x");
+  const mtimeUs = 1_700_000_000_123_456;
+  const copy = (key: string, ...parts: string[]): PutItem => ({ key, body: parts.map((p) => Buffer.from(p)), mtimeUs });
+  const results = await store.putMany(
+    [copy("a", "one ", "two"), copy("blocked", "2"), copy("big", "0123456789", "more"), copy("b", "")],
+    { maxBytes: 10, cache: false, concurrency: 4 },
+  );
+  const [a, blocked, big, b] = results;
+  assert.deepEqual([a?.entry?.size, a?.entry?.mtimeUs, b?.entry?.size], [7, mtimeUs, 0]);
+  assert.match((blocked?.error as NodeJS.ErrnoException).code ?? "", /^(EISDIR|ENOTEMPTY)$/);
+  assert.ok(big?.error instanceof ValueTooLargeError);
+  assert.equal(await readFile(join(dir, "a"), "utf8"), "one two");
+  assert.equal((await stat(join(dir, "a"), { bigint: true })).mtimeNs / 1000n, BigInt(mtimeUs), "the given mtime, to the µs");
+  assert.equal((await stat(join(dir, "a"))).ino, a?.entry?.ino, "the entry names the file's inode");
+  assert.deepEqual(store.list(), ["a", "b"]);
+  assert.deepEqual((await readdir(dir)).sort(), ["a", "b", "blocked"], "no temporary file left");
+  await store.close();
+});
+
 test("putMany holds one temporary file open per value in flight, not one per value of the batch", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);

@@ -28,7 +28,7 @@
  * concurrent write never makes a read fail.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, lstatSync, type BigIntStats } from "node:fs";
+import { createReadStream, lstatSync, renameSync, type BigIntStats } from "node:fs";
 import { mkdir, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
@@ -39,7 +39,8 @@ import { ValueCache, type CachedValue } from "./cache.ts";
 import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";
 import { DirFsync, ignoreMissing, isInTheWay, isMissing, isNotAFile, microseconds, probeWritable } from "./files.ts";
-import { READ_FLAGS, readExactly, readNames, removeAll, restamp, TMP_PREFIX, writeTemp } from "./files.ts";
+import { READ_FLAGS, readExactly, readNames, removeAll, restamp, TMP_PREFIX } from "./files.ts";
+import { writeTemp, writeTempDirect } from "./files.ts";
 import { KeyIndex, OpenedVersions, type Entry, type ListOptions } from "./keyindex.ts";
 import { recover } from "./restore.ts";
 import { Snapshots } from "./snapshot.ts";
@@ -354,7 +355,8 @@ export class Store {
     const landed = this.#versions.renamingIn(s.key, s.ino);
     let entry: Entry | null = null;
     try {
-      await rename(s.tmp, join(this.dir, s.key));
+      if (s.direct) renameSync(s.tmp, join(this.dir, s.key));
+      else await rename(s.tmp, join(this.dir, s.key));
       entry = { size: s.size, mtimeUs, seq: ++this.#seq, ino: s.ino };
       this.#set(s.key, entry);
       if (s.cached) this.#cache.set(s.key, entry, s.cached);
@@ -367,12 +369,19 @@ export class Store {
   /** The first half of a write: the item's body in a new temporary file with its version's mtime, fsynced. */
   async #stage(item: PutItem, options: PutManyOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
-    const written = await writeTemp(tmp, item.body, {
-      maxBytes: options.maxBytes,
-      mtimeUs: item.mtimeUs ?? ((fileUs) => (fileUs > this.#clockUs ? (this.#clockUs = fileUs) : this.#clock(0))),
-      keepBytes: options.cache === false ? 0 : CACHE_ON_WRITE_BYTES,
-    });
-    return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, precondition: item.precondition };
+    const { maxBytes } = options;
+    const keepBytes = options.cache === false ? 0 : CACHE_ON_WRITE_BYTES;
+    // A copy in memory (its mtime given) is written with direct calls; a body that streams in, on the pool.
+    const direct = Array.isArray(item.body) && item.mtimeUs !== undefined;
+    const written = direct
+      ? await writeTempDirect(tmp, item.body as Uint8Array[], { maxBytes, mtimeUs: item.mtimeUs ?? 0, keepBytes })
+      : await writeTemp(tmp, item.body, {
+          maxBytes,
+          mtimeUs: item.mtimeUs ?? ((fileUs) => (fileUs > this.#clockUs ? (this.#clockUs = fileUs) : this.#clock(0))),
+          keepBytes,
+        });
+    const { precondition } = item;
+    return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, direct, precondition };
   }
 
   /**

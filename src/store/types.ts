@@ -88,6 +88,8 @@ export interface Staged {
   readonly mtimeUs: number;
   /** True when the mtime came from the store's clock (a new version), false when given (a follower's copy). */
   readonly clocked: boolean;
+  /** True when written with direct calls (`writeTempDirect` in files.ts): it is renamed in the same way. */
+  readonly direct: boolean;
   /** The temporary file's inode (it keeps it when renamed). */
   readonly ino: number;
   /** The bytes, kept when the value goes to the cache on commit; `null` when it does not. */
