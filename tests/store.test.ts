@@ -76,6 +76,18 @@ test("the cache drops the least recently read value first, and a read keeps a va
   await store.close();
 });
 
+test("a read with cache: false (a follower's catch-up, GET /values) leaves the cached values where they are", async () => {
+  const store = await Store.open(await tempDir(), { cacheBytes: 14_500 });
+  const value = (c: string) => chunks(c.repeat(4000));
+  for (const key of ["a", "b", "c"]) await store.put(key, value(key), { maxBytes: 10_000 });
+  await store.put("big", value("x"), { maxBytes: 10_000 }); // evicts a
+  assert.equal((await store.get("a", { cache: false }))?.body?.toString(), "a".repeat(4000));
+  assert.deepEqual(["a", "b", "c", "big"].map((k) => store.cached(k) !== undefined), [false, true, true, true]);
+  await store.get("a"); // a plain read caches it again
+  assert.ok(store.cached("a"));
+  await store.close();
+});
+
 test("a value over the limit is refused and the old value stays, with no temporary file", async () => {
   const dir = await tempDir();
   const store = await Store.open(dir);

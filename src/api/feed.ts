@@ -191,7 +191,7 @@ export async function sendValues(x: Exchange): Promise<void> {
   try {
     for (const key of keys) {
       if (res.destroyed) return;
-      const value = await ctx.store.get(key);
+      const value = await ctx.store.get(key, { cache: false }); // a catch-up would push the hot values out
       await write(Buffer.from(valueLine(key, value?.entry ?? null), "latin1"));
       if (value === null) continue;
       if (value.body) await write(value.body);

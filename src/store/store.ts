@@ -205,9 +205,11 @@ export class Store {
    * key meanwhile never makes it fail: it answers the old or the new value.
    * A key whose file was replaced behind the store's back by something that is
    * not a regular file (a link, a directory) reads as absent; a regular file
-   * the store did not write is served with an entry of its own.
+   * the store did not write is served with an entry of its own. A value read
+   * from its file goes to the cache unless `options.cache` is false (default
+   * true; a follower's catch-up reads past it, to leave the hot values there).
    */
-  async get(key: string): Promise<Value | null> {
+  async get(key: string, options: { cache?: boolean } = {}): Promise<Value | null> {
     const hit = this.cached(key);
     if (hit) return { entry: hit.entry, body: hit.body };
     if (!this.#index.has(key)) return null;
@@ -238,7 +240,7 @@ export class Store {
           if (attempt < READ_ATTEMPTS) continue; // cut short behind the store's back
           throw new Error(`key ${key}: its file is shorter than the ${entry.size} bytes it had`);
         }
-        if (this.#isCurrent(key, entry)) this.#cache.set(key, entry, bytes);
+        if (options.cache !== false && this.#isCurrent(key, entry)) this.#cache.set(key, entry, bytes);
         return { entry, body: bytes };
       } finally {
         if (!keep) await handle.close();
