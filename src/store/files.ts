@@ -166,7 +166,11 @@ export async function writeTempDirect(
     const cached = size <= options.keepBytes ? Buffer.concat(chunks, size) : null;
     return { size, mtimeUs: microseconds(stats), ino: Number(stats.ino), cached };
   } catch (error) {
-    if (!closed) closeSync(fd);
+    try {
+      if (!closed) closeSync(fd);
+    } catch {
+      // the first error is the one to tell
+    }
     await unlink(path).catch(() => {});
     throw error;
   }
