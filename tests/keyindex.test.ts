@@ -26,6 +26,8 @@ test("the key index agrees with a Map through random sets and removals", () => {
       const slot = index.slot(key);
       assert.equal(slot === undefined ? undefined : index.entryAt(slot).seq, model.get(key), key);
     }
+    // Often enough that the names added and removed since are merged into the order (see the next test for more).
+    if (i % 500 === 0) assert.deepEqual(index.sorted(), [...model.keys()].sort(), `after ${i} changes`);
     if (i % 20_000 === 0) {
       const sorted = [...model.keys()].sort();
       assert.deepEqual(index.sorted(), sorted);
@@ -59,4 +61,17 @@ test("the index takes keys only (one byte a character)", () => {
   assert.throws(() => index.set("é", { size: 1, mtimeUs: 1, seq: 1, ino: 1 }), /not a key/);
   assert.throws(() => index.addUnknown(".tmp", 1), /not a key/);
   assert.equal(index.size, 0);
+});
+
+test("the name order stays right when most names go or many come between two listings (it is made anew)", () => {
+  const index = new KeyIndex();
+  const entry = { size: 1, mtimeUs: 1, seq: 1, ino: 1 };
+  const names = Array.from({ length: 10_000 }, (_, i) => `n${(i * 7919) % 10_000}`);
+  for (const name of names) index.set(name, entry);
+  assert.deepEqual(index.sorted(), [...names].sort());
+  for (const name of names.slice(0, 9_000)) index.remove(name); // more than half of the order is gone
+  assert.deepEqual(index.sorted(), names.slice(9_000).sort());
+  const more = Array.from({ length: 5_000 }, (_, i) => `m${i}`); // more names come than the order holds
+  for (const name of more) index.set(name, entry);
+  assert.deepEqual(index.sorted(), [...more, ...names.slice(9_000)].sort());
 });

@@ -11,6 +11,7 @@
  * listing. It also wakes those waiting for the next change (held watches).
  */
 import { grown } from "./keyindex.ts";
+import { partitionPoint } from "./sorted.ts";
 
 /** What the log asks of the index. */
 export interface Names {
@@ -82,14 +83,9 @@ export class ChangeLog {
 
   /** The names changed after `seq`, oldest first (a name may come more than once). */
   since(seq: number, names: Names): string[] {
-    let low = 0; // the first entry after `seq`: a binary search of the change numbers
-    for (let high = this.#length; low < high; ) {
-      const mid = (low + high) >>> 1;
-      if ((this.#seqs[mid] ?? 0) <= seq) low = mid + 1;
-      else high = mid;
-    }
     const changed: string[] = [];
-    for (let i = low; i < this.#length; i++) {
+    const first = partitionPoint(this.#seqs.subarray(0, this.#length), (s) => s <= seq); // the first after `seq`
+    for (let i = first; i < this.#length; i++) {
       const name = this.#nameOf(this.#changes[i] ?? 0, names);
       if (name !== undefined) changed.push(name);
     }

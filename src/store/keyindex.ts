@@ -20,6 +20,7 @@
  * read may have opened that the index no longer (or not yet) names.
  */
 import { isValidKey, KEY_RULE } from "../keys.ts";
+import { partitionPoint } from "./sorted.ts";
 
 /** What the store knows of one key's current version; made when asked for, never stored per key. */
 export interface Entry {
@@ -163,7 +164,10 @@ export class KeyIndex {
     this.#lengths[slot] = 0;
     this.#free.push(slot);
     this.#size--;
-    if (this.#sorted !== null) this.#removed.add(slot);
+    if (this.#sorted !== null) {
+      this.#removed.add(slot);
+      if (this.#removed.size > this.#sorted.length / 2 + 1024) this.#forgetOrder(); // most names gone: sort anew
+    }
     // Backward shift: move back each following entry whose home cell is not between the hole and it.
     const mask = this.#cells.length - 1;
     let next = cell;
@@ -192,17 +196,11 @@ export class KeyIndex {
    * be in name order. Positions hold until a key comes or goes.
    */
   rank(name: string, orEqual = false): number {
-    const sorted = this.#sort();
     const key = Buffer.from(name, "latin1");
-    let low = 0;
-    let high = this.#size;
-    while (low < high) {
-      const mid = (low + high) >>> 1;
-      const order = this.#compareTo(sorted[mid] ?? 0, key);
-      if (order < 0 || (orEqual && order === 0)) low = mid + 1;
-      else high = mid;
-    }
-    return low;
+    return partitionPoint(this.#sort(), (slot) => {
+      const order = this.#compareTo(slot, key);
+      return order < 0 || (orEqual && order === 0);
+    });
   }
 
   /** Names in name order, as new strings; see {@link ListOptions}. */
@@ -240,6 +238,13 @@ export class KeyIndex {
     this.#added = [];
     this.#removed.clear();
     return this.#sorted;
+  }
+
+  /** Drops the name order and what changed since it was made: the next `#sort` starts from scratch. */
+  #forgetOrder(): void {
+    this.#sorted = null;
+    this.#added = [];
+    this.#removed.clear();
   }
 
   /** `old` without the slots removed since, merged with `added` (sorted, all live). */
@@ -338,11 +343,7 @@ export class KeyIndex {
     if (this.#sorted !== null) {
       this.#added.push(slot);
       // More names added than sorted: cheaper to sort them all when next asked.
-      if (this.#added.length > this.#sorted.length + 1024) {
-        this.#sorted = null;
-        this.#added = [];
-        this.#removed.clear();
-      }
+      if (this.#added.length > this.#sorted.length + 1024) this.#forgetOrder();
     }
     return slot;
   }

@@ -1,7 +1,7 @@
-/** Binary search over sorted arrays (the change log's numbers, sorted key names). */
+/** Binary search over sorted arrays (the change log's numbers, the index's slots in name order, sorted key names). */
 
 /** The first index of sorted `values` whose value is not `before` the target (`values.length` when none). */
-export function partitionPoint<T>(values: readonly T[], before: (value: T) => boolean): number {
+export function partitionPoint<T>(values: ArrayLike<T>, before: (value: T) => boolean): number {
   let low = 0;
   let high = values.length;
   while (low < high) {

@@ -372,18 +372,19 @@ export class Store {
   async #stage(item: PutItem, options: PutManyOptions): Promise<Staged> {
     const tmp = join(this.dir, `${TMP_PREFIX}${this.epoch}-${++this.#tmpCount}`);
     const { maxBytes } = options;
+    const { mtimeUs } = item;
     const keepBytes = options.cache === false ? 0 : CACHE_ON_WRITE_BYTES;
     // A copy in memory (its mtime given) is written with direct calls; a body that streams in, on the pool.
-    const direct = Array.isArray(item.body) && item.mtimeUs !== undefined;
+    const direct = Array.isArray(item.body) && mtimeUs !== undefined;
     const written = direct
-      ? await writeTempDirect(tmp, item.body as Uint8Array[], { maxBytes, mtimeUs: item.mtimeUs ?? 0, keepBytes })
+      ? await writeTempDirect(tmp, item.body as Uint8Array[], { maxBytes, mtimeUs, keepBytes })
       : await writeTemp(tmp, item.body, {
           maxBytes,
-          mtimeUs: item.mtimeUs ?? ((fileUs) => (fileUs > this.#clockUs ? (this.#clockUs = fileUs) : this.#clock(0))),
+          mtimeUs: mtimeUs ?? ((fileUs) => (fileUs > this.#clockUs ? (this.#clockUs = fileUs) : this.#clock(0))),
           keepBytes,
         });
     const { precondition } = item;
-    return { key: item.key, tmp, ...written, clocked: item.mtimeUs === undefined, direct, precondition };
+    return { key: item.key, tmp, ...written, clocked: mtimeUs === undefined, direct, precondition };
   }
 
   /**
@@ -437,7 +438,7 @@ export class Store {
    */
   changes(cursor: string | null, page: ListingPage = { limit: Infinity }): Changes {
     const next = this.cursor;
-    const since = page?.from !== undefined ? null : seqOf(cursor, this.epoch);
+    const since = page.from !== undefined ? null : seqOf(cursor, this.epoch);
     if (since === null || since < this.#log.floor || since > this.#seq) return this.#fullListing(next, page);
     const keys: ListedKey[] = [];
     const deleted: string[] = [];
