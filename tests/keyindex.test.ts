@@ -2,7 +2,7 @@
  * The store's compact key index against a plain Map: keys added, replaced and
  * removed at random (removals shift the hash table's entries back), with the
  * table growing and the names' bytes compacted, give the same slots' entries,
- * count, sorted names and ranks.
+ * count, sorted names (as strings and as a JSON listing) and ranks.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -37,6 +37,13 @@ test("the key index agrees with a Map through random sets and removals", () => {
         assert.equal(index.rank(name), below, name);
         assert.equal(index.rank(name, true), below + (model.has(name) ? 1 : 0), name);
       }
+      // The JSON listing (GET /keys) is made from the bytes: the same names, prefix, after and limit as strings.
+      const cases = [{}, { prefix: "k1" }, { prefix: "k49" }, { prefix: "x" }, { after: "k2500", limit: 7 },
+        { prefix: "k3", after: "k35", through: "k37" }, { after: "k9999" }];
+      for (const options of cases) {
+        assert.equal(index.listJson(options).toString("latin1"), JSON.stringify(index.list(options)), JSON.stringify(options));
+      }
+      assert.deepEqual(JSON.parse(index.listJson().toString("latin1")), sorted);
     }
   }
   assert.equal(index.size, model.size);

@@ -111,7 +111,7 @@ async function hold(x: Exchange, listing: Listing, deadline: number): Promise<vo
   }
 }
 
-/** Keys or names put together at a time in a `/keys` answer of every key. */
+/** Keys put together at a time in a full `/keys?since=` answer. */
 const PAGE = 10_000;
 /** Bytes of a `/values` answer gathered before they are written to the socket. */
 const VALUES_WRITE_BYTES = 64 * 1024;
@@ -140,15 +140,9 @@ function sendChanges(x: Exchange, listing: Listing, first: Changes, headers?: Re
   send(x, OK, joinPages(head, pages(), '],"deleted":[]}'), "application/json", headers);
 }
 
-/** The sorted JSON array of the names starting with `prefix`, put together a page at a time (see {@link PAGE}). */
+/** The sorted JSON array of the names starting with `prefix`, made from the index's bytes (no string per name). */
 function sendNames(x: Exchange, prefix: string): void {
-  function* pages(): Generator<string[]> {
-    for (let page = x.ctx.store.list({ prefix, limit: PAGE }); page.length > 0; ) {
-      yield page;
-      page = x.ctx.store.list({ prefix, after: page.at(-1) ?? null, limit: PAGE });
-    }
-  }
-  send(x, OK, joinPages("[", pages(), "]"), "application/json");
+  send(x, OK, x.ctx.store.listJson({ prefix }), "application/json");
 }
 
 /** `head`, the items of every page as one JSON list, `tail`: one buffer, no page kept as objects once written. */

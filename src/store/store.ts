@@ -429,6 +429,11 @@ export class Store {
     return this.#index.list(options);
   }
 
+  /** The same names as one JSON array in a buffer, made without a string per name (`GET /keys`). */
+  listJson(options: ListOptions = {}): Buffer {
+    return this.#index.listJson(options);
+  }
+
   /**
    * What changed since `cursor` (from an earlier answer): the keys written and
    * deleted since. A missing, foreign (other epoch) or too old cursor gets the
