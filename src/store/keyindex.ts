@@ -350,7 +350,9 @@ export class KeyIndex {
     const bytes = this.#bytes;
     const at = this.#offsets[slot] ?? 0;
     let h = 0x811c9dc5;
-    for (let i = at, end = at + (this.#lengths[slot] ?? 0); i < end; i++) h = Math.imul(h ^ (bytes[i] ?? 0), 0x01000193);
+    for (let i = at, end = at + (this.#lengths[slot] ?? 0); i < end; i++) {
+      h = Math.imul(h ^ (bytes[i] ?? 0), 0x01000193);
+    }
     return h >>> 0;
   }
 
@@ -378,7 +380,10 @@ export class KeyIndex {
     return slot;
   }
 
-  /** Room for `length` more bytes of names: removed names' bytes dropped when they are half, else a buffer twice as big. */
+  /**
+   * Room for `length` more bytes of names: removed names' bytes dropped when they are half, else a buffer twice as
+   * big.
+   */
   #makeRoom(length: number): void {
     const live = this.#used - this.#garbage;
     const size = live + length > this.#bytes.length / 2 ? this.#bytes.length * 2 : this.#bytes.length;

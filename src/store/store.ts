@@ -34,7 +34,15 @@ import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULTS } from "../config.ts";
 import { isValidKey } from "../keys.ts";
-import { formatCursor, mtimeToWire, seqOf, versionTag, type Changes, type ListedKey, type ListingPage } from "../protocol.ts";
+import {
+  formatCursor,
+  mtimeToWire,
+  seqOf,
+  versionTag,
+  type Changes,
+  type ListedKey,
+  type ListingPage,
+} from "../protocol.ts";
 import { ValueCache, type CachedValue } from "./cache.ts";
 import { ChangeLog } from "./changelog.ts";
 import { forEachLimited, KeyLocks } from "./concurrency.ts";

@@ -339,7 +339,8 @@ export class Poller implements PollerState {
   async #copyOne([key, size, mtimeMs]: Listed): Promise<void> {
     await this.#leader.fetch(`/get/${key}`, async (res) => {
       const listedUs = mtimeFromWire(mtimeMs);
-      if (res.headers.etag !== versionTag(listedUs, size)) this.#exact = false; // moved on since it was listed (or gone)
+      // Moved on since it was listed (or gone).
+      if (res.headers.etag !== versionTag(listedUs, size)) this.#exact = false;
       // The answer's tag names the version actually sent (it may be newer than the listing's); a leader without
       // such tags (the original Go mehdb) gets the listed mtime.
       const mtimeUs = parseVersionTag(res.headers.etag)?.mtimeUs ?? listedUs;

@@ -18,7 +18,7 @@ import { req, waitReady } from "./http.ts";
 import {
   haveWrk, runLoad, wrkSeconds, type LoadOptions, type LoadResult, type Workload as LoadWorkload,
 } from "./load.ts";
-import { serverNodeFlags, startFollower, startLeader, type Node } from "./mehdb.ts";
+import { serverNodeFlags, serverNodeVersion, startFollower, startLeader, type Node } from "./mehdb.ts";
 import { parseOptions, type Options } from "./options.ts";
 import { mixedLoadWorkloads, populate } from "./populate.ts";
 import {
@@ -425,6 +425,7 @@ async function main(): Promise<number> {
         ? `wrk ${wrkVersion} -t${Math.min(o.threads, o.connections)}`
         : "node generator (tests/bench/loadgen-node.ts)") +
         ", not pinned" + (o.pin ? `; pinned rows: servers on CPU 0, load on CPU ${loadCpuList()}` : ""),
+      serverNode: serverNodeVersion(),
       serverNodeFlags: serverNodeFlags().join(" "),
       pinned: o.pin,
       connections: o.connections,

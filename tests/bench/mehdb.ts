@@ -5,6 +5,7 @@
  * image's CMD (Containerfile) when MEHDB_BENCH_NODE runs the servers on another Node.
  */
 
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Child } from "./procs.ts";
@@ -31,6 +32,12 @@ export function serverNodeFlags(root = ROOT): string[] {
   }
   const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: { start: string } };
   return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
+}
+
+/** The version of the Node that runs the servers: MEHDB_BENCH_NODE's, else this process's. */
+export function serverNodeVersion(): string {
+  const node = process.env.MEHDB_BENCH_NODE;
+  return node ? execFileSync(node, ["--version"], { encoding: "utf8" }).trim() : process.version;
 }
 
 /**
