@@ -18,7 +18,7 @@ import { runLoad, type LoadOptions, type LoadResult } from "./load.ts";
 import { serverNodeFlags } from "./mehdb.ts";
 import type { Options } from "./options.ts";
 import { emptyPodResults, runPod, type PodResults } from "./pod.ts";
-import { mixedLoadWorkloads, populatedKey } from "./populate.ts";
+import { flushToDisk, mixedLoadWorkloads, populatedKey } from "./populate.ts";
 import { cpuSeconds, memoryMb, startTs, stopAll, stopProcess, tail, type Child } from "./procs.ts";
 import type { MixedLoad } from "./report.ts";
 import { median, round } from "./stats.ts";
@@ -58,7 +58,7 @@ export interface ScaleResults {
   rows: ScaleRow[];
 }
 
-/** Writes `n` keys (`pre-000042`) with values of 20-100 bytes into `dir`; seconds taken. */
+/** Writes `n` keys (`pre-000042`) with values of 20-100 bytes into `dir`, then flushes them to disk; seconds taken. */
 function populateVaried(dir: string, n: number): number {
   const t0 = performance.now();
   mkdirSync(dir, { recursive: true });
@@ -67,6 +67,7 @@ function populateVaried(dir: string, n: number): number {
     const key = populatedKey(i);
     writeFileSync(join(dir, key), `${key}:${filler}`.slice(0, 20 + ((i * 37) % 81)));
   }
+  flushToDisk(dir);
   return (performance.now() - t0) / 1000;
 }
 
