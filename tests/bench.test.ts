@@ -14,7 +14,7 @@ import { freePort, ROOT } from "./helpers/mehdb.ts";
 import { haveWrk, runLoad } from "./bench/load.ts";
 import { missingFigures, type Results } from "./bench/report.ts";
 import { startTs, stopAll } from "./bench/procs.ts";
-import { serverNodeFlags, startLeader } from "./bench/mehdb.ts";
+import { serverNodeEnv, serverNodeFlags, startLeader } from "./bench/mehdb.ts";
 import { manifestResources, quantityBytes } from "./bench/pod.ts";
 import type { ScaleResults } from "./bench/scale.ts";
 
@@ -143,7 +143,7 @@ test("both load generators send the workload's headers: a read token gets 200s, 
   }
 });
 
-test("the bench runs servers with the Node flags of npm start, or of the image's CMD on another Node", () => {
+test("the bench runs servers with the Node flags and environment of npm start, or of the image's CMD on another Node", () => {
   const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
   const start = pkg.scripts.start;
   const saved = process.env.MEHDB_BENCH_NODE;
@@ -151,6 +151,10 @@ test("the bench runs servers with the Node flags of npm start, or of the image's
     delete process.env.MEHDB_BENCH_NODE;
     const flags = serverNodeFlags();
     for (const flag of flags) assert.ok(start.split(/\s+/).includes(flag), `${flag} is in npm start`);
+    for (const [name, value] of Object.entries(serverNodeEnv())) {
+      assert.ok(start.startsWith(`${name}=${value} `) || start.includes(` ${name}=${value} `), `${name} as in npm start`);
+    }
+    assert.equal(serverNodeEnv().MALLOC_MMAP_THRESHOLD_, "131072", "the servers get npm start's environment");
     assert.ok(flags.some((f) => f.startsWith("--max-semi-space-size=")), "npm start sizes the young generation");
     process.env.MEHDB_BENCH_NODE = "/nonexistent/node";
     const image = serverNodeFlags();

@@ -251,6 +251,16 @@ describe("Containerfile", () => {
     const start = pkg.scripts.start.split(/\s+/).filter((f) => f.startsWith("--") && f !== "--import");
     assert.deepEqual(start, flags, `npm start (${pkg.scripts.start}) and the image pass the same flags`);
   });
+
+  test("sets the environment `npm start` sets before node (glibc's mmap threshold)", () => {
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { scripts: { start: string } };
+    const words = pkg.scripts.start.split(/\s+/);
+    const assignments = words.slice(0, words.indexOf("node"));
+    assert.ok(assignments.includes("MALLOC_MMAP_THRESHOLD_=131072"), "npm start fixes glibc's mmap threshold");
+    for (const assignment of assignments) {
+      assert.ok(lines.some((l) => l === `ENV ${assignment}`), `the image sets ${assignment} as npm start does`);
+    }
+  });
 });
 
 const skipReason = podmanMissing();

@@ -34,6 +34,21 @@ export function serverNodeFlags(root = ROOT): string[] {
   return pkg.scripts.start.split(/\s+/).filter((w) => /^--[a-z-]+=\S+$/.test(w) && !w.startsWith("--import"));
 }
 
+/**
+ * The environment `npm start` gives Node (its `NAME=value` words before `node`, such as glibc's
+ * `MALLOC_MMAP_THRESHOLD_`; the image sets the same with `ENV`), of the checkout in `root` (default this one).
+ */
+export function serverNodeEnv(root = ROOT): Record<string, string> {
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: { start: string } };
+  const words = pkg.scripts.start.split(/\s+/);
+  const env: Record<string, string> = {};
+  for (const word of words.slice(0, words.indexOf("node"))) {
+    const [name, value] = word.split("=", 2);
+    if (name && value !== undefined) env[name] = value;
+  }
+  return env;
+}
+
 /** The version of the Node that runs the servers: MEHDB_BENCH_NODE's, else this process's. */
 export function serverNodeVersion(): string {
   const node = process.env.MEHDB_BENCH_NODE;
@@ -54,6 +69,7 @@ export async function startLeader(
 ): Promise<Node> {
   const port = await freePort();
   const child = startTs(name, entry, [], {
+    ...serverNodeEnv(),
     MEHDB_HOST: "mehdb-0",
     MEHDB_PORT: String(port),
     MEHDB_DATADIR: dir,
@@ -72,6 +88,7 @@ export async function startFollower(
 ): Promise<Node> {
   const port = await freePort();
   const child = startTs(name, entry, [], {
+    ...serverNodeEnv(),
     MEHDB_HOST: "mehdb-1",
     MEHDB_PORT: String(port),
     MEHDB_DATADIR: dir,

@@ -15,7 +15,7 @@ import { freePort, ROOT } from "../helpers/mehdb.ts";
 import { sleep } from "../helpers/wait.ts";
 import { pollUntil, req } from "./http.ts";
 import { runLoad, type LoadOptions, type LoadResult } from "./load.ts";
-import { serverNodeFlags } from "./mehdb.ts";
+import { serverNodeEnv, serverNodeFlags } from "./mehdb.ts";
 import type { Options } from "./options.ts";
 import { emptyPodResults, runPod, type PodResults } from "./pod.ts";
 import { flushToDisk, mixedLoadWorkloads, populatedKey } from "./populate.ts";
@@ -71,10 +71,10 @@ function populateVaried(dir: string, n: number): number {
   return (performance.now() - t0) / 1000;
 }
 
-/** Starts a leader of the checkout `root` over `dir`, with the Node flags of its `npm start`. */
+/** Starts a leader of the checkout `root` over `dir`, with the Node flags and environment of its `npm start`. */
 async function startLeaderOf(root: string, dir: string, name: string): Promise<{ child: Child; port: number }> {
   const port = await freePort();
-  const env = { MEHDB_HOST: "mehdb-0", MEHDB_PORT: String(port), MEHDB_DATADIR: dir };
+  const env = { ...serverNodeEnv(root), MEHDB_HOST: "mehdb-0", MEHDB_PORT: String(port), MEHDB_DATADIR: dir };
   return { child: startTs(name, join(root, "src/main.ts"), [], env, serverNodeFlags(root)), port };
 }
 
@@ -285,7 +285,8 @@ export async function scaleMain(o: Options, log: (msg: string) => void): Promise
       cpus: cpus().length,
       memoryGb: Math.round(totalmem() / 2 ** 30),
       root,
-      serverCommand: `node ${serverNodeFlags(root).join(" ")} --import tsx src/main.ts`,
+      serverCommand: `${Object.entries(serverNodeEnv(root)).map(([k, v]) => `${k}=${v} `).join("")}` +
+        `node ${serverNodeFlags(root).join(" ")} --import tsx src/main.ts`,
       reps: o.reps,
       mixSeconds: o.mixSeconds,
       loadTool: o.load,
