@@ -221,7 +221,8 @@ export function formatTable(r: Results): string {
   const m = r.meta;
   const out: string[] = [];
   out.push(`mehdb bench — ${m.mode} run, ${m.date}`);
-  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; node ${m.node} (servers ${m.serverNode}); ` +
+  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGb} GB, ${m.os}; ` +
+    `node ${m.node} (servers ${m.serverNode}); ` +
     `load average ${String(m.loadAvgAtStart)} at start, ${String(m.loadAvgAtEnd)} at end`);
   out.push(`load: ${m.loadTool}, ${m.connections} connections, ${m.durationSeconds} s per run, ` +
     `${m.reps} repetition(s); rates are medians, ratios medians of the per-repetition ratios; ` +
